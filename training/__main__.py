@@ -1,0 +1,79 @@
+"""Command line for producing model bundles: `python -m training --help`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="split by patient and train the ensemble members into a run folder")
+    t.add_argument("--data", required=True, help="folder with manifest.csv, or the public chest_xray/ layout")
+    t.add_argument("--out", required=True, help="run folder to create (config, split, members, history)")
+    t.add_argument("--task", choices=["binary", "multiclass", "multilabel"], default="binary")
+    t.add_argument("--members", default="cnn,mobilenetv2,mobilenetv3s",
+                   help="comma-separated architectures: cnn, mobilenetv2, mobilenetv3s")
+    t.add_argument("--size", type=int, default=160, help="square input size in pixels")
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--patience", type=int, default=5, help="early stopping patience on val AUC (epochs)")
+    t.add_argument("--minutes-per-member", type=float, default=15.0, help="wall-clock budget per member")
+    t.add_argument("--seed", type=int, default=42, help="seed for the split, weights and augmentation")
+    t.add_argument("--cache", default="cache", help="folder for the decoded uint8 image cache ('' for none)")
+    t.add_argument("--weights", action="append", default=[], metavar="ARCH=FILE",
+                   help="local weights file for a member (e.g. mobilenetv2=imagenet_035.h5)")
+    t.add_argument("--one-per-patient", action="store_true", help="keep one image per patient and subtype")
+    t.add_argument("--keep-official-test", action="store_true",
+                   help="public layout: use the release's own test folder as the test split")
+    t.add_argument("--steps", type=int, default=None, help="steps per epoch (smoke tests only)")
+
+    e = sub.add_parser("evaluate", help="calibrate and choose operating points on val; score the test split once")
+    e.add_argument("--run", required=True, help="run folder written by `train`")
+
+    x = sub.add_parser("export", help="write a model bundle (manifest, members, reports) from an evaluated run")
+    x.add_argument("--run", required=True)
+    x.add_argument("--bundle", required=True, help="bundle folder, e.g. model/bundles/pneumonia-kermany")
+    x.add_argument("--title", default=None)
+
+    a = sub.add_parser("all", help="train, evaluate and export in one go (same options as train, plus --bundle)")
+    for action in t._actions[1:]:
+        a._add_action(action)
+    a.add_argument("--bundle", required=True)
+    a.add_argument("--title", default=None)
+
+    b = sub.add_parser("bench", help="images/s per architecture: data pipeline alone vs a training step")
+    b.add_argument("--size", type=int, default=160)
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--steps", type=int, default=5)
+
+    args = parser.parse_args(argv)
+    if args.command in ("train", "all"):
+        from training.train import train
+        weights = dict(w.split("=", 1) for w in args.weights)
+        run = train(args.data, args.out, task=args.task, members=args.members.split(","), size=args.size,
+                    seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    patience=args.patience, minutes_per_member=args.minutes_per_member, cache_dir=args.cache or None,
+                    weights=weights, one_per_patient=args.one_per_patient,
+                    keep_official_test=args.keep_official_test, steps=args.steps)
+        if args.command == "train":
+            return 0
+        args.run = str(run)
+    if args.command in ("evaluate", "all"):
+        from training.evaluate import evaluate_run
+        summary = evaluate_run(args.run)
+        print(json.dumps(summary, indent=2))
+    if args.command in ("export", "all"):
+        from training.export import export_bundle
+        print(f"bundle written to {export_bundle(args.run, args.bundle, title=args.title)}")
+    if args.command == "bench":
+        from training.bench import bench
+        print(json.dumps(bench(args.size, args.batch_size, args.steps), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
