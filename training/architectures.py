@@ -58,6 +58,9 @@ def _application(builder, name: str, cam_layer: str | None, input_spec: dict, n_
     if input_spec.get("channels", 1) == 1:  # backbones (and ImageNet weights) expect three channels
         x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
     backbone = builder(input_tensor=x, include_top=False, weights=weights, **kwargs)
+    for layer in backbone.layers:  # Keras' 0.999 suits ImageNet-length runs; ours has ~100 steps an epoch
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = 0.9
     model = keras.Model(inputs, _head(backbone.output, n_outputs, task), name=name)
     return model
 
