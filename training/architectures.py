@@ -13,9 +13,11 @@ HEADS = {"binary": "sigmoid", "multilabel": "sigmoid", "multiclass": "softmax"}
 
 
 def _stem(input_spec: dict, augment: bool):
-    """uint8 input → float in [-1, 1], with training-only augmentation (inactive at inference)."""
+    """Raw pixel values (0–255) → float in [-1, 1], with training-only augmentation (inactive at inference).
+
+    The input tensor is float32 holding uint8 values: a uint8 graph input would cut Grad-CAM's gradient tape."""
     inputs = keras.Input((input_spec["height"], input_spec["width"], input_spec.get("channels", 1)),
-                         dtype="uint8", name="image")
+                         dtype="float32", name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
     if augment:
         x = layers.RandomRotation(0.03, fill_mode="constant", fill_value=-1.0, name="aug_rotate")(x)

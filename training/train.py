@@ -145,7 +145,7 @@ def train(data_dir: str, out: str, *, task: str = "binary", members=("cnn", "mob
     config = {"data": str(data_dir), "task": task, "classes": classes, "input": input_spec, "members": list(members),
               "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
               "minutes_per_member": minutes_per_member, "one_per_patient": one_per_patient,
-              "keep_official_test": keep_official_test, "code_commit": code_commit(),
+              "keep_official_test": keep_official_test, "cache_dir": cache_dir, "code_commit": code_commit(),
               "counts": {s: int((df["split"] == s).sum()) for s in data_lib.SPLITS},
               "patients": {s: int(df.loc[df["split"] == s, "patient_id"].nunique()) for s in data_lib.SPLITS},
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

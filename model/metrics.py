@@ -1,0 +1,106 @@
+"""Small, dependency-free classification metrics shared by training (to choose and report) and the app (to
+show what a threshold means on the evaluation data). Pure numpy; no model code."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False-positive rate, true-positive rate and thresholds, from the strictest threshold to the loosest.
+    A case is called positive when score >= threshold."""
+    y, score = np.asarray(y).astype(bool).ravel(), np.asarray(score, float).ravel()
+    order = np.argsort(-score, kind="mergesort")
+    s, yy = score[order], y[order]
+    distinct = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    tp, fp = np.cumsum(yy)[distinct], np.cumsum(~yy)[distinct]
+    tpr = np.r_[0.0, tp / max(yy.sum(), 1)]
+    fpr = np.r_[0.0, fp / max((~yy).sum(), 1)]
+    return fpr, tpr, np.r_[np.inf, s[distinct]]
+
+
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (ties count one half), or NaN when only one class is present."""
+    y = np.asarray(y).astype(bool).ravel()
+    if y.all() or not y.any():
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y, score)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def pr_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and thresholds (strictest first)."""
+    y = np.asarray(y).astype(bool).ravel()
+    fpr, tpr, thr = roc_curve(y, score)
+    tp, fp = tpr * y.sum(), fpr * (~y).sum()
+    precision = np.divide(tp, tp + fp, out=np.ones_like(tp), where=(tp + fp) > 0)
+    return precision, tpr, thr
+
+
+def average_precision(y: np.ndarray, score: np.ndarray) -> float:
+    precision, recall, _ = pr_curve(y, score)
+    return float(np.sum(np.diff(recall) * precision[1:]))
+
+
+def confusion(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
+    """Counts at a threshold (positive when score >= threshold)."""
+    y = np.asarray(y).astype(bool).ravel()
+    pred = np.asarray(score).ravel() >= threshold
+    return {"tp": int((pred & y).sum()), "fp": int((pred & ~y).sum()),
+            "tn": int((~pred & ~y).sum()), "fn": int((~pred & y).sum())}
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b else float("nan")
+
+
+def rates(counts: dict, prevalence: float | None = None) -> dict:
+    """Sensitivity, specificity, PPV, NPV, accuracy and F1 from confusion counts. With `prevalence`, PPV and NPV
+    are recomputed for that prevalence (Bayes) instead of the sample's own."""
+    tp, fp, tn, fn = counts["tp"], counts["fp"], counts["tn"], counts["fn"]
+    sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    if prevalence is None:
+        ppv, npv = _ratio(tp, tp + fp), _ratio(tn, tn + fn)
+    else:
+        ppv = _ratio(sens * prevalence, sens * prevalence + (1 - spec) * (1 - prevalence))
+        npv = _ratio(spec * (1 - prevalence), spec * (1 - prevalence) + (1 - sens) * prevalence)
+    return {"sensitivity": sens, "specificity": spec, "ppv": ppv, "npv": npv,
+            "accuracy": _ratio(tp + tn, tp + tn + fp + fn), "f1": _ratio(2 * tp, 2 * tp + fp + fn)}
+
+
+def threshold_for(y: np.ndarray, score: np.ndarray, rule: str, target: float = 0.95) -> float:
+    """Choose a threshold on (validation) data.
+
+    - "youden": maximises sensitivity + specificity − 1 (the "balanced" point);
+    - "sensitivity": the highest threshold whose sensitivity is at least `target` (screening);
+    - "specificity": the lowest threshold whose specificity is at least `target` (confirmatory).
+    Thresholds are placed midway between neighbouring scores so they do not sit on a case.
+    """
+    fpr, tpr, thr = roc_curve(y, score)
+    finite = np.isfinite(thr)
+    if rule == "youden":
+        i = int(np.argmax(np.where(finite, tpr - fpr, -np.inf)))
+    elif rule == "sensitivity":
+        i = int(np.argmax((tpr >= target) & finite))
+    elif rule == "specificity":
+        ok = np.nonzero((1 - fpr >= target) & finite)[0]
+        i = int(ok[-1]) if len(ok) else 1
+    else:
+        raise ValueError(f"unknown rule {rule!r}")
+    nxt = thr[i + 1] if i + 1 < len(thr) else 0.0
+    return float((thr[i] + nxt) / 2)
+
+
+def expected_calibration_error(y: np.ndarray, prob: np.ndarray, bins: int = 10) -> tuple[float, list[dict]]:
+    """ECE over equal-width bins and the reliability-diagram bins (mean predicted vs observed frequency)."""
+    y, prob = np.asarray(y, float).ravel(), np.asarray(prob, float).ravel()
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(prob, edges[1:-1]), 0, bins - 1)
+    out, ece = [], 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            conf, freq = float(prob[m].mean()), float(y[m].mean())
+            ece += m.mean() * abs(conf - freq)
+            out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(m.sum()),
+                        "mean_predicted": conf, "observed": freq})
+    return float(ece), out

@@ -1,0 +1,185 @@
+"""Calibrate and choose operating points on validation; score the internal test split once.
+
+Temperature scaling is fitted per member on val; the ensemble is the mean of calibrated member probabilities.
+Operating points come from the val ensemble scores. The test split is only scored with choices already fixed.
+Writes `evaluation.json` (the numbers) and `scores.json` (per-image test scores for the app's threshold views).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+
+from model import metrics as M
+from model.ensemble import apply_temperature
+from training import data as data_lib
+from training.train import encode_targets
+
+OPERATING_RULES = {"balanced": ("youden", None), "screening": ("sensitivity", 0.95),
+                   "confirmatory": ("specificity", 0.95)}
+
+
+def fit_temperature(prob: np.ndarray, y: np.ndarray, task: str) -> float:
+    """The temperature T minimising validation negative log-likelihood of the calibrated probabilities."""
+    def nll(log_t):
+        p = np.clip(apply_temperature(prob, float(np.exp(log_t)), task), 1e-7, 1 - 1e-7)
+        if task == "multiclass":
+            return -np.mean(np.log((p * y).sum(1)))
+        return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
+
+
+def bootstrap_auc_ci(y, score, n: int = 1000, seed: int = 0) -> list[float]:
+    """Percentile 95% CI of the AUC over image-level bootstrap resamples."""
+    rng = np.random.default_rng(seed)
+    y, score = np.asarray(y).ravel(), np.asarray(score).ravel()
+    aucs = [M.roc_auc(y[i], score[i]) for i in (rng.integers(0, len(y), len(y)) for _ in range(n))]
+    return [float(v) for v in np.nanpercentile(aucs, [2.5, 97.5])]
+
+
+def _thin(*arrays, points: int = 200):
+    """Keep curves light for JSON: at most `points` evenly spaced entries (always first and last)."""
+    n = len(arrays[0])
+    idx = np.unique(np.linspace(0, n - 1, min(n, points)).round().astype(int))
+    return [np.asarray(a)[idx] for a in arrays]
+
+
+def binary_report(y, score, thresholds: dict, subtype=None) -> dict:
+    """Everything the evaluation page draws for one binary scorer."""
+    fpr, tpr, thr = M.roc_curve(y, score)
+    precision, recall, pthr = M.pr_curve(y, score)
+    fpr, tpr, thr = _thin(fpr, tpr, np.where(np.isfinite(thr), thr, 1.0))
+    precision, recall, pthr = _thin(precision, recall, np.where(np.isfinite(pthr), pthr, 1.0))
+    report = {"n": int(len(y)), "positives": int(np.sum(y)), "auc": M.roc_auc(y, score),
+              "auc_ci95": bootstrap_auc_ci(y, score), "average_precision": M.average_precision(y, score),
+              "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "threshold": thr.tolist()},
+              "pr": {"precision": precision.tolist(), "recall": recall.tolist(), "threshold": pthr.tolist()},
+              "operating_points": {}}
+    for name, t in thresholds.items():
+        counts = M.confusion(y, score, t)
+        point = {"threshold": t, **counts, **M.rates(counts)}
+        if subtype is not None:
+            point["sensitivity_by_subtype"] = {
+                s: M.rates(M.confusion(np.asarray(y)[subtype == s], np.asarray(score)[subtype == s], t))["sensitivity"]
+                for s in sorted(set(subtype[np.asarray(y).astype(bool)]))}
+        report["operating_points"][name] = point
+    return report
+
+
+def choose_operating_points(y_val, score_val) -> list[dict]:
+    points = []
+    for name, (rule, target) in OPERATING_RULES.items():
+        t = M.threshold_for(y_val, score_val, rule, target or 0.95)
+        r = M.rates(M.confusion(y_val, score_val, t))
+        points.append({"name": name, "rule": rule, "target": target, "threshold": t, "chosen_on": "val",
+                       "val_sensitivity": r["sensitivity"], "val_specificity": r["specificity"]})
+    return points
+
+
+def predict(model, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    return np.asarray(model.predict(images, batch_size=batch, verbose=0), dtype="float64")
+
+
+def evaluate_run(run: str | Path) -> dict:
+    run = Path(run)
+    config = json.loads((run / "config.json").read_text())
+    members = json.loads((run / "members.json").read_text())
+    task, classes = config["task"], config["classes"]
+    split = pd.read_csv(run / "split.csv")
+    split["path"] = [str(Path(config["data"]) / p) for p in split["path"]]
+    images = data_lib.load_images(split, config["input"], config.get("cache_dir", "cache"))
+    y = encode_targets(split, task, classes)
+    va, te = (split["split"] == "val").to_numpy(), (split["split"] == "test").to_numpy()
+    subtype_te = split.loc[te, "subtype"].to_numpy() if "subtype" in split else None
+
+    raw = {m["name"]: {"val": None, "test": None} for m in members}
+    for m in members:
+        model = keras.saving.load_model(run / m["file"], compile=False, safe_mode=True)
+        raw[m["name"]] = {"val": predict(model, images[va]), "test": predict(model, images[te])}
+        keras.backend.clear_session()
+
+    calibrated, temps = {}, {}
+    for name, p in raw.items():
+        temps[name] = fit_temperature(p["val"], y[va], task)
+        calibrated[name] = {s: apply_temperature(p[s], temps[name], task) for s in ("val", "test")}
+    ens = {s: np.mean([calibrated[n][s] for n in raw], axis=0) for s in ("val", "test")}
+
+    evaluation = {"task": task, "classes": classes, "split": "internal-test", "n": int(te.sum()),
+                  "n_val": int(va.sum()), "temperatures": temps, "members": {}}
+    scores = {"task": task, "classes": classes, "split": "internal-test",
+              "path": split.loc[te, "path"].map(lambda p: str(Path(p).relative_to(config["data"]))).tolist(),
+              "subtype": subtype_te.tolist() if subtype_te is not None else None,
+              "y": y[te].astype(int).tolist(), "ensemble": ens["test"].round(5).tolist(),
+              "members": {n: calibrated[n]["test"].round(5).tolist() for n in raw}}
+
+    if task == "binary":
+        yv, yt = y[va, 0], y[te, 0]
+        ops = choose_operating_points(yv, ens["val"][:, 0])
+        evaluation["operating_points"] = ops
+        thresholds = {o["name"]: o["threshold"] for o in ops}
+        evaluation["ensemble"] = binary_report(yt, ens["test"][:, 0], thresholds, subtype_te)
+        for name in raw:
+            member_ops = {o["name"]: o["threshold"] for o in choose_operating_points(yv, calibrated[name]["val"][:, 0])}
+            evaluation["members"][name] = binary_report(yt, calibrated[name]["test"][:, 0], member_ops, subtype_te)
+        for name, probs in [("ensemble", None)] + [(n, raw[n]) for n in raw]:
+            target = evaluation["ensemble"] if name == "ensemble" else evaluation["members"][name]
+            after = ens["test"][:, 0] if name == "ensemble" else calibrated[name]["test"][:, 0]
+            before = np.mean([raw[n]["test"][:, 0] for n in raw], 0) if probs is None else probs["test"][:, 0]
+            ece_b, bins_b = M.expected_calibration_error(yt, before)
+            ece_a, bins_a = M.expected_calibration_error(yt, after)
+            target["calibration"] = {"ece_before": ece_b, "ece_after": ece_a, "bins_before": bins_b,
+                                     "bins_after": bins_a}
+        best = max(evaluation["members"], key=lambda n: evaluation["members"][n]["auc"])
+        evaluation["best_member"] = best
+        evaluation["ensemble_beats_best_member"] = evaluation["ensemble"]["auc"] > evaluation["members"][best]["auc"]
+    else:
+        evaluation.update(per_class_report(task, classes, y[va], y[te], ens, calibrated))
+
+    (run / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
+    (run / "scores.json").write_text(json.dumps(scores))
+    return summary(evaluation)
+
+
+def per_class_report(task, classes, y_val, y_test, ens, calibrated) -> dict:
+    """One-vs-rest per class: AUC with CI, a val-chosen (Youden) threshold per class, support; plus the argmax
+    confusion matrix for multiclass."""
+    out = {"per_class": {}, "members": {}}
+    for k, c in enumerate(classes):
+        t = M.threshold_for(y_val[:, k], ens["val"][:, k], "youden")
+        counts = M.confusion(y_test[:, k], ens["test"][:, k], t)
+        out["per_class"][c] = {"auc": M.roc_auc(y_test[:, k], ens["test"][:, k]),
+                               "auc_ci95": bootstrap_auc_ci(y_test[:, k], ens["test"][:, k], n=300),
+                               "support": int(y_test[:, k].sum()), "threshold": t, **counts, **M.rates(counts)}
+        fpr, tpr = _thin(*M.roc_curve(y_test[:, k], ens["test"][:, k])[:2])
+        out["per_class"][c]["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+    for name, p in calibrated.items():
+        out["members"][name] = {"per_class_auc": {c: M.roc_auc(y_test[:, k], p["test"][:, k])
+                                                  for k, c in enumerate(classes)}}
+    aucs = [v["auc"] for v in out["per_class"].values()]
+    out["ensemble"] = {"macro_auc": float(np.nanmean(aucs))}
+    out["operating_points"] = [{"name": "per-class", "thresholds": {c: v["threshold"] for c, v in
+                                                                   out["per_class"].items()}, "chosen_on": "val"}]
+    if task == "multiclass":
+        pred, true = ens["test"].argmax(1), y_test.argmax(1)
+        out["confusion_matrix"] = [[int(((true == i) & (pred == j)).sum()) for j in range(len(classes))]
+                                   for i in range(len(classes))]
+        out["ensemble"]["accuracy"] = float((pred == true).mean())
+    return out
+
+
+def summary(evaluation: dict) -> dict:
+    """The headline numbers, as recorded in the bundle manifest."""
+    if evaluation["task"] != "binary":
+        return {"split": evaluation["split"], "n": evaluation["n"], **evaluation["ensemble"],
+                "per_class_auc": {c: v["auc"] for c, v in evaluation["per_class"].items()}}
+    e = evaluation["ensemble"]
+    bal = e["operating_points"]["balanced"]
+    return {"split": evaluation["split"], "n": evaluation["n"], "auc": e["auc"], "auc_ci95": e["auc_ci95"],
+            "accuracy": bal["accuracy"], "sensitivity": bal["sensitivity"], "specificity": bal["specificity"],
+            "ppv": bal["ppv"], "npv": bal["npv"], "f1": bal["f1"], "at": "balanced",
+            "member_auc": {n: m["auc"] for n, m in evaluation["members"].items()},
+            "ensemble_beats_best_member": evaluation["ensemble_beats_best_member"]}

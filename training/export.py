@@ -1,0 +1,108 @@
+"""Write a model bundle from an evaluated run: manifest.json (the bundle contract), member files with sha256,
+and the reports the app's pages plot (`reports/evaluation.json`, `reports/scores.json`, `reports/eda.json`)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from model.bundle import sha256_file
+from training import data as data_lib
+from training.evaluate import summary
+
+TITLES = {"binary": "Pediatric pneumonia (normal vs pneumonia)",
+          "multiclass": "Pediatric pneumonia type (normal / bacterial / viral)",
+          "multilabel": "Chest X-ray findings (multi-label)"}
+
+
+def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None) -> Path:
+    run, bundle = Path(run), Path(bundle)
+    config = json.loads((run / "config.json").read_text())
+    members = json.loads((run / "members.json").read_text())
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    (bundle / "members").mkdir(parents=True)
+    (bundle / "reports").mkdir()
+    member_entries = []
+    for m in members:
+        target = bundle / "members" / Path(m["file"]).name
+        shutil.copyfile(run / m["file"], target)
+        member_entries.append({"name": m["name"], "file": f"members/{target.name}", "sha256": sha256_file(target),
+                               "arch": m["arch"], "params": m["params"], "cam_layer": m["cam_layer"],
+                               "val_auc": m["best_val_auc"], "epochs_run": m["epochs_run"],
+                               "temperature": evaluation["temperatures"][m["name"]],
+                               "train_seconds": m["train_seconds"], "code_commit": config["code_commit"]})
+    hardware = json.loads((run / "hardware.json").read_text())
+    timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").exists() else {}
+    manifest = {
+        "schema": 1, "name": bundle.name, "title": title or TITLES[config["task"]], "task": config["task"],
+        "classes": config["classes"], "input": config["input"], "members": member_entries,
+        "ensemble": {"method": "mean", "of": "temperature-calibrated member probabilities"},
+        "calibration": {"method": "temperature", "per_member": evaluation["temperatures"], "fitted_on": "val"},
+        "operating_points": evaluation.get("operating_points", []),
+        "default_operating_point": (evaluation.get("operating_points") or [{"name": None}])[0]["name"],
+        "evaluation": summary(evaluation),
+        "training": {"data": Path(config["data"]).name, "counts": config["counts"], "patients": config["patients"],
+                     "split": "patient-level, duplicates grouped, stratified by subtype, 70/15/15",
+                     "split_seed": config["seed"], "code_commit": config["code_commit"],
+                     "created": config["created"], "hardware": hardware, "wall_seconds": timing.get("wall_seconds"),
+                     "epochs_max": config["epochs"], "batch_size": config["batch_size"], "lr": config["lr"],
+                     "minutes_per_member": config["minutes_per_member"]},
+        "version": config["created"][:10] + "-" + config["code_commit"][:8],
+    }
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (bundle / "reports" / "evaluation.json").write_text((run / "evaluation.json").read_text())
+    shutil.copyfile(run / "scores.json", bundle / "reports" / "scores.json")
+    (bundle / "reports" / "eda.json").write_text(json.dumps(eda_report(run, config)))
+    for history in run.glob("history-*.csv"):
+        shutil.copyfile(history, bundle / "reports" / history.name)
+    return bundle
+
+
+def eda_report(run: Path, config: dict) -> dict:
+    """The numbers and small arrays the dataset page draws; computed once at export, never at page load."""
+    split = pd.read_csv(run / "split.csv")
+    split["path"] = [str(Path(config["data"]) / p) for p in split["path"]]
+    images = data_lib.load_images(split, config["input"], config.get("cache_dir", "cache"))
+    label = "class" if "class" in split else "label"
+    counts = (split.groupby(["split", label, "subtype"]).size().rename("images").reset_index()
+              .to_dict(orient="records"))
+    dedup = split.drop_duplicates("dup_group")
+    sizes = [_image_size(p) for p in split["path"]]
+    per_patient = split.groupby("patient_id").size()
+    report = {
+        "dataset": Path(config["data"]).name, "n_images": len(split), "n_patients": int(split["patient_id"].nunique()),
+        "label_column": label, "counts": counts,
+        "patients_per_split": split.groupby("split")["patient_id"].nunique().to_dict(),
+        "images_per_patient": per_patient.value_counts().sort_index().rename_axis("images")
+        .reset_index(name="patients").to_dict(orient="records"),
+        "balance_before_dedup": split[label].value_counts().to_dict(),
+        "balance_after_dedup": dedup[label].value_counts().to_dict(),
+        "duplicates_removed_if_deduplicated": int(len(split) - len(dedup)),
+        "size": {"width": [s[0] for s in sizes], "height": [s[1] for s in sizes],
+                 "label": split[label].tolist()},
+        "source_kind": split["source_kind"].value_counts().to_dict() if "source_kind" in split else None,
+        "intensity_histogram": {}, "mean_image": {}, "input": config["input"],
+    }
+    edges = np.linspace(0, 256, 33)
+    for value, rows in split.groupby(label).groups.items():
+        pix = images[np.asarray(rows)]
+        hist = np.histogram(pix, bins=edges)[0]
+        report["intensity_histogram"][value] = {"edges": edges.tolist(), "density": (hist / hist.sum()).tolist()}
+        mean = cv2.resize(pix[..., 0].mean(axis=0).astype(np.float32), (64, 64), interpolation=cv2.INTER_AREA)
+        report["mean_image"][value] = mean.round().astype(int).tolist()
+    return report
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:  # reads the header only
+            return im.size
+    except OSError:  # e.g. DICOM: size unknown to Pillow
+        return (None, None)
