@@ -30,7 +30,14 @@ from PIL import Image
 import pydicom
 from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, iter_pixels
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGExtended12Bit,
+)
 
 __all__ = [
     "MAX_PIXELS",
@@ -56,6 +63,14 @@ _COLOUR_TOLERANCE = 3
 """Channels differing by at most this much (on a 0–255 scale) count as gray: JPEG chroma noise is not colour."""
 
 _SUPPORTED = "PNG, JPEG, TIFF, BMP, WebP, GIF or DICOM"
+
+_IN_PROCESS_PLUGINS = ("pydicom", "pillow", "pyjpegls", "pylibjpeg")
+"""pydicom decoding plugins tried in this process, in order. GDCM is deliberately absent: on some damaged
+codestreams it throws an uncaught C++ exception that aborts the interpreter, so it only runs in a child process
+(JPEG Lossless, and 12-bit JPEG Extended when the optional pylibjpeg-libjpeg is not installed)."""
+
+_IN_ISOLATION = False  # True inside the child process started by _decode_isolated
+_ISOLATION_TIMEOUT_S = 120
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -779,10 +794,152 @@ def _decode_dicom(data: bytes, max_pixels: int, *, has_preamble: bool) -> Decode
             ds = pydicom.dcmread(BytesIO(data), force=force)
         except Exception:
             raise UnreadableImage(_DICOM_DAMAGED) from None
-        return _decode_dicom_dataset(ds, max_pixels)
+        return _decode_dicom_dataset(ds, max_pixels, source=data)
 
 
-def _decode_dicom_dataset(ds, max_pixels: int) -> Decoded:
+def _scan_frames(frames, samples: int):
+    """(first non-blank frame or None, first frame, index shown) over an iterator of decoded frames."""
+    chosen, fallback, shown = None, None, 0
+    for index, frame in enumerate(frames):
+        frame = np.asarray(frame)
+        if frame.ndim == 3 and frame.shape[-1] == 1 and samples == 1:
+            frame = frame.reshape(frame.shape[0], frame.shape[1])
+        blank = bool(frame.size == 0 or np.min(frame) == np.max(frame))
+        if fallback is None:
+            fallback = frame
+        if not blank:
+            chosen, shown = frame, index
+            break
+    return chosen, fallback, shown
+
+
+def _gdcm_jpeg12_frames(ds, n_frames: int, scan: int, rows: int, cols: int):
+    """Decode 12-bit monochrome JPEG Extended frames with GDCM directly, in memory (as pydicom's plugin does)."""
+    import gdcm  # python-gdcm (BSD); optional
+
+    signed = (_int_attr(ds, "PixelRepresentation") or 0) == 1
+    bits_stored = _int_attr(ds, "BitsStored") or 12
+    for index, src in enumerate(generate_frames(ds.PixelData, number_of_frames=n_frames)):
+        if index >= scan:
+            break
+        fragment = gdcm.Fragment()
+        fragment.SetByteStringValue(src)
+        fragments = gdcm.SequenceOfFragments.New()
+        fragments.AddFragment(fragment)
+        element = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
+        element.SetValue(fragments.__ref__())
+        image = gdcm.Image()
+        image.SetNumberOfDimensions(2)
+        image.SetDimensions((cols, rows, 1))
+        image.SetDataElement(element)
+        image.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(gdcm.PhotometricInterpretation.MONOCHROME2))
+        image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGExtendedProcess2_4))
+        image.SetPixelFormat(gdcm.PixelFormat(1, 16, bits_stored, bits_stored - 1, int(signed)))
+        buffer = image.GetBuffer()
+        raw = buffer.encode("utf-8", "surrogateescape") if isinstance(buffer, str) else bytes(buffer)
+        if len(raw) < rows * cols * 2:
+            raise ValueError("short frame")
+        frame = np.frombuffer(raw, "<i2" if signed else "<u2", count=rows * cols).reshape(rows, cols)
+        yield frame
+
+
+class _NeedsGdcm(Exception):
+    """No in-process decoder could decode the frames, but GDCM (run in a child process) might."""
+
+
+def _decode_frames(ds, decoder, tsuid: UID, scan: int, samples: int, n_frames: int, rows: int, cols: int,
+                   bits_stored: int):
+    """Decode up to `scan` frames (one at a time) → (first non-blank frame or None, first frame, its index)."""
+    if not tsuid.is_compressed:
+        return _scan_frames(iter_pixels(ds, indices=range(scan)), samples)
+    available = tuple(decoder.available_plugins)
+    plugins = [p for p in _IN_PROCESS_PLUGINS if p in available]
+    if _IN_ISOLATION and "gdcm" in available:
+        plugins.append("gdcm")
+    for plugin in plugins:
+        try:
+            return _scan_frames(iter_pixels(ds, indices=range(scan), decoding_plugin=plugin), samples)
+        except (DecodeError, MemoryError):
+            raise
+        except Exception:
+            continue  # e.g. Pillow and 12-bit JPEG: try the next plugin
+    gdcm_could = "gdcm" in available or (tsuid == JPEGExtended12Bit and _gdcm_installed())
+    if not _IN_ISOLATION and gdcm_could:
+        raise _NeedsGdcm()
+    if _IN_ISOLATION and tsuid == JPEGExtended12Bit and bits_stored > 8 and samples == 1 and _gdcm_installed():
+        # pydicom refuses GDCM for 12-bit JPEG Extended, but GDCM >= 3.0.10 decodes it correctly.
+        return _scan_frames(_gdcm_jpeg12_frames(ds, n_frames, scan, rows, cols), 1)
+    if not plugins and not gdcm_could:
+        raise UnreadableImage(_no_decoder_message(tsuid.name))
+    raise ValueError("no decoder succeeded")
+
+
+def _gdcm_installed() -> bool:
+    try:
+        import importlib.util
+
+        return importlib.util.find_spec("gdcm") is not None
+    except Exception:
+        return False
+
+
+def _no_decoder_message(ts_name: str) -> str:
+    return f"This DICOM file uses {ts_name} compression, but the decoder needed for it is not installed here."
+
+
+def _undecodable_message(ts_name: str) -> str:
+    return (
+        f"This DICOM file uses {ts_name} compression, and its image could not be decoded here "
+        "(the data may be damaged, or no installed decoder supports this variant of the compression)."
+    )
+
+
+def _isolated_worker(conn, data: bytes, max_pixels: int) -> None:
+    """Child-process entry point: decode with GDCM allowed, send back a Decoded or a DecodeError."""
+    global _IN_ISOLATION
+    _IN_ISOLATION = True
+    try:
+        try:
+            result = decode(data, None, max_pixels=max_pixels)
+        except DecodeError as err:
+            result = err
+        except Exception:
+            result = None
+        conn.send(result)
+    finally:
+        conn.close()
+
+
+def _decode_isolated(data: bytes, max_pixels: int, ts_name: str) -> Decoded:
+    """Decode in a fresh child process: GDCM can abort() the whole interpreter on damaged data, and a crash there
+    must not take the app down. Nothing is written to disk; the bytes travel over a pipe."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # fork is unsafe in a threaded server
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_isolated_worker, args=(sender, data, max_pixels), daemon=True)
+    result = None
+    try:
+        process.start()
+        sender.close()
+        if receiver.poll(_ISOLATION_TIMEOUT_S):
+            result = receiver.recv()
+    except (EOFError, OSError):
+        result = None
+    finally:
+        receiver.close()
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    if isinstance(result, DecodeError):
+        raise result
+    if isinstance(result, Decoded):
+        return result
+    raise UnreadableImage(_undecodable_message(ts_name))
+
+
+def _decode_dicom_dataset(ds, max_pixels: int, source: bytes | None = None) -> Decoded:
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise NoUsableFrame("This DICOM file contains no image (it has no pixel data): it may be a report or "
                             "another non-image object.")
@@ -860,32 +1017,20 @@ def _decode_dicom_dataset(ds, max_pixels: int) -> Decoded:
             )
 
     warns: list[dict] = []
-    chosen = None
-    fallback = None
-    shown = 0
     try:
-        for index, frame in enumerate(iter_pixels(ds, indices=range(scan))):
-            frame = np.asarray(frame)
-            if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[-1] == 1 and samples == 1):
-                frame = frame.reshape(frame.shape[0], frame.shape[1])
-            blank = bool(frame.size == 0 or np.min(frame) == np.max(frame))
-            if fallback is None:
-                fallback = frame
-            if not blank:
-                chosen, shown = frame, index
-                break
+        chosen, fallback, shown = _decode_frames(ds, decoder, tsuid, scan, samples, n_frames, rows, cols, bits_stored)
     except DecodeError:
         raise
     except MemoryError:
         raise _too_large_unknown(max_pixels) from None
+    except _NeedsGdcm:
+        if source is None:
+            raise UnreadableImage(_no_decoder_message(ts_name)) from None
+        return _decode_isolated(source, max_pixels, ts_name)
     except Exception:
-        if fallback is None:
-            if tsuid.is_compressed:
-                raise UnreadableImage(
-                    f"This DICOM file uses {ts_name} compression, and its image could not be decoded here "
-                    "(the data may be damaged, or this variant of the compression isn't supported)."
-                ) from None
-            raise UnreadableImage(_DICOM_DAMAGED) from None
+        if tsuid.is_compressed:
+            raise UnreadableImage(_undecodable_message(ts_name)) from None
+        raise UnreadableImage(_DICOM_DAMAGED) from None
 
     if chosen is None:
         if fallback is None or n_frames > 1:
