@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-BUNDLES_DIR = Path(__file__).parent / "bundles"
+# TORAX_BUNDLES points the app, CLI and API at another bundles folder (tests use temporary ones).
+BUNDLES_DIR = Path(os.environ.get("TORAX_BUNDLES", Path(__file__).parent / "bundles"))
 DEFAULT_BUNDLE = "pneumonia-kermany"
 TASKS = ("binary", "multiclass", "multilabel")
 

@@ -17,7 +17,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import pickle
+import re
 import struct
+import subprocess
+import sys
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -69,8 +75,23 @@ _IN_PROCESS_PLUGINS = ("pydicom", "pillow", "pyjpegls", "pylibjpeg")
 codestreams it throws an uncaught C++ exception that aborts the interpreter, so it only runs in a child process
 (JPEG Lossless, and 12-bit JPEG Extended when the optional pylibjpeg-libjpeg is not installed)."""
 
-_IN_ISOLATION = False  # True inside the child process started by _decode_isolated
+_IN_ISOLATION = False  # True inside the child interpreter started by _decode_isolated
 _ISOLATION_TIMEOUT_S = 120
+
+
+class _MuteWhileDecoding(logging.Filter):
+    """pydicom logs validation problems with the offending value quoted (e.g. an invalid birth date). While this
+    module is decoding, in the decoding thread, such records are dropped."""
+
+    state = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.state, "depth", 0)
+
+
+_MUTE = _MuteWhileDecoding()
+if not any(isinstance(f, _MuteWhileDecoding) for f in logging.getLogger("pydicom").filters):
+    logging.getLogger("pydicom").addFilter(_MUTE)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -155,25 +176,42 @@ def decode(data: bytes, filename: str | None = None, *, max_pixels: int = MAX_PI
         data = bytes(data)
     fmt = _sniff(data)
     hint = _extension_hint(filename)
+    _MUTE.state.depth = getattr(_MUTE.state, "depth", 0) + 1
     try:
-        if fmt == "dicom":
-            result = _decode_dicom(data, max_pixels, has_preamble=True)
-        elif fmt is not None:
-            result = _decode_pillow(data, fmt, max_pixels)
-        elif hint == "dicom" or _looks_like_bare_dicom(data):
-            result = _decode_dicom(data, max_pixels, has_preamble=False)
-        elif hint is not None:
-            raise UnreadableImage(
-                f"This file is named like a {_FORMAT_LABEL[hint]} image, but its contents are not a readable "
-                f"{_FORMAT_LABEL[hint]}. It may be damaged, or be a different kind of file."
-            )
-        else:
-            raise UnreadableImage(f"This file isn't an image that can be read here. Please upload a {_SUPPORTED} file.")
+        with warnings.catch_warnings():
+            # Library warnings are not for the user (and pydicom's may quote element values): silence them all.
+            # Pillow's DecompressionBombWarning is replaced by this module's own header check.
+            warnings.simplefilter("ignore")
+            result = _dispatch(data, fmt, hint, max_pixels)
     except DecodeError as err:
         log.info("upload rejected: %s", err.code)
         raise
+    except MemoryError:
+        log.warning("out of memory while decoding a %s upload", fmt or "unrecognised")
+        raise _too_large_unknown(max_pixels) from None
+    except Exception as exc:  # a library failed in a way not anticipated above: still answer with a DecodeError
+        # Only the exception's type is logged: library messages can quote element values (patient data).
+        log.warning("unexpected %s while decoding a %s upload", type(exc).__name__, fmt or "unrecognised")
+        raise UnreadableImage("This file could not be read as an image. It may be damaged.") from None
+    finally:
+        _MUTE.state.depth -= 1
     log.debug("decoded %s upload: %d x %d", result.meta.get("format"), result.meta.get("width"), result.meta.get("height"))
     return result
+
+
+def _dispatch(data: bytes, fmt: str | None, hint: str | None, max_pixels: int) -> Decoded:
+    if fmt == "dicom":
+        return _decode_dicom(data, max_pixels, has_preamble=True)
+    if fmt is not None:
+        return _decode_pillow(data, fmt, max_pixels)
+    if hint == "dicom" or _looks_like_bare_dicom(data):
+        return _decode_dicom(data, max_pixels, has_preamble=False)
+    if hint is not None:
+        raise UnreadableImage(
+            f"This file is named like a {_FORMAT_LABEL[hint]} image, but its contents are not a readable "
+            f"{_FORMAT_LABEL[hint]}. It may be damaged, or be a different kind of file."
+        )
+    raise UnreadableImage(f"This file isn't an image that can be read here. Please upload a {_SUPPORTED} file.")
 
 
 def _sniff(data: bytes) -> str | None:
@@ -624,6 +662,28 @@ def _code_string(ds, keyword: str) -> str | None:
     return text
 
 
+_IDENTIFYING_KEYWORDS = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "AccessionNumber",
+                         "InstitutionName", "ReferringPhysicianName", "StudyID", "OperatorsName")
+
+
+def _tokens(text: str) -> set[str]:
+    return {t for t in re.split(r"[^A-Z0-9]+", text.upper()) if len(t) >= 3}
+
+
+def _identifier_tokens(ds) -> set[str]:
+    """Words of the identifying attributes, so that a code string that repeats one (a name typed into Body Part
+    Examined, say) is left out of the metadata."""
+    tokens: set[str] = set()
+    for keyword in _IDENTIFYING_KEYWORDS:
+        try:
+            value = ds.get(keyword, None)
+        except Exception:
+            continue
+        if value is not None:
+            tokens |= _tokens(str(value))
+    return tokens
+
+
 def _pixel_spacing(ds) -> list[float] | None:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         value = _attr(ds, keyword)
@@ -782,8 +842,8 @@ def _decode_dicom(data: bytes, max_pixels: int, *, has_preamble: bool) -> Decode
             raise UnreadableImage(
                 f"This file isn't an image that can be read here. Please upload a {_SUPPORTED} file."
             ) from None
-        if force and not any(_attr(header, k) is not None for k in
-                             ("SOPClassUID", "Modality", "Rows", "Columns", "StudyInstanceUID", "PatientID")):
+        if force and not any(k in header for k in  # presence only: values are never converted (or logged)
+                             ("SOPClassUID", "Modality", "Rows", "Columns", "StudyInstanceUID", "PixelData")):
             raise UnreadableImage(
                 "This file is named like a DICOM file, but its contents are not readable DICOM."
             )
@@ -794,7 +854,7 @@ def _decode_dicom(data: bytes, max_pixels: int, *, has_preamble: bool) -> Decode
             ds = pydicom.dcmread(BytesIO(data), force=force)
         except Exception:
             raise UnreadableImage(_DICOM_DAMAGED) from None
-        return _decode_dicom_dataset(ds, max_pixels, source=data)
+        return _decode_dicom_dataset(ds, max_pixels, source=data, has_preamble=has_preamble)
 
 
 def _scan_frames(frames, samples: int):
@@ -894,52 +954,55 @@ def _undecodable_message(ts_name: str) -> str:
     )
 
 
-def _isolated_worker(conn, data: bytes, max_pixels: int) -> None:
-    """Child-process entry point: decode with GDCM allowed, send back a Decoded or a DecodeError."""
+def _isolated_main() -> None:
+    """Child-process entry point: read (bytes, max_pixels) from stdin, decode with GDCM allowed, and write back
+    a pickled Decoded or DecodeError. Native libraries may print to stdout, so the reply goes to a private copy
+    of the original stdout while fd 1 is pointed at stderr."""
     global _IN_ISOLATION
     _IN_ISOLATION = True
+    reply = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    data, max_pixels, has_preamble = pickle.loads(sys.stdin.buffer.read())
     try:
-        try:
-            result = decode(data, None, max_pixels=max_pixels)
-        except DecodeError as err:
-            result = err
-        except Exception:
-            result = None
-        conn.send(result)
-    finally:
-        conn.close()
-
-
-def _decode_isolated(data: bytes, max_pixels: int, ts_name: str) -> Decoded:
-    """Decode in a fresh child process: GDCM can abort() the whole interpreter on damaged data, and a crash there
-    must not take the app down. Nothing is written to disk; the bytes travel over a pipe."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")  # fork is unsafe in a threaded server
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_isolated_worker, args=(sender, data, max_pixels), daemon=True)
-    result = None
-    try:
-        process.start()
-        sender.close()
-        if receiver.poll(_ISOLATION_TIMEOUT_S):
-            result = receiver.recv()
-    except (EOFError, OSError):
+        result = _decode_dicom(data, max_pixels, has_preamble=has_preamble)
+    except DecodeError as err:
+        result = err
+    except Exception:
         result = None
-    finally:
-        receiver.close()
-        process.join(timeout=5)
-        if process.is_alive():
-            process.kill()
-            process.join()
+    reply.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    reply.close()
+
+
+_CHILD_CODE = "import sys; sys.path.insert(0, {root!r}); from model.io import _isolated_main; _isolated_main()"
+
+
+def _decode_isolated(data: bytes, max_pixels: int, has_preamble: bool, ts_name: str) -> Decoded:
+    """Decode in a fresh child interpreter: GDCM can abort() the whole process on damaged data, and a crash there
+    must not take the app down. Nothing is written to disk; the bytes travel over pipes. The child's stderr is
+    discarded so that nothing it might print reaches the logs."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    payload = pickle.dumps((data, max_pixels, has_preamble), protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD_CODE.format(root=root)],
+            input=payload, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=_ISOLATION_TIMEOUT_S,
+            check=False,
+        )
+        result = pickle.loads(done.stdout) if done.returncode == 0 and done.stdout else None
+    except subprocess.TimeoutExpired:
+        raise UnreadableImage(
+            f"This DICOM file uses {ts_name} compression, and decoding it took too long; it may be damaged."
+        ) from None
+    except Exception:
+        result = None
     if isinstance(result, DecodeError):
-        raise result
+        raise type(result)(result.message) from None
     if isinstance(result, Decoded):
         return result
     raise UnreadableImage(_undecodable_message(ts_name))
 
 
-def _decode_dicom_dataset(ds, max_pixels: int, source: bytes | None = None) -> Decoded:
+def _decode_dicom_dataset(ds, max_pixels: int, source: bytes | None = None, has_preamble: bool = True) -> Decoded:
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise NoUsableFrame("This DICOM file contains no image (it has no pixel data): it may be a report or "
                             "another non-image object.")
@@ -1026,7 +1089,7 @@ def _decode_dicom_dataset(ds, max_pixels: int, source: bytes | None = None) -> D
     except _NeedsGdcm:
         if source is None:
             raise UnreadableImage(_no_decoder_message(ts_name)) from None
-        return _decode_isolated(source, max_pixels, ts_name)
+        return _decode_isolated(source, max_pixels, has_preamble, ts_name)
     except Exception:
         if tsuid.is_compressed:
             raise UnreadableImage(_undecodable_message(ts_name)) from None
@@ -1059,10 +1122,11 @@ def _decode_dicom_dataset(ds, max_pixels: int, source: bytes | None = None) -> D
         "bit_depth": int(bits_stored),
         "frames": int(n_frames),
     }
+    identifiers = _identifier_tokens(ds)
     for key, keyword in (("modality", "Modality"), ("view_position", "ViewPosition"),
                          ("body_part", "BodyPartExamined")):
         value = _code_string(ds, keyword)
-        if value:
+        if value and not identifiers.intersection(_tokens(value)):
             meta[key] = value
     spacing = _pixel_spacing(ds)
     if spacing:

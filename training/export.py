@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import cv2
+import keras
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -32,7 +33,8 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None)
     member_entries = []
     for m in members:
         target = bundle / "members" / Path(m["file"]).name
-        shutil.copyfile(run / m["file"], target)
+        # Re-saved uncompiled: the bundle carries weights and graph, not the optimizer's state (a third the size).
+        keras.saving.load_model(run / m["file"], compile=False, safe_mode=True).save(target)
         member_entries.append({"name": m["name"], "file": f"members/{target.name}", "sha256": sha256_file(target),
                                "arch": m["arch"], "params": m["params"], "cam_layer": m["cam_layer"],
                                "val_auc": m["best_val_auc"], "epochs_run": m["epochs_run"],

@@ -1,0 +1,16 @@
+"""Tórax: the Streamlit entry point. A router only: each page is a thin script under pages/."""
+import streamlit as st
+
+from pages.common import sidebar, tr
+
+st.set_page_config(page_title="Tórax", page_icon="🫁", layout="wide")
+t = tr("common")
+navigation = st.navigation([
+    st.Page("pages/diagnose.py", title=t("nav_diagnose"), icon="🩻", default=True, url_path="diagnose"),
+    st.Page("pages/worklist.py", title=t("nav_worklist"), icon="🗂️", url_path="worklist"),
+    st.Page("pages/dataset.py", title=t("nav_dataset"), icon="📊", url_path="dataset"),
+    st.Page("pages/evaluation.py", title=t("nav_evaluation"), icon="📈", url_path="evaluation"),
+    st.Page("pages/model_card.py", title=t("nav_model_card"), icon="📄", url_path="model-card"),
+])
+sidebar()
+navigation.run()

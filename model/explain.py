@@ -1,0 +1,84 @@
+"""Where the models looked: Grad-CAM, Grad-CAM++ and Score-CAM (tf-keras-vis) per member and their ensemble
+average, and the colour overlay drawn at the upload's own resolution."""
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+
+from model.preprocess import to_model_input
+
+METHODS = ("gradcam", "gradcam++", "scorecam")
+METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
+SCORECAM_MAX_N = 32  # Score-CAM masks with the 32 strongest channels: close to the full method, ~10× cheaper
+
+
+class Explainer:
+    """Builds each member's CAM objects once and reuses them. One lock per explainer: tf-keras-vis swaps layer
+    activations while it works, so two threads must not share one CAM object at once."""
+
+    def __init__(self, bundle):
+        self.bundle = bundle
+        self.spec = bundle.input_spec
+        self._cams: dict[tuple[str, str], object] = {}
+        self._lock = threading.Lock()
+
+    def _cam(self, member, method: str):
+        from tf_keras_vis.gradcam import Gradcam
+        from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+        from tf_keras_vis.scorecam import Scorecam
+        from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+
+        key = (member.name, method)
+        if key not in self._cams:
+            cls = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "scorecam": Scorecam}[method]
+            # Score-CAM reads the output probability itself; the gradient methods use the pre-activation score.
+            modifier = None if method == "scorecam" else ReplaceToLinear()
+            self._cams[key] = cls(member.model, model_modifier=modifier, clone=True)
+        return self._cams[key]
+
+    def score_fn(self, class_name: str):
+        """The scalar each CAM explains: the class's output (for a binary bundle's negative class, its negation)."""
+        classes, task = self.bundle.classes, self.bundle.task
+        if task == "binary":
+            sign = 1.0 if class_name == classes[-1] else -1.0
+            return lambda out: sign * out[:, 0]
+        k = classes.index(class_name)
+        return lambda out: out[:, k]
+
+    def member_cam(self, model_input: np.ndarray, member, method: str, class_name: str) -> np.ndarray:
+        """One member's CAM at model-input resolution, float32 in [0, 1]."""
+        if method not in METHODS:
+            raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+        kwargs = {"max_N": SCORECAM_MAX_N} if method == "scorecam" else {}
+        seed = model_input[None].astype(np.float32)  # a float seed keeps the gradient tape recording
+        with self._lock:
+            cam = self._cam(member, method)(self.score_fn(class_name), seed, penultimate_layer=member.cam_layer,
+                                            seek_penultimate_conv_layer=False, **kwargs)
+        cam = np.nan_to_num(np.asarray(cam[0], dtype=np.float32))
+        return cam
+
+    def cams(self, gray: np.ndarray, method: str = "gradcam", class_name: str | None = None) -> dict[str, np.ndarray]:
+        """{member name: CAM, "ensemble": mean of member CAMs}, each at model-input resolution in [0, 1]."""
+        class_name = class_name or self.bundle.classes[-1]
+        x = to_model_input(gray, self.spec)
+        out = {m.name: self.member_cam(x, m, method, class_name) for m in self.bundle.members}
+        out["ensemble"] = normalise(np.mean(list(out.values()), axis=0))
+        return out
+
+
+def normalise(cam: np.ndarray) -> np.ndarray:
+    lo, hi = float(cam.min()), float(cam.max())
+    return ((cam - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(cam, dtype=np.float32)
+
+
+def overlay(gray: np.ndarray, cam: np.ndarray, opacity: float = 0.4,
+            colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """Blend a CAM over the radiograph. Returns RGB uint8 at the radiograph's own size and aspect ratio."""
+    h, w = gray.shape[:2]
+    heat = cv2.resize(np.clip(cam, 0, 1).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    colour = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), colormap)
+    colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
+    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+    return cv2.addWeighted(colour, float(opacity), base, 1.0 - float(opacity), 0.0)
