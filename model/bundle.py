@@ -13,8 +13,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-# TORAX_BUNDLES points the app, CLI and API at another bundles folder (tests use temporary ones).
-BUNDLES_DIR = Path(os.environ.get("TORAX_BUNDLES", Path(__file__).parent / "bundles"))
+BUNDLES_DIR = Path(__file__).parent / "bundles"
+
+
+def bundles_dir() -> Path:
+    """Where bundles live: $TORAX_BUNDLES if set (tests point it at temporary folders), else model/bundles."""
+    return Path(os.environ.get("TORAX_BUNDLES") or BUNDLES_DIR)
 DEFAULT_BUNDLE = "pneumonia-kermany"
 TASKS = ("binary", "multiclass", "multilabel")
 
@@ -146,11 +150,11 @@ def load_bundle(path: str | Path) -> Bundle:
     return bundle
 
 
-def discover(root: str | Path = BUNDLES_DIR) -> list[Path]:
-    return sorted(p.parent for p in Path(root).glob("*/manifest.json"))
+def discover(root: str | Path | None = None) -> list[Path]:
+    return sorted(p.parent for p in Path(root or bundles_dir()).glob("*/manifest.json"))
 
 
-def load_all(root: str | Path = BUNDLES_DIR) -> tuple[dict[str, Bundle], dict[str, str]]:
+def load_all(root: str | Path | None = None) -> tuple[dict[str, Bundle], dict[str, str]]:
     """Load every bundle under `root`. Returns ({name: Bundle}, {folder name: error message})."""
     bundles, errors = {}, {}
     for path in discover(root):

@@ -51,7 +51,8 @@ class Explainer:
         """One member's CAM at model-input resolution, float32 in [0, 1]."""
         if method not in METHODS:
             raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
-        kwargs = {"max_N": SCORECAM_MAX_N} if method == "scorecam" else {}
+        channels = member.model.get_layer(member.cam_layer).output.shape[-1]
+        kwargs = {"max_N": min(SCORECAM_MAX_N, channels)} if method == "scorecam" else {}
         seed = model_input[None].astype(np.float32)  # a float seed keeps the gradient tape recording
         with self._lock:
             cam = self._cam(member, method)(self.score_fn(class_name), seed, penultimate_layer=member.cam_layer,

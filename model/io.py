@@ -12,6 +12,14 @@ attributes, UIDs, institution, or even the uploaded file's name).
 Supported: PNG (incl. 16-bit and APNG), JPEG (EXIF orientation, CMYK), TIFF (multi-page), BMP, WebP, GIF
 (animated), and DICOM (uncompressed, RLE, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, deflated), with
 the Modality LUT, VOI LUT / window and MONOCHROME1 inversion applied.
+
+DICOM decoders: RLE (pydicom), JPEG baseline (Pillow), JPEG-LS (pyjpegls), JPEG 2000 (pylibjpeg-openjpeg, Pillow)
+run in this process. JPEG Lossless and 12-bit JPEG Extended need GDCM (python-gdcm) unless the optional, GPL
+pylibjpeg-libjpeg is installed; GDCM aborts the interpreter on some damaged codestreams, so it only ever runs in a
+short-lived child interpreter fed through pipes (still nothing on disk), costing about half a second per such file.
+
+Thread safety: decode() may be called from several threads; it silences library warnings with
+``warnings.catch_warnings`` (process-wide, like any use of it) and mutes the ``pydicom`` logger for its own thread.
 """
 from __future__ import annotations
 

@@ -651,34 +651,24 @@ def _base12() -> Dataset:
     return make_dicom(phantom12(), bits_stored=12, **WINDOW12)
 
 
+PYDICOM_ENCODERS = {  # pydicom 3 `Dataset.compress`: RLE natively, JPEG-LS via pyjpegls, JPEG 2000 via openjpeg
+    "rle": (RLELossless, {}),
+    "jpegls_lossless": (JPEGLSLossless, {}),
+    "jpegls_near_lossless": (JPEGLSNearLossless, {"jls_error": 3}),
+    "j2k_lossless": (JPEG2000Lossless, {}),
+    "j2k": (JPEG2000, {"j2k_psnr": [60]}),
+}
+
+
 def _compressed(kind: str, tmp_path) -> tuple[bytes, Dataset]:
     """(compressed DICOM bytes, the uncompressed dataset it came from)."""
-    if kind == "rle":
-        ds = _base12()
-        src = copy.deepcopy(ds)
-        ds.compress(RLELossless)
+    if kind in PYDICOM_ENCODERS:
+        tsuid, options = PYDICOM_ENCODERS[kind]
+        src = _base12()
+        ds = copy.deepcopy(src)
+        ds.compress(tsuid, **options)
         return dicom_bytes(ds), src
-    if kind == "jpegls_lossless":
-        ds = _base12()
-        src = copy.deepcopy(ds)
-        ds.compress(JPEGLSLossless)
-        return dicom_bytes(ds), src
-    if kind == "jpegls_near_lossless":
-        ds = _base12()
-        src = copy.deepcopy(ds)
-        ds.compress(JPEGLSNearLossless, jls_error=3)
-        return dicom_bytes(ds), src
-    if kind == "j2k_lossless":
-        ds = _base12()
-        src = copy.deepcopy(ds)
-        ds.compress(JPEG2000Lossless)
-        return dicom_bytes(ds), src
-    if kind == "j2k":
-        ds = _base12()
-        src = copy.deepcopy(ds)
-        ds.compress(JPEG2000, j2k_psnr=[60])
-        return dicom_bytes(ds), src
-    if kind in ("jpeg_baseline", "jpeg_extended_8bit"):
+    if kind in ("jpeg_baseline", "jpeg_extended_8bit"):  # Pillow's JPEG bytes, encapsulated
         src = make_dicom(phantom8(), WindowCenter=127.5, WindowWidth=256)
         jpeg = encode(Image.fromarray(phantom8()), "JPEG", quality=95)
         tsuid = JPEGBaseline8Bit if kind == "jpeg_baseline" else JPEGExtended12Bit
@@ -691,9 +681,11 @@ def _compressed(kind: str, tmp_path) -> tuple[bytes, Dataset]:
     if kind == "jpeg_lossless":
         return gdcm_transcode(src, "JPEGLosslessProcess14", tmp_path), src
     if kind == "jpeg_extended_12bit":
-        # GDCM writes a 12-bit (precision 12) SOF1 only when told the samples are 12 bits allocated;
+        # GDCM writes a precision-12 SOF1 only when told the samples are 12 bits allocated;
         # the data set is then put back to the standard 16 bits allocated.
         data = gdcm_transcode(src, "JPEGExtendedProcess2_4", tmp_path, pixel_format=(1, 12, 12, 11))
+        sof1 = data.index(b"\xff\xc1")
+        assert data[sof1 + 4] == 12  # really a 12-bit lossy JPEG
         ds = pydicom.dcmread(io.BytesIO(data))
         ds.BitsAllocated = 16
         return dicom_bytes(ds), src

@@ -139,6 +139,9 @@ def train(data_dir: str, out: str, *, task: str = "binary", members=("cnn", "mob
             keras.distribution.set_distribution(keras.distribution.DataParallel())
     input_spec = {"height": size, "width": size, "channels": 1, "resize": "squash", "dtype": "uint8"}
     df, images = prepare(data_dir, out, task, input_spec, seed, cache_dir, one_per_patient, keep_official_test)
+    empty = [s for s in data_lib.SPLITS if not (df["split"] == s).any()]
+    if empty:
+        raise ValueError(f"Too few patients to split: the {' and '.join(empty)} split would be empty.")
     classes = classes or default_classes(df, task)
     y = encode_targets(df, task, classes)
     tr, va = (df["split"] == "train").to_numpy(), (df["split"] == "val").to_numpy()

@@ -1,0 +1,435 @@
+"""Shape a bundle's reports (`reports/*.json`, `reports/history-*.csv`, the manifest) into the small tables and
+series that the Dataset, Evaluation and Model card pages draw.
+
+Pure pandas/numpy: no Streamlit, no Keras. Nothing the export already computed is recomputed here; the only
+per-threshold work (confusion counts, the threshold sweep, the error lists) runs on the stored per-image test
+scores with `model.metrics`, so the app and the training report can never disagree.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from model import metrics as M
+
+SPLIT_ORDER = ("train", "val", "test")
+SMALL_TRAINING_SET = 1000  # fewer training images than this: "research use only"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- formatting: one place, so a page and its test format a number the same way ------------------------------------
+
+def is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def fmt_num(x, digits: int = 3) -> str:
+    """0.91234 -> "0.912"; missing or NaN -> "—"."""
+    return f"{x:.{digits}f}" if is_number(x) else "—"
+
+
+def fmt_pct(x, digits: int = 1) -> str:
+    """0.9123 -> "91.2%"; missing or NaN -> "—"."""
+    return f"{100 * x:.{digits}f}%" if is_number(x) else "—"
+
+
+def fmt_ci(ci, digits: int = 3) -> str:
+    """[0.53, 0.61] -> "0.530–0.610"."""
+    if not ci or len(ci) != 2 or not all(is_number(v) for v in ci):
+        return "—"
+    return f"{ci[0]:.{digits}f}–{ci[1]:.{digits}f}"
+
+
+def fmt_int(x) -> str:
+    """3665 -> "3,665"."""
+    return f"{int(x):,}" if is_number(x) else "—"
+
+
+def fmt_duration(seconds) -> str:
+    """192.6 -> "3 min 13 s"; 7384 -> "2 h 3 min"."""
+    if not is_number(seconds):
+        return "—"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+# --- where the images are ----------------------------------------------------------------------------------------------
+
+def default_data_dir() -> str:
+    """$TORAX_DATA_DIR, else ../shared/data/kermany next to the repository when it exists, else ""."""
+    if os.environ.get("TORAX_DATA_DIR"):
+        return os.environ["TORAX_DATA_DIR"]
+    shared = (REPO_ROOT.parent / "shared" / "data" / "kermany").resolve()
+    return str(shared) if shared.is_dir() else ""
+
+
+def data_dir_ok(data_dir: str | None) -> bool:
+    return bool(data_dir) and Path(data_dir).expanduser().is_dir()
+
+
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".tif", ".tiff", ".bmp", ".webp"}
+
+
+def sample_paths(data_dir: str, classes: list[str], per_class: int = 6, seed: int = 0) -> dict[str, list[Path]]:
+    """A few image files per class from a dataset folder: from its manifest.csv (path, label) when it has one,
+    else from `<class>/` sub-folders anywhere below it (the public chest_xray layout). Reproducible for a seed."""
+    root = Path(data_dir).expanduser()
+    rng = np.random.default_rng(seed)
+    found: dict[str, list[Path]] = {}
+    manifest = root / "manifest.csv"
+    if manifest.is_file():
+        df = pd.read_csv(manifest, usecols=lambda c: c in {"path", "label"})
+        for c in classes:
+            paths = df.loc[df["label"] == c, "path"].to_numpy() if "label" in df else np.array([])
+            pick = rng.choice(paths, min(per_class, len(paths)), replace=False) if len(paths) else []
+            found[c] = [root / p for p in pick]
+        return found
+    for c in classes:
+        paths = sorted(p for d in root.rglob(c) if d.is_dir() for p in d.iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES)
+        pick = rng.choice(len(paths), min(per_class, len(paths)), replace=False) if paths else []
+        found[c] = [paths[i] for i in pick]
+    return found
+
+
+# --- dataset (eda.json) -----------------------------------------------------------------------------------------------
+
+def _split_rank(split: str) -> int:
+    return SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER)
+
+
+def counts_frame(eda: dict) -> pd.DataFrame:
+    """One row per split × label × subtype: split, label, subtype, images (train, val, test order)."""
+    df = pd.DataFrame(eda["counts"]).rename(columns={eda.get("label_column", "label"): "label"})
+    df = df.assign(_r=df["split"].map(_split_rank)).sort_values(["_r", "label", "subtype"]).drop(columns="_r")
+    return df.reset_index(drop=True)[["split", "label", "subtype", "images"]]
+
+
+def counts_pivot(eda: dict) -> pd.DataFrame:
+    """Rows label · subtype, one column per split and a total; the last row is the patients per split."""
+    df = counts_frame(eda)
+    splits = sorted(df["split"].unique(), key=_split_rank)
+    table = df.pivot_table(index=["label", "subtype"], columns="split", values="images", aggfunc="sum",
+                           fill_value=0)[splits]
+    table["total"] = table.sum(axis=1)
+    table.loc[("all", "all"), :] = table.sum(axis=0)
+    return table.astype(int).reset_index()
+
+
+def patients_frame(eda: dict) -> pd.DataFrame:
+    """split, images, patients, images per patient (mean)."""
+    df = counts_frame(eda)
+    images = df.groupby("split")["images"].sum()
+    patients = pd.Series(eda.get("patients_per_split", {}), dtype=float)
+    out = pd.DataFrame({"images": images, "patients": patients.reindex(images.index)})
+    out["images_per_patient"] = out["images"] / out["patients"]
+    out = out.reset_index(names="split")
+    return out.iloc[out["split"].map(_split_rank).argsort()].reset_index(drop=True)
+
+
+def images_per_patient_frame(eda: dict) -> pd.DataFrame:
+    return pd.DataFrame(eda.get("images_per_patient", []), columns=["images", "patients"])
+
+
+def balance_frame(eda: dict) -> pd.DataFrame:
+    """label, stage ("before" / "after" de-duplication), images, share of that stage."""
+    rows = [{"label": label, "stage": stage, "images": int(n)}
+            for stage, key in (("before", "balance_before_dedup"), ("after", "balance_after_dedup"))
+            for label, n in (eda.get(key) or {}).items()]
+    df = pd.DataFrame(rows, columns=["label", "stage", "images"])
+    df["share"] = df["images"] / df.groupby("stage")["images"].transform("sum")
+    return df.sort_values(["stage", "label"], ascending=[False, True]).reset_index(drop=True)
+
+
+def sizes_frame(eda: dict) -> pd.DataFrame:
+    """width, height, aspect (width / height), label; images whose size is unknown are left out."""
+    size = eda.get("size") or {}
+    df = pd.DataFrame({"width": size.get("width", []), "height": size.get("height", []),
+                       "label": size.get("label", [])}).dropna()
+    df = df.astype({"width": int, "height": int})
+    df["aspect"] = df["width"] / df["height"]
+    return df.reset_index(drop=True)
+
+
+def size_counts(eda: dict, top: int = 8) -> pd.DataFrame:
+    """The most common image sizes: size ("W×H"), images."""
+    df = sizes_frame(eda)
+    counts = (df["width"].astype(str) + "×" + df["height"].astype(str)).value_counts().head(top)
+    return counts.rename_axis("size").reset_index(name="images")
+
+
+def histogram_frame(eda: dict) -> pd.DataFrame:
+    """label, intensity (bin centre, 0–255), density (share of that class's pixels)."""
+    rows = []
+    for label, h in (eda.get("intensity_histogram") or {}).items():
+        edges = np.asarray(h["edges"], float)
+        centres = (edges[:-1] + edges[1:]) / 2
+        rows += [{"label": label, "intensity": float(c), "density": float(d)} for c, d in zip(centres, h["density"])]
+    return pd.DataFrame(rows, columns=["label", "intensity", "density"])
+
+
+def mean_images(eda: dict) -> dict[str, np.ndarray]:
+    """{label: 64×64 float array, 0–255}: the average training-resolution image of each class."""
+    return {label: np.asarray(a, dtype=float) for label, a in (eda.get("mean_image") or {}).items()}
+
+
+def source_summary(eda: dict) -> dict | None:
+    """How many images came from originals and how many only as squashed low-resolution copies, with the sizes
+    involved, or None when the dataset does not record it."""
+    kinds = eda.get("source_kind") or {}
+    if not kinds:
+        return None
+    sizes = sizes_frame(eda)
+    squares = sizes[sizes["width"] == sizes["height"]]
+    squashed_side = int(squares["width"].mode().iloc[0]) if len(squares) else None
+    long_side = int(np.maximum(sizes["width"], sizes["height"]).max()) if len(sizes) else None
+    original = int(sum(n for k, n in kinds.items() if k == "original"))
+    return {"total": int(sum(kinds.values())), "original": original,
+            "low_resolution": int(sum(n for k, n in kinds.items() if k != "original")),
+            "original_long_side": long_side, "low_resolution_side": squashed_side}
+
+
+# --- per-image test scores (scores.json) ----------------------------------------------------------------------------
+
+def binary_scores(scores: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(y, ensemble probability) of a binary bundle's test images, as 1-D arrays."""
+    y = np.asarray(scores["y"], dtype=int).reshape(len(scores["y"]), -1)[:, 0]
+    p = np.asarray(scores["ensemble"], dtype=float).reshape(len(scores["ensemble"]), -1)[:, 0]
+    return y, p
+
+
+def at_threshold(y, p, threshold: float, prevalence: float | None = None) -> dict:
+    """Confusion counts and rates at a threshold (positive when probability >= threshold)."""
+    counts = M.confusion(y, p, threshold)
+    return {**counts, **M.rates(counts, prevalence)}
+
+
+def threshold_sweep(y, p, points: int = 201) -> pd.DataFrame:
+    """threshold, sensitivity, specificity, ppv, npv over an even grid on [0, 1] merged with the score quantiles
+    (so a model whose scores crowd into a narrow band still gets a readable curve)."""
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p, float)
+    grid = np.unique(np.r_[np.linspace(0, 1, points), np.quantile(p, np.linspace(0, 1, points))]) if len(p) else \
+        np.linspace(0, 1, points)
+    pred = p[None, :] >= grid[:, None]
+    tp, fp = (pred & y).sum(1), (pred & ~y).sum(1)
+    fn, tn = y.sum() - tp, (~y).sum() - fp
+
+    def ratio(a, b):
+        return np.divide(a, b, out=np.full(len(a), np.nan), where=b > 0)
+
+    return pd.DataFrame({"threshold": grid, "sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp),
+                         "ppv": ratio(tp, tp + fp), "npv": ratio(tn, tn + fn)})
+
+
+def subtype_sensitivity(scores: dict, threshold: float) -> dict[str, float]:
+    """{subtype: sensitivity at the threshold} over the positive test images (e.g. bacteria / virus); {} when the
+    scores carry no subtype."""
+    if not scores.get("subtype"):
+        return {}
+    y, p = binary_scores(scores)
+    subtype = np.asarray(scores["subtype"])
+    out = {}
+    for s in sorted(set(subtype[y == 1])):
+        m = (subtype == s) & (y == 1)
+        out[str(s)] = float((p[m] >= threshold).mean())
+    return out
+
+
+def errors(scores: dict, threshold: float, limit: int = 6) -> dict[str, list[dict]]:
+    """{"fp": [...], "fn": [...]}: the most confident mistakes at a threshold, each {path, probability, subtype}.
+    False positives by highest probability first, false negatives by lowest first."""
+    y, p = binary_scores(scores)
+    paths = scores.get("path") or [None] * len(y)
+    subtype = scores.get("subtype") or [None] * len(y)
+    pred = p >= threshold
+
+    def rows(mask, order):
+        idx = np.nonzero(mask)[0]
+        idx = idx[np.argsort(order * p[idx], kind="stable")][:limit]
+        return [{"path": paths[i], "probability": float(p[i]), "subtype": subtype[i]} for i in idx]
+
+    return {"fp": rows(pred & (y == 0), -1), "fn": rows(~pred & (y == 1), 1)}
+
+
+# --- evaluation.json --------------------------------------------------------------------------------------------------
+
+def scorers(evaluation: dict) -> list[tuple[str, dict]]:
+    """[(name, binary report)]: the ensemble first, then the members."""
+    return [("ensemble", evaluation["ensemble"])] + list(evaluation.get("members", {}).items())
+
+
+def member_table(evaluation: dict, manifest: dict) -> pd.DataFrame:
+    """model, auc, ci_low, ci_high, average_precision, val_auc (from the manifest), temperature — ensemble first."""
+    info = {m["name"]: m for m in manifest.get("members", [])}
+    rows = []
+    for name, r in scorers(evaluation):
+        ci = r.get("auc_ci95") or [np.nan, np.nan]
+        rows.append({"model": name, "auc": r.get("auc"), "ci_low": ci[0], "ci_high": ci[1],
+                     "average_precision": r.get("average_precision"),
+                     "val_auc": info.get(name, {}).get("val_auc", np.nan),
+                     "temperature": info.get(name, {}).get("temperature", np.nan)})
+    return pd.DataFrame(rows)
+
+
+def curve_frame(evaluation: dict, kind: str) -> pd.DataFrame:
+    """model, x, y, threshold of every scorer's ROC (x = fpr, y = tpr) or PR (x = recall, y = precision) curve."""
+    frames = []
+    for name, r in scorers(evaluation):
+        c = r[kind]
+        x, y = (c["fpr"], c["tpr"]) if kind == "roc" else (c["recall"], c["precision"])
+        frames.append(pd.DataFrame({"model": name, "x": x, "y": y, "threshold": c.get("threshold", [np.nan] * len(x))}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def operating_point_table(manifest: dict, evaluation: dict | None) -> pd.DataFrame:
+    """One row per operating point: name, rule, target, threshold, val sensitivity/specificity (where it was
+    chosen), and the internal-test counts and rates at that same threshold."""
+    test = ((evaluation or {}).get("ensemble") or {}).get("operating_points", {})
+    rows = []
+    for op in manifest.get("operating_points", []):
+        if "threshold" not in op:
+            continue
+        t = test.get(op["name"], {})
+        rows.append({"name": op["name"], "rule": op.get("rule"), "target": op.get("target"),
+                     "threshold": op["threshold"], "chosen_on": op.get("chosen_on"),
+                     "val_sensitivity": op.get("val_sensitivity"), "val_specificity": op.get("val_specificity"),
+                     **{f"test_{k}": t.get(k) for k in ("sensitivity", "specificity", "ppv", "npv", "accuracy",
+                                                        "tp", "fp", "tn", "fn")}})
+    return pd.DataFrame(rows)
+
+
+def subtype_table(evaluation: dict) -> pd.DataFrame:
+    """operating_point, subtype, sensitivity on the internal test split."""
+    rows = [{"operating_point": name, "subtype": s, "sensitivity": v}
+            for name, op in evaluation.get("ensemble", {}).get("operating_points", {}).items()
+            for s, v in (op.get("sensitivity_by_subtype") or {}).items()]
+    return pd.DataFrame(rows, columns=["operating_point", "subtype", "sensitivity"])
+
+
+def reliability_frame(calibration: dict) -> pd.DataFrame:
+    """stage ("before" / "after"), mean_predicted, observed, n, lo, hi: the reliability-diagram bins."""
+    frames = [pd.DataFrame(calibration.get(f"bins_{stage}") or [],
+                           columns=["lo", "hi", "n", "mean_predicted", "observed"]).assign(stage=stage)
+              for stage in ("before", "after")]
+    return pd.concat(frames, ignore_index=True)
+
+
+def per_class_table(evaluation: dict) -> pd.DataFrame:
+    """Multiclass / multilabel: class, auc, ci_low, ci_high, support, threshold, sensitivity, specificity, ppv, npv,
+    tp, fp, tn, fn (one-vs-rest on the internal test split)."""
+    rows = []
+    for c, r in evaluation.get("per_class", {}).items():
+        ci = r.get("auc_ci95") or [np.nan, np.nan]
+        rows.append({"class": c, "auc": r.get("auc"), "ci_low": ci[0], "ci_high": ci[1], "support": r.get("support"),
+                     "threshold": r.get("threshold"),
+                     **{k: r.get(k) for k in ("sensitivity", "specificity", "ppv", "npv", "tp", "fp", "tn", "fn")}})
+    return pd.DataFrame(rows)
+
+
+def member_per_class_table(evaluation: dict) -> pd.DataFrame:
+    """Rows: ensemble then each member; columns: one AUC per class."""
+    rows = {"ensemble": {c: r.get("auc") for c, r in evaluation.get("per_class", {}).items()}}
+    rows.update({name: m.get("per_class_auc", {}) for name, m in evaluation.get("members", {}).items()})
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model").reset_index()
+
+
+def per_class_curves(evaluation: dict) -> pd.DataFrame:
+    """class, fpr, tpr: the one-vs-rest ROC curve of each class (ensemble)."""
+    frames = [pd.DataFrame({"class": c, "fpr": r["roc"]["fpr"], "tpr": r["roc"]["tpr"]})
+              for c, r in evaluation.get("per_class", {}).items() if r.get("roc")]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["class", "fpr", "tpr"])
+
+
+# --- training curves (history-<member>.csv) --------------------------------------------------------------------------
+
+def read_histories(reports_dir: str | Path) -> pd.DataFrame:
+    """All members' Keras training histories: member, epoch (from 1), then the logged columns (auc, val_auc,
+    loss, val_loss, ...). Empty when the bundle has none."""
+    frames = []
+    for path in sorted(Path(reports_dir).glob("history-*.csv")):
+        df = pd.read_csv(path)
+        df.insert(0, "member", path.stem.removeprefix("history-"))
+        df["epoch"] = (df["epoch"] if "epoch" in df else pd.Series(range(len(df)))) + 1
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["member", "epoch"])
+
+
+def overfitting_gap(history: pd.DataFrame) -> pd.DataFrame:
+    """Per member at its best validation epoch: best_epoch, epochs, val_auc, train_auc, gap (train − val)."""
+    rows = []
+    for member, h in history.groupby("member", sort=False):
+        if "val_auc" not in h or h["val_auc"].isna().all():
+            continue
+        best = h.loc[h["val_auc"].idxmax()]
+        train_auc = best.get("auc", np.nan)
+        rows.append({"member": member, "epochs": int(h["epoch"].max()), "best_epoch": int(best["epoch"]),
+                     "val_auc": float(best["val_auc"]), "train_auc": float(train_auc),
+                     "gap": float(train_auc - best["val_auc"])})
+    return pd.DataFrame(rows, columns=["member", "epochs", "best_epoch", "val_auc", "train_auc", "gap"])
+
+
+# --- model card (manifest.json) ---------------------------------------------------------------------------------------
+
+def is_small_training_set(manifest: dict, limit: int = SMALL_TRAINING_SET) -> bool:
+    """True when the training split is smaller than `limit` images (or its size was not recorded)."""
+    n = (manifest.get("training") or {}).get("counts", {}).get("train")
+    return not is_number(n) or n < limit
+
+
+def split_table(manifest: dict) -> pd.DataFrame:
+    """split, images, patients — from the manifest's training record."""
+    training = manifest.get("training") or {}
+    counts, patients = training.get("counts", {}), training.get("patients", {})
+    splits = sorted(set(counts) | set(patients), key=_split_rank)
+    return pd.DataFrame({"split": splits, "images": [counts.get(s) for s in splits],
+                         "patients": [patients.get(s) for s in splits]})
+
+
+def dataset_key(manifest: dict) -> str:
+    """Which known dataset a bundle was trained on ("kermany", "nih14"), or "other"."""
+    data = str((manifest.get("training") or {}).get("data", "")).lower()
+    if "kermany" in data or "chest_xray" in data:
+        return "kermany"
+    if "nih" in data or "chestx-ray14" in data:
+        return "nih14"
+    return "other"
+
+
+def short_commit(commit) -> str:
+    """The first 8 characters of a commit, keeping a "-dirty" mark (uncommitted changes when it was trained)."""
+    if not commit:
+        return "—"
+    commit = str(commit)
+    dirty = commit.endswith("-dirty")
+    return commit[:8] + ("-dirty" if dirty else "")
+
+
+def version_table(manifest: dict) -> pd.DataFrame:
+    """One row per member: name, arch, params, epochs_run, val_auc, temperature, train_seconds, code_commit, sha256."""
+    rows = [{"name": m.get("name"), "arch": m.get("arch"), "params": m.get("params"),
+             "epochs_run": m.get("epochs_run"), "val_auc": m.get("val_auc"), "temperature": m.get("temperature"),
+             "train_seconds": m.get("train_seconds"), "code_commit": short_commit(m.get("code_commit")),
+             "sha256": (m.get("sha256") or "")[:12]} for m in manifest.get("members", [])]
+    return pd.DataFrame(rows)
+
+
+def hardware_text(hardware) -> str:
+    """A one-line description of the training machine."""
+    if not isinstance(hardware, dict):
+        return str(hardware or "—")
+    devices = ", ".join(hardware.get("devices", [])) or "?"
+    parts = [f"{hardware.get('backend', '?')} (Keras {hardware.get('keras', '?')})", f"devices: {devices}"]
+    if hardware.get("cpu_count"):
+        parts.append(f"{hardware['cpu_count']} CPU cores")
+    if hardware.get("python"):
+        parts.append(f"Python {hardware['python']}")
+    return " · ".join(parts)

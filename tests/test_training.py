@@ -1,0 +1,140 @@
+"""The training pipeline on synthetic data: reading both layouts, patient-level splitting, de-duplication,
+operating points, and the whole path data → train → evaluate → export → load → predict."""
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from model import metrics as M
+from synthetic import make_kermany_folder, phantom
+from training import data as data_lib
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_kermany_folder(tmp_path_factory.mktemp("data"), n_per_class=20)
+
+
+def test_public_layout_gives_labels_subtypes_and_patients(folder):
+    df = data_lib.read_dataset(folder)
+    assert set(df["label"]) == {"NORMAL", "PNEUMONIA"}
+    assert set(df.loc[df["label"] == "PNEUMONIA", "subtype"]) == {"bacteria", "virus"}
+    assert set(df.loc[df["label"] == "NORMAL", "subtype"]) == {"normal"}
+    # the official test folder reuses personN numbers for other children: its ids get their own namespace
+    assert df.loc[df["source_split"] == "test", "patient_id"].str.startswith("test:").all()
+    assert not df.loc[df["source_split"] != "test", "patient_id"].str.startswith("test:").any()
+
+
+def test_manifest_layout(tmp_path):
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), phantom((64, 64)))
+    pd.DataFrame([{"path": "images/a.png", "split": "train", "label": "NORMAL", "subtype": "normal",
+                   "patient_id": "IM-0001"}]).to_csv(tmp_path / "manifest.csv", index=False)
+    df = data_lib.read_dataset(tmp_path)
+    assert df.loc[0, "path"] == str(tmp_path / "images" / "a.png") and df.loc[0, "source_split"] == "train"
+
+
+@pytest.mark.parametrize("name,label,expected", [
+    ("person1372_bacteria_3501.jpeg", "PNEUMONIA", ("person1372", "bacteria")),
+    ("person22_virus_55.jpeg", "PNEUMONIA", ("person22", "virus")),
+    ("IM-0115-0001.jpeg", "NORMAL", ("IM-0115", "normal")),
+    ("NORMAL2-IM-0587-0001-0002.jpeg", "NORMAL", ("NORMAL2-IM-0587", "normal")),
+])
+def test_kermany_names(name, label, expected):
+    assert data_lib.parse_kermany_name(name, label) == expected
+
+
+def test_split_keeps_every_patient_and_duplicate_in_one_split(folder):
+    df = data_lib.read_dataset(folder)
+    images = data_lib.load_images(df, {"height": 32, "width": 32, "channels": 1, "resize": "squash"})
+    df["dup"] = data_lib.duplicate_groups(images)
+    assert df["dup"].duplicated().sum() >= 1, "the planted byte-identical copy must be found"
+    df["split"] = data_lib.split_by_patient(df, seed=3, dup_groups=df["dup"].to_numpy())
+    assert set(df["split"]) == {"train", "val", "test"}
+    assert (df.groupby("patient_id")["split"].nunique() == 1).all()
+    assert (df.groupby("dup")["split"].nunique() == 1).all()
+    again = data_lib.split_by_patient(df, seed=3, dup_groups=df["dup"].to_numpy())
+    assert (again == df["split"].to_numpy()).all(), "the split is a function of the seed"
+
+
+def test_near_duplicates_are_grouped():
+    a = phantom((128, 128), seed=1)
+    near = np.clip(a.astype(int) + 2, 0, 255).astype(np.uint8)  # re-encoded / slightly brighter copy
+    other = phantom((128, 128), seed=2)
+    groups = data_lib.duplicate_groups(np.stack([a, near, other])[..., None])
+    assert groups[0] == groups[1] != groups[2]
+
+
+def test_one_image_per_patient_keeps_one_per_subtype():
+    df = pd.DataFrame({"patient_id": ["p1", "p1", "p1", "p2"], "subtype": ["bacteria", "bacteria", "virus", "normal"],
+                       "path": list("abcd")})
+    kept = data_lib.one_image_per_patient(df)
+    assert sorted(zip(kept["patient_id"], kept["subtype"])) == [("p1", "bacteria"), ("p1", "virus"), ("p2", "normal")]
+
+
+def test_operating_points_meet_their_definitions_on_val():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    score = np.clip(y * 0.3 + rng.normal(0.35, 0.2, 500), 0, 1)
+    screening = M.threshold_for(y, score, "sensitivity", 0.95)
+    confirmatory = M.threshold_for(y, score, "specificity", 0.95)
+    balanced = M.threshold_for(y, score, "youden")
+    assert M.rates(M.confusion(y, score, screening))["sensitivity"] >= 0.95
+    assert M.rates(M.confusion(y, score, confirmatory))["specificity"] >= 0.95
+    j = lambda t: sum(M.rates(M.confusion(y, score, t))[k] for k in ("sensitivity", "specificity"))
+    assert all(j(balanced) >= j(t) - 1e-9 for t in np.linspace(0, 1, 101))
+    # screening is the loosest threshold that still reaches the target: one step stricter would miss it
+    stricter = np.sort(score[score > screening])[0] + 1e-9
+    assert M.rates(M.confusion(y, score, stricter))["sensitivity"] < 0.95
+
+
+def test_auc_matches_the_rank_definition():
+    rng = np.random.default_rng(1)
+    y, s = rng.integers(0, 2, 300), rng.normal(size=300)
+    pos, neg = s[y == 1], s[y == 0]
+    expected = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+    assert M.roc_auc(y, s) == pytest.approx(expected)
+
+
+def test_whole_pipeline_produces_a_bundle_the_cli_serves(tiny_bundles, tmp_path):
+    bundle = tiny_bundles / "pneumonia-kermany"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["task"] == "binary" and len(manifest["members"]) == 2
+    assert {p["name"] for p in manifest["operating_points"]} == {"balanced", "screening", "confirmatory"}
+    assert manifest["training"]["split_seed"] == 42 and manifest["training"]["code_commit"]
+    evaluation = json.loads((bundle / "reports" / "evaluation.json").read_text())
+    assert evaluation["split"] == "internal-test" and 0 <= evaluation["ensemble"]["auc"] <= 1
+    eda = json.loads((bundle / "reports" / "eda.json").read_text())
+    assert eda["n_images"] == sum(manifest["training"]["counts"].values())
+
+    images = []
+    for i, pneumonia in enumerate((False, True)):
+        images.append(tmp_path / f"img{i}.png")
+        cv2.imwrite(str(images[-1]), phantom((200, 180), pneumonia, seed=100 + i))
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"not an image at all")
+    proc = subprocess.run([sys.executable, "-m", "model", "predict", "--json", str(images[0]), str(bad),
+                           str(images[1])], capture_output=True, text=True, cwd=_repo(),
+                          env=_env(tiny_bundles), timeout=120)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["file"] for r in lines] == [str(images[0]), str(bad), str(images[1])]
+    assert proc.returncode == 1, "a file that could not be read makes the exit code 1"
+    assert lines[1]["error"]["code"] == "unreadable_image" and lines[1]["probability"] is None
+    for r in (lines[0], lines[2]):
+        assert r["error"] is None and 0 <= r["probability"] <= 1
+        assert r["label"] in ("NORMAL", "PNEUMONIA") and set(r["members"]) == {"cnn", "mobilenetv2"}
+        assert r["probability"] == pytest.approx(np.mean(list(r["members"].values())))
+
+
+def _repo():
+    from pathlib import Path
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def _env(bundles):
+    import os
+    return {**os.environ, "TORAX_BUNDLES": str(bundles), "TF_CPP_MIN_LOG_LEVEL": "2"}
