@@ -99,6 +99,19 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench(args) -> int:
+    from model.bench import bench
+
+    _, bundle = _load(args.bundle)
+    result = bench(bundle, repeats=args.repeats)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,8 +126,12 @@ def main(argv=None) -> int:
     p.add_argument("--cam-dir", default=None, help="write an ensemble Grad-CAM overlay PNG per file here")
     p.add_argument("--cam-method", default="gradcam", choices=["gradcam", "gradcam++", "scorecam"])
     p.add_argument("--json", action="store_true")
+    b = sub.add_parser("bench", help="speed of the installed bundle on generated images (JSON with --json)")
+    b.add_argument("--bundle", default=None)
+    b.add_argument("--repeats", type=int, default=20)
+    b.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    return {"info": cmd_info, "predict": cmd_predict}[args.command](args)
+    return {"info": cmd_info, "predict": cmd_predict, "bench": cmd_bench}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -60,11 +60,57 @@ class Explainer:
         cam = np.nan_to_num(np.asarray(cam[0], dtype=np.float32))
         return cam
 
+    def _compiled_gradcam(self):
+        """Grad-CAM for every member in one compiled graph: the same maths as tf-keras-vis's Gradcam with
+        ReplaceToLinear (gradient of the pre-activation score, channel weights = spatial mean of the gradient,
+        ReLU, min-max normalised, bilinear to input size), ~5× faster than its eager path. Needs each member's
+        last layer to be a Dense head, as training.architectures builds; otherwise returns None."""
+        if "compiled" in self._cams:
+            return self._cams["compiled"]
+        import keras
+        import tensorflow as tf
+
+        parts = []
+        for m in self.bundle.members:
+            head = m.model.layers[-1]
+            if not isinstance(head, keras.layers.Dense):
+                self._cams["compiled"] = None
+                return None
+            parts.append((keras.Model(m.model.inputs, [m.model.get_layer(m.cam_layer).output, head.input]), head))
+        h, w = self.spec["height"], self.spec["width"]
+
+        @tf.function(input_signature=[tf.TensorSpec((1, h, w, self.spec.get("channels", 1)), tf.float32),
+                                      tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.float32)])
+        def run(x, k, sign):
+            cams = []
+            for sub, head in parts:
+                with tf.GradientTape() as tape:
+                    features, pooled = sub(x, training=False)
+                    score = sign * (tf.matmul(pooled, head.kernel) + head.bias)[:, k]
+                grads = tape.gradient(score, features)
+                weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+                cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
+                cam = tf.image.resize(cam, (h, w), method="bilinear")[0, ..., 0]
+                lo, hi = tf.reduce_min(cam), tf.reduce_max(cam)
+                cams.append(tf.math.divide_no_nan(cam - lo, hi - lo))
+            return tf.stack(cams)
+
+        self._cams["compiled"] = run
+        return run
+
     def cams(self, gray: np.ndarray, method: str = "gradcam", class_name: str | None = None) -> dict[str, np.ndarray]:
         """{member name: CAM, "ensemble": mean of member CAMs}, each at model-input resolution in [0, 1]."""
         class_name = class_name or self.bundle.classes[-1]
         x = to_model_input(gray, self.spec)
-        out = {m.name: self.member_cam(x, m, method, class_name) for m in self.bundle.members}
+        fast = self._compiled_gradcam() if method == "gradcam" else None
+        if fast is not None:
+            binary = self.bundle.task == "binary"
+            k = 0 if binary else self.bundle.classes.index(class_name)
+            sign = -1.0 if binary and class_name == self.bundle.classes[0] else 1.0
+            stacked = fast(x[None].astype(np.float32), np.int32(k), np.float32(sign)).numpy()
+            out = {m.name: stacked[i] for i, m in enumerate(self.bundle.members)}
+        else:
+            out = {m.name: self.member_cam(x, m, method, class_name) for m in self.bundle.members}
         out["ensemble"] = normalise(np.mean(list(out.values()), axis=0))
         return out
 

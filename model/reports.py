@@ -121,6 +121,7 @@ def counts_pivot(eda: dict) -> pd.DataFrame:
                            fill_value=0)[splits]
     table["total"] = table.sum(axis=1)
     table.loc[("all", "all"), :] = table.sum(axis=0)
+    table.columns.name = None
     return table.astype(int).reset_index()
 
 

@@ -172,3 +172,17 @@ def test_predict_cli_loads_each_member_once_for_many_files(two_bundles, tmp_path
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["file"] for line in lines] == [str(f) for f in files]
     assert len([c for c in calls if "alpha" in str(c[0])]) == 2  # two members, loaded once each
+
+
+def test_compiled_gradcam_matches_tf_keras_vis(tiny_bundles):
+    bundle = bundle_lib.load_bundle(tiny_bundles / "pneumonia-kermany")
+    explainer = Explainer(bundle)
+    img = phantom((200, 180), pneumonia=True, seed=7)
+    fast = explainer.cams(img, "gradcam")
+    from model.preprocess import to_model_input
+    x = to_model_input(img, bundle.input_spec)
+    for member in bundle.members:
+        reference = explainer.member_cam(x, member, "gradcam", "PNEUMONIA")  # tf-keras-vis, eager
+        if reference.max() > 0:
+            assert np.corrcoef(fast[member.name].ravel(), reference.ravel())[0, 1] > 0.98
+        assert np.abs(fast[member.name] - reference).max() < 0.1

@@ -1,0 +1,92 @@
+"""`python -m model bench`: how fast the installed bundle answers, on generated images, with machine facts.
+
+Prints medians; nothing here asserts a target (benchmarks report, tests decide)."""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+
+
+def _png(seed: int, size=(1024, 880)) -> bytes:
+    rng = np.random.default_rng(seed)
+    h, w = size
+    img = np.full((h, w), 40, np.float32)
+    for cx in (0.3, 0.7):
+        cv2.ellipse(img, (int(cx * w), h // 2), (int(0.15 * w), int(0.3 * h)), 0, 0, 360, 110, -1)
+    img += cv2.resize(rng.normal(0, 20, (16, 16)).astype(np.float32), (w, h))
+    return cv2.imencode(".png", np.clip(img, 0, 255).astype(np.uint8))[1].tobytes()
+
+
+def _median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def cold_start_seconds(bundle_name: str) -> float:
+    """A fresh Python process: import, load and verify the bundle, predict one image."""
+    code = ("import time; t=time.perf_counter(); from model.bundle import load_bundle, bundles_dir; "
+            "from model.ensemble import Ensemble; from model.io import decode; import sys; "
+            f"e=Ensemble(load_bundle(bundles_dir() / {bundle_name!r})); e.predict(decode(sys.stdin.buffer.read()).pixels); "
+            "print(time.perf_counter()-t)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], input=_png(99), capture_output=True, cwd=root,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, check=True)
+    return float(out.stdout.decode().strip().splitlines()[-1])
+
+
+def bench(bundle, repeats: int = 20) -> dict:
+    import tensorflow as tf
+
+    from model.ensemble import Ensemble
+    from model.explain import Explainer
+    from model.io import decode
+    from model.preprocess import to_model_input
+
+    ensemble, explainer = Ensemble(bundle), Explainer(bundle)
+    images = [_png(i) for i in range(8)]
+    ensemble.predict(decode(images[0]).pixels)  # trace once
+    explainer.cams(decode(images[0]).pixels)    # build CAM objects once
+
+    counter = iter(range(10 ** 9))
+    next_image = lambda: images[next(counter) % len(images)]
+    predict_ms = _median_ms(lambda: ensemble.predict(decode(next_image()).pixels), repeats)
+
+    def predict_and_cam():
+        pixels = decode(next_image()).pixels
+        ensemble.predict(pixels)
+        explainer.cams(pixels, "gradcam")
+    predict_cam_ms = _median_ms(predict_and_cam, max(5, repeats // 2))
+
+    def naive():  # the origin documents' way: model.predict once per member per image
+        x = to_model_input(decode(next_image()).pixels, bundle.input_spec)[None].astype("float32")
+        return [m.model.predict(x, verbose=0) for m in bundle.members]
+    naive()
+    naive_ms = _median_ms(naive, max(5, repeats // 2))
+
+    batch = [next_image() for _ in range(64)]
+    start = time.perf_counter()
+    for i in range(0, len(batch), 32):
+        ensemble.predict_batch(np.stack([to_model_input(decode(b).pixels, bundle.input_spec) for b in batch[i:i + 32]]))
+    batch_per_s = len(batch) / (time.perf_counter() - start)
+
+    return {"bundle": bundle.name, "members": [m.name for m in bundle.members], "input": bundle.input_spec,
+            "image_size": [1024, 880], "repeats": repeats,
+            "cold_start_s": round(cold_start_seconds(bundle.name), 2), "predict_ms": round(predict_ms, 1),
+            "predict_cam_ms": round(predict_cam_ms, 1), "batch_images_per_s": round(batch_per_s, 1),
+            "naive_predict_ms": round(naive_ms, 1), "speedup_vs_naive": round(naive_ms / predict_ms, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "machine": {"cores": os.cpu_count(), "tensorflow": tf.__version__, "python": platform.python_version(),
+                        "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+                        "processor": platform.processor() or platform.machine()}}

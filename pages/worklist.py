@@ -1,0 +1,111 @@
+"""Worklist: many radiographs in, one ranked table out; a selected row opens in Diagnose.
+
+Files are analysed once (keyed by bundle and the sha256 of their bytes) in batches through the ensemble; the
+decisions follow the shared threshold without new inference. A file that cannot be read is an error row.
+The current worklist is kept in session state (memory only) so it is still there after opening a row.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import streamlit as st
+
+from model import report as reports
+from model.ensemble import Ensemble
+from pages.common import current_bundle, get_ensemble, threshold_for, tr
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "gif", "dcm", "dicom"]
+
+t = tr("worklist")
+
+
+def class_label(name: str) -> str:
+    key = f"class_{name}"
+    return name if t(key) == key else t(key)
+
+
+def _take_uploads():
+    """The uploader's files become the worklist (an emptied uploader empties it)."""
+    files = st.session_state.get("wl_upload") or []
+    st.session_state["worklist_entries"] = [
+        {"name": f.name, "data": f.getvalue(), "digest": hashlib.sha256(f.getvalue()).hexdigest()} for f in files]
+
+
+def _clear():
+    st.session_state.pop("worklist_entries", None)
+
+
+st.title(t("title"))
+st.caption(t("intro"))
+bundle = current_bundle()
+st.file_uploader(t("upload"), type=UPLOAD_TYPES, accept_multiple_files=True, key="wl_upload",
+                 on_change=_take_uploads, help=t("upload_help"))
+entries = st.session_state.get("worklist_entries") or []
+if bundle is None:
+    st.stop()
+if not entries:
+    st.info(t("empty"), icon="🗂️")
+    st.stop()
+if not st.session_state.get("wl_upload"):
+    left, right = st.columns([4, 1], vertical_alignment="center")
+    left.caption(t("kept", n=len(entries)))
+    right.button(t("clear"), on_click=_clear, width="stretch")
+
+# Analyse what has not been analysed yet with this bundle, in batches, with a progress bar.
+done = st.session_state.setdefault("worklist_results", {})
+todo = [e for e in entries if (bundle.name, e["digest"], e["name"]) not in done]
+if todo:
+    bar = st.progress(0.0, text=t("running", done=0, total=len(todo)))
+
+    def progress(step: int, total: int):
+        bar.progress(step / total, text=t("running", done=min(len(todo), step * len(todo) // total), total=len(todo)))
+
+    fresh = reports.analyse_batch([(e["name"], e["data"]) for e in todo], get_ensemble(bundle.name),
+                                  progress=progress)
+    for entry, result in zip(todo, fresh):
+        done[(bundle.name, entry["digest"], entry["name"])] = result
+    bar.empty()
+# Keep only this worklist's results (the table decides what stays in memory).
+keys = [(bundle.name, e["digest"], e["name"]) for e in entries]
+st.session_state["worklist_results"] = {k: done[k] for k in keys}
+
+threshold = threshold_for(bundle) if bundle.task == "binary" else None
+results = [reports.at_threshold(done[k], bundle, threshold) for k in keys]
+rows = reports.worklist_rows(results)
+
+errors = sum(1 for r in rows if r["error"])
+if bundle.task == "binary":
+    point = reports.point_at(bundle, threshold)
+    st.markdown(t("summary", n=len(rows), positive=sum(r["decision"] == bundle.classes[-1] for r in rows),
+                  cls=class_label(bundle.classes[-1]), disagree=sum(bool(r["disagreement"]) for r in rows),
+                  errors=errors))
+    st.caption(t("at_threshold", t=threshold, point=t(f"op_{point['name']}") if point else t("custom_point")))
+else:
+    st.markdown(t("summary_multiclass", n=len(rows), errors=errors))
+
+# Most probable first, unreadable files last; the index still points at the entry, for opening a row.
+table = pd.DataFrame(rows).sort_values("probability", ascending=False, na_position="last", kind="stable")
+table["decision"] = [class_label(d) if isinstance(d, str) else "" for d in table["decision"]]
+event = st.dataframe(
+    table, key="wl_table", on_select="rerun", selection_mode="single-row", hide_index=True, width="stretch",
+    column_config={
+        "file": st.column_config.TextColumn(t("col_file")),
+        "decision": st.column_config.TextColumn(t("col_decision")),
+        "probability": st.column_config.ProgressColumn(
+            t("col_probability"), min_value=0.0, max_value=1.0, format="percent",
+            help=t("help_probability", cls=class_label(bundle.classes[-1]))),
+        "spread": st.column_config.NumberColumn(t("col_spread"), format="%.2f",
+                                                help=t("help_spread", limit=Ensemble.DISAGREEMENT)),
+        "disagreement": st.column_config.CheckboxColumn(t("col_disagreement")),
+        "warnings": st.column_config.TextColumn(t("col_warnings")),
+        "error": st.column_config.TextColumn(t("col_error")),
+    })
+st.caption(t("select_hint"))
+st.download_button(t("download_csv"), table.to_csv(index=False), file_name="torax-worklist.csv", mime="text/csv",
+                   icon="⬇️", on_click="ignore")
+
+if event.selection.rows:
+    entry = entries[table.index[event.selection.rows[0]]]
+    st.session_state["current_upload"] = {"name": entry["name"], "data": entry["data"]}
+    st.switch_page("pages/diagnose.py")
