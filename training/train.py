@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spe
     started = time.time()
     history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size,
                         class_weight=class_weights(y_train, task), callbacks=callbacks, shuffle=True,
-                        steps_per_epoch=steps, verbose=2 if steps is None else 0)
+                        steps_per_epoch=steps, verbose=0 if steps else (1 if sys.stdout.isatty() else 2))
     (out / "members").mkdir(exist_ok=True)
     path = out / "members" / f"{arch}.keras"
     model.save(path)
