@@ -138,3 +138,40 @@ def _repo():
 def _env(bundles):
     import os
     return {**os.environ, "TORAX_BUNDLES": str(bundles), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _nih_like_folder(root):
+    """A labels.csv folder in the NIH ChestX-ray14 style: pipe-separated findings, patient ids."""
+    (root / "images").mkdir(parents=True)
+    rows, findings = [], ["No Finding", "Effusion", "Effusion|Mass", "Mass", "No Finding", "Cardiomegaly"]
+    for i in range(48):
+        cv2.imwrite(str(root / "images" / f"{i:08d}_000.png"), phantom((64, 64), i % 2 == 1, seed=i))
+        rows.append({"path": f"images/{i:08d}_000.png", "finding_labels": findings[i % len(findings)],
+                     "patient_id": f"{i:08d}"})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return root
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_multiclass_and_multilabel_bundles_train_and_serve(task, folder, tmp_path):
+    from model.bundle import load_bundle
+    from model.ensemble import Ensemble
+    from training.evaluate import evaluate_run
+    from training.export import export_bundle
+    from training.train import train
+
+    data = folder if task == "multiclass" else _nih_like_folder(tmp_path / "nih")
+    run = train(str(data), str(tmp_path / "run"), task=task, members=("cnn",), size=32, epochs=1, steps=1,
+                batch_size=8, cache_dir=None)
+    evaluation = evaluate_run(run)
+    bundle = load_bundle(export_bundle(run, tmp_path / "bundles" / task))
+    expected = ["NORMAL", "BACTERIAL", "VIRAL"] if task == "multiclass" else ["Cardiomegaly", "Effusion", "Mass"]
+    assert bundle.classes == expected and set(evaluation["per_class_auc"]) == set(expected)
+    prediction = Ensemble(bundle).predict(phantom((80, 80), seed=1))
+    assert set(prediction.probabilities) == set(expected)
+    if task == "multiclass":
+        assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert prediction.label() in expected
+    else:
+        thresholds = bundle.operating_point("per-class")["thresholds"]
+        assert set(prediction.label(thresholds)) <= set(expected)

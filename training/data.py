@@ -42,6 +42,13 @@ def read_dataset(root: str | Path) -> pd.DataFrame:
         df = pd.read_csv(root / "manifest.csv")
         df["path"] = [str(root / p) for p in df["path"]]
         df = df.rename(columns={"split": "source_split"})
+    elif (root / "labels.csv").exists():  # NIH ChestX-ray14 style: pipe-separated findings, one patient column
+        df = pd.read_csv(root / "labels.csv", dtype={"patient_id": str})
+        df["path"] = [str(root / p) for p in df["path"]]
+        df["finding_labels"] = df["finding_labels"].fillna("No Finding")
+        df["label"] = np.where(df["finding_labels"] == "No Finding", "NO_FINDING", "FINDING")
+        df["subtype"] = df["label"].str.lower()
+        df["source_split"] = df.get("split", "train")
     else:
         df = _read_folder_layout(root)
     if df.empty:

@@ -61,6 +61,31 @@ def class_weights(y: np.ndarray, task: str) -> dict | None:
     return {i: float(len(idx) / (len(counts) * max(c, 1))) for i, c in enumerate(counts)}
 
 
+@keras.saving.register_keras_serializable(package="torax")
+class WeightedBinaryCrossentropy(keras.losses.Loss):
+    """Multi-label BCE with a per-label positive weight (negatives/positives on train, capped), so rare findings
+    are not drowned out. Used only for training: bundles are loaded with compile=False."""
+
+    def __init__(self, pos_weight, name="weighted_bce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.pos_weight = [float(w) for w in pos_weight]
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        p = ops.clip(y_pred, 1e-7, 1 - 1e-7)
+        w = ops.convert_to_tensor(self.pos_weight, dtype=p.dtype)
+        y = ops.cast(y_true, p.dtype)
+        return -ops.mean(w * y * ops.log(p) + (1 - y) * ops.log(1 - p), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "pos_weight": self.pos_weight}
+
+
+def positive_weights(y: np.ndarray, cap: float = 20.0) -> list[float]:
+    positives = y.sum(0)
+    return np.clip((len(y) - positives) / np.maximum(positives, 1), 1.0, cap).tolist()
+
+
 class TimeBudget(keras.callbacks.Callback):
     """Stop after the epoch that crosses a wall-clock budget, so a CPU run ends when planned."""
 
@@ -98,7 +123,8 @@ def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spe
                  epochs: int, batch_size: int, lr: float, patience: int, minutes: float, weights: str | None,
                  steps: int | None = None) -> dict:
     model = ARCHITECTURES[arch](input_spec, n_outputs=y_train.shape[1], task=task, weights=weights)
-    loss = "categorical_crossentropy" if task == "multiclass" else "binary_crossentropy"
+    loss = {"binary": "binary_crossentropy", "multiclass": "categorical_crossentropy",
+            "multilabel": WeightedBinaryCrossentropy(positive_weights(y_train))}[task]
     auc = keras.metrics.AUC(name="auc", multi_label=task == "multilabel", num_labels=y_train.shape[1]
                             if task == "multilabel" else None)
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=[auc])
