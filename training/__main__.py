@@ -38,12 +38,15 @@ def main(argv=None) -> int:
     x.add_argument("--run", required=True)
     x.add_argument("--bundle", required=True, help="bundle folder, e.g. model/bundles/pneumonia-kermany")
     x.add_argument("--title", default=None)
+    x.add_argument("--population", default=None,
+                   help='who the training images show, e.g. "pediatric, 1-5 years" (the app warns outside it)')
 
     a = sub.add_parser("all", help="train, evaluate and export in one go (same options as train, plus --bundle)")
     for action in t._actions[1:]:
         a._add_action(action)
     a.add_argument("--bundle", required=True)
     a.add_argument("--title", default=None)
+    a.add_argument("--population", default=None)
 
     b = sub.add_parser("bench", help="images/s per architecture: data pipeline alone vs a training step")
     b.add_argument("--size", type=int, default=160)
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
         print(json.dumps(summary, indent=2))
     if args.command in ("export", "all"):
         from training.export import export_bundle
-        print(f"bundle written to {export_bundle(args.run, args.bundle, title=args.title)}")
+        print(f"bundle written to {export_bundle(args.run, args.bundle, title=args.title, population=args.population)}")
     if args.command == "bench":
         from training.bench import bench
         print(json.dumps(bench(args.size, args.batch_size, args.steps), indent=2))

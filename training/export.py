@@ -21,7 +21,8 @@ TITLES = {"binary": "Pediatric pneumonia (normal vs pneumonia)",
           "multilabel": "Chest X-ray findings (multi-label)"}
 
 
-def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None) -> Path:
+def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
+                  population: str | None = None) -> Path:
     run, bundle = Path(run), Path(bundle)
     config = json.loads((run / "config.json").read_text())
     members = json.loads((run / "members.json").read_text())
@@ -45,6 +46,7 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None)
     manifest = {
         "schema": 1, "name": bundle.name, "title": title or TITLES[config["task"]], "task": config["task"],
         "classes": config["classes"], "input": config["input"], "members": member_entries,
+        "population": population or "unspecified",
         "ensemble": {"method": "mean", "of": "temperature-calibrated member probabilities"},
         "calibration": {"method": "temperature", "per_member": evaluation["temperatures"], "fitted_on": "val"},
         "operating_points": evaluation.get("operating_points", []),
