@@ -59,6 +59,10 @@ class Member:
         return float(self.info.get("temperature", 1.0))
 
     @property
+    def bias(self) -> float:
+        return float(self.info.get("bias", 0.0))
+
+    @property
     def cam_layer(self) -> str:
         return self.info["cam_layer"]
 

@@ -11,15 +11,16 @@ from model.preprocess import to_model_input
 _EPS = 1e-7
 
 
-def apply_temperature(prob: np.ndarray, temperature: float, task: str) -> np.ndarray:
-    """Temperature-scale probabilities: sigmoid(logit / T) per output, or softmax(log p / T) for multiclass."""
+def apply_temperature(prob: np.ndarray, temperature: float, task: str, bias: float = 0.0) -> np.ndarray:
+    """Calibrate probabilities: sigmoid(logit / T + bias) per output (bias > 0 undoes the shift that class
+    weighting puts into a binary model), or softmax(log p / T) for multiclass."""
     p = np.clip(np.asarray(prob, dtype="float64"), _EPS, 1 - _EPS)
     if task == "multiclass":
         z = np.log(p) / temperature
         z -= z.max(axis=-1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=-1, keepdims=True)
-    return 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temperature))
+    return 1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) / temperature + bias)))
 
 
 @dataclass
@@ -79,7 +80,8 @@ class Ensemble:
 
     def predict_batch(self, batch: np.ndarray) -> list[Prediction]:
         out = self.raw(batch)
-        per_member = [apply_temperature(out[i], m.temperature, self.task) for i, m in enumerate(self.bundle.members)]
+        per_member = [apply_temperature(out[i], m.temperature, self.task, m.bias)
+                      for i, m in enumerate(self.bundle.members)]
         mean = np.mean(per_member, axis=0)
         names = [m.name for m in self.bundle.members]
         return [Prediction(self.classes, self.task, self._named(mean[n]),

@@ -6,6 +6,13 @@ import json
 import sys
 
 
+def _target_options(parser):
+    parser.add_argument("--screening-sensitivity", type=float, default=0.95,
+                        help="screening point: the highest threshold whose val sensitivity reaches this")
+    parser.add_argument("--confirmatory-specificity", type=float, default=0.95,
+                        help="confirmatory point: the lowest threshold whose val specificity reaches this")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +41,8 @@ def main(argv=None) -> int:
     e = sub.add_parser("evaluate", help="calibrate and choose operating points on val; score the test split once")
     e.add_argument("--run", required=True, help="run folder written by `train`")
 
+    for p in (e,):
+        _target_options(p)
     x = sub.add_parser("export", help="write a model bundle (manifest, members, reports) from an evaluated run")
     x.add_argument("--run", required=True)
     x.add_argument("--bundle", required=True, help="bundle folder, e.g. model/bundles/pneumonia-kermany")
@@ -44,6 +53,7 @@ def main(argv=None) -> int:
     a = sub.add_parser("all", help="train, evaluate and export in one go (same options as train, plus --bundle)")
     for action in t._actions[1:]:
         a._add_action(action)
+    _target_options(a)
     a.add_argument("--bundle", required=True)
     a.add_argument("--title", default=None)
     a.add_argument("--population", default=None)
@@ -53,7 +63,18 @@ def main(argv=None) -> int:
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--steps", type=int, default=5)
 
+    g = sub.add_parser("guard", help="train and measure the input check (is it a chest X-ray? child or adult?)")
+    g.add_argument("--kermany", required=True, help="pediatric radiographs: folder with manifest.csv")
+    g.add_argument("--nih", required=True, help="adult radiographs: folder with labels.csv")
+    g.add_argument("--out", default="model/guard", help="folder for guard.npz and metrics.json")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--negatives-per-family", type=int, default=400)
+    g.add_argument("--no-loo", action="store_true", help="skip the leave-one-family-out measurement")
+
     args = parser.parse_args(argv)
+    if args.command == "guard":
+        from training.guard import main as guard_main
+        return guard_main(args)
     if args.command in ("train", "all"):
         from training.train import train
         weights = dict(w.split("=", 1) for w in args.weights)
@@ -67,7 +88,8 @@ def main(argv=None) -> int:
         args.run = str(run)
     if args.command in ("evaluate", "all"):
         from training.evaluate import evaluate_run
-        summary = evaluate_run(args.run)
+        summary = evaluate_run(args.run, {"screening": args.screening_sensitivity,
+                                          "confirmatory": args.confirmatory_specificity})
         print(json.dumps(summary, indent=2))
     if args.command in ("export", "all"):
         from training.export import export_bundle

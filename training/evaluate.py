@@ -12,25 +12,28 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 
 from model import metrics as M
 from model.ensemble import apply_temperature
 from training import data as data_lib
 from training.train import encode_targets
 
-OPERATING_RULES = {"balanced": ("youden", None), "screening": ("sensitivity", 0.95),
-                   "confirmatory": ("specificity", 0.95)}
+DEFAULT_TARGETS = {"screening": 0.95, "confirmatory": 0.95}
 
 
-def fit_temperature(prob: np.ndarray, y: np.ndarray, task: str) -> float:
-    """The temperature T minimising validation negative log-likelihood of the calibrated probabilities."""
-    def nll(log_t):
-        p = np.clip(apply_temperature(prob, float(np.exp(log_t)), task), 1e-7, 1 - 1e-7)
+def fit_calibration(prob: np.ndarray, y: np.ndarray, task: str) -> tuple[float, float]:
+    """(temperature, bias) minimising validation negative log-likelihood. Binary models also get a bias (Platt
+    scaling): class weighting during training shifts their outputs, which a temperature alone cannot undo."""
+    def nll(params):
+        p = np.clip(apply_temperature(prob, float(np.exp(params[0])), task, float(params[1])), 1e-7, 1 - 1e-7)
         if task == "multiclass":
             return -np.mean(np.log((p * y).sum(1)))
         return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
-    return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
+    if task != "binary":
+        return float(np.exp(minimize_scalar(lambda t: nll([t, 0.0]), bounds=(-3, 3), method="bounded").x)), 0.0
+    fit = minimize(nll, x0=[0.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7})
+    return float(np.exp(fit.x[0])), float(fit.x[1])
 
 
 def bootstrap_auc_ci(y, score, n: int = 1000, seed: int = 0) -> list[float]:
@@ -70,10 +73,22 @@ def binary_report(y, score, thresholds: dict, subtype=None) -> dict:
     return report
 
 
-def choose_operating_points(y_val, score_val) -> list[dict]:
+def choose_operating_points(y_val, score_val, targets: dict | None = None) -> list[dict]:
+    """Balanced (Youden J), screening (sensitivity >= target) and confirmatory (specificity >= target), on val.
+
+    A strong model can meet both targets at once; the plain rules then put "screening" above the balanced
+    threshold and "confirmatory" below it, the opposite of what the names promise. So screening never sits above
+    balanced and confirmatory never below it (moving that way only raises the targeted rate)."""
+    targets = {**DEFAULT_TARGETS, **(targets or {})}
+    balanced = M.threshold_for(y_val, score_val, "youden")
+    chosen = {"balanced": ("youden", None, balanced),
+              "screening": ("sensitivity", targets["screening"],
+                            min(balanced, M.threshold_for(y_val, score_val, "sensitivity", targets["screening"]))),
+              "confirmatory": ("specificity", targets["confirmatory"],
+                               max(balanced, M.threshold_for(y_val, score_val, "specificity",
+                                                             targets["confirmatory"])))}
     points = []
-    for name, (rule, target) in OPERATING_RULES.items():
-        t = M.threshold_for(y_val, score_val, rule, target or 0.95)
+    for name, (rule, target, t) in chosen.items():
         r = M.rates(M.confusion(y_val, score_val, t))
         points.append({"name": name, "rule": rule, "target": target, "threshold": t, "chosen_on": "val",
                        "val_sensitivity": r["sensitivity"], "val_specificity": r["specificity"]})
@@ -84,7 +99,8 @@ def predict(model, images: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.asarray(model.predict(images, batch_size=batch, verbose=0), dtype="float64")
 
 
-def evaluate_run(run: str | Path) -> dict:
+def evaluate_run(run: str | Path, targets: dict | None = None) -> dict:
+    """`targets`: {"screening": min val sensitivity, "confirmatory": min val specificity} (default 0.95 each)."""
     run = Path(run)
     config = json.loads((run / "config.json").read_text())
     members = json.loads((run / "members.json").read_text())
@@ -102,14 +118,15 @@ def evaluate_run(run: str | Path) -> dict:
         raw[m["name"]] = {"val": predict(model, images[va]), "test": predict(model, images[te])}
         keras.backend.clear_session()
 
-    calibrated, temps = {}, {}
+    calibrated, temps, biases = {}, {}, {}
     for name, p in raw.items():
-        temps[name] = fit_temperature(p["val"], y[va], task)
-        calibrated[name] = {s: apply_temperature(p[s], temps[name], task) for s in ("val", "test")}
+        temps[name], biases[name] = fit_calibration(p["val"], y[va], task)
+        calibrated[name] = {s: apply_temperature(p[s], temps[name], task, biases[name]) for s in ("val", "test")}
     ens = {s: np.mean([calibrated[n][s] for n in raw], axis=0) for s in ("val", "test")}
 
     evaluation = {"task": task, "classes": classes, "split": "internal-test", "n": int(te.sum()),
-                  "n_val": int(va.sum()), "temperatures": temps, "members": {}}
+                  "n_val": int(va.sum()), "temperatures": temps, "biases": biases,
+                  "members": {}}
     scores = {"task": task, "classes": classes, "split": "internal-test",
               "path": split.loc[te, "path"].map(lambda p: str(Path(p).relative_to(config["data"]))).tolist(),
               "subtype": subtype_te.tolist() if subtype_te is not None else None,
@@ -118,12 +135,13 @@ def evaluate_run(run: str | Path) -> dict:
 
     if task == "binary":
         yv, yt = y[va, 0], y[te, 0]
-        ops = choose_operating_points(yv, ens["val"][:, 0])
+        ops = choose_operating_points(yv, ens["val"][:, 0], targets)
         evaluation["operating_points"] = ops
         thresholds = {o["name"]: o["threshold"] for o in ops}
         evaluation["ensemble"] = binary_report(yt, ens["test"][:, 0], thresholds, subtype_te)
         for name in raw:
-            member_ops = {o["name"]: o["threshold"] for o in choose_operating_points(yv, calibrated[name]["val"][:, 0])}
+            member_ops = {o["name"]: o["threshold"]
+                          for o in choose_operating_points(yv, calibrated[name]["val"][:, 0], targets)}
             evaluation["members"][name] = binary_report(yt, calibrated[name]["test"][:, 0], member_ops, subtype_te)
         for name, probs in [("ensemble", None)] + [(n, raw[n]) for n in raw]:
             target = evaluation["ensemble"] if name == "ensemble" else evaluation["members"][name]
