@@ -1,0 +1,486 @@
+"""REST API over the serving core: `POST /v1/predict` answers with the same result object as
+`python -m model predict --json`, `GET /v1/bundles` describes the loaded models, `GET /healthz` says whether any are.
+
+Uploads are parsed from the request stream into memory (never spooled to disk), capped in size while they arrive,
+and never logged; nor is the uploaded file's name. Models are loaded once, at startup. Never imports training/ or
+Streamlit.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+"""Largest request body accepted (the multipart envelope included)."""
+
+REQUEST_TIMEOUT_S = 60.0
+"""Longest an analysis (decode, predict, CAM) may take before the request is answered with 504."""
+
+UPLOAD_TIMEOUT_S = 120.0
+"""Longest the upload itself may take to arrive before the request is answered with 408."""
+
+MAX_PARTS = 16
+"""Multipart parts accepted in one request: the `file` field and a few stray ones (some clients add their own)."""
+
+CAM_METHODS = ("none", "gradcam", "gradcam++", "scorecam")
+
+# Which HTTP status answers each model.io.DecodeError code: 400 for a request with nothing in it, 415 for bytes
+# that are not an image this service reads, 422 for an image that is there but can't be used.
+DECODE_STATUS = {"empty_file": 400, "unreadable_image": 415, "truncated_image": 422, "image_too_large": 422,
+                 "no_usable_frame": 422}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Response models: they are what /openapi.json promises, and what the tests check the answers against.
+# --------------------------------------------------------------------------------------------------------------------
+class Problem(BaseModel):
+    code: str = Field(description="Machine-readable, e.g. `empty_file`, `unreadable_image`, `unknown_bundle`.")
+    message: str = Field(description="A sentence that can be shown to the user as is.")
+
+
+class ErrorBody(BaseModel):
+    error: Problem
+
+
+class UploadWarning(BaseModel):
+    code: str
+    message: str
+
+
+class PredictResult(BaseModel):
+    file: str | None = Field(description="The uploaded file's name, as the client sent it.")
+    bundle: str
+    task: Literal["binary", "multiclass", "multilabel"]
+    probability: float | None = Field(
+        description="Binary bundles: calibrated ensemble probability of the positive (last) class; else null.")
+    probabilities: dict[str, float] = Field(description="Calibrated ensemble probability per class.")
+    members: dict[str, float] | dict[str, dict[str, float]] = Field(
+        description="Per member: the positive class's probability (binary), or a probability per class.")
+    spread: float = Field(description="Member disagreement: the largest range of member probabilities.")
+    threshold: float | dict[str, float] | None = Field(
+        description="The threshold applied (one per class for multilabel bundles; null for multiclass).")
+    operating_point: str | None = Field(description="The operating point used, or null for an explicit threshold.")
+    label: str | list[str]
+    warnings: list[UploadWarning]
+    error: Problem | None = Field(None, description="Always null here: failures are answered with a 4xx instead.")
+    meta: dict[str, Any] | None = Field(description="Non-identifying facts about the file: format, size, bit depth...")
+    cam: str | None = Field(None, description="The CAM method of the overlay, when one was asked for.")
+    cam_class: str | None = Field(None, description="The class the overlay explains.")
+    overlay_png_base64: str | None = Field(
+        None, description="The ensemble CAM blended over the image, at the upload's own size, as a base64 PNG.")
+
+
+class MemberInfo(BaseModel):
+    name: str
+    arch: str | None
+    params: int | None
+    temperature: float
+
+
+class OperatingPoint(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    threshold: float | None = None
+    thresholds: dict[str, float] | None = None
+    rule: str | None = None
+    target: float | None = None
+    val_sensitivity: float | None = None
+    val_specificity: float | None = None
+
+
+class BundleInfo(BaseModel):
+    name: str
+    title: str
+    task: Literal["binary", "multiclass", "multilabel"]
+    classes: list[str]
+    version: str
+    input: dict[str, Any]
+    members: list[MemberInfo]
+    operating_points: list[OperatingPoint]
+    default_operating_point: str | None
+    evaluation: dict[str, Any] | None = Field(
+        description="Summary of the bundle's internal test, as in its manifest (NaN reported as null).")
+
+
+class BundlesResponse(BaseModel):
+    default: str | None = Field(description="The bundle used when a request names none.")
+    bundles: list[BundleInfo]
+    refused: dict[str, str] = Field(description="Bundle folders that failed verification, with the reason.")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    bundles: list[str]
+
+
+def _errors(*statuses: int) -> dict:
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+# The upload is read from the stream by hand (see read_upload), so FastAPI can't infer the request body: say it.
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary",
+                            "description": "The radiograph: PNG, JPEG, TIFF, BMP, WebP, GIF or DICOM."}}}}}}}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------------------------
+class ApiError(Exception):
+    """Answered as `{"error": {"code", "message"}}` with `status`."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _error_response(status: int, code: str, message: str, headers=None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return _error_response(exc.status, exc.code, exc.message)
+
+
+async def _on_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # Pydantic's own messages name the parameter and the rule, never the value: safe and clear enough.
+    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
+                         for e in exc.errors())
+    return _error_response(422, "invalid_parameter", f"Invalid request parameter ({problems}).")
+
+
+async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    return _error_response(500, "internal_error", "The server failed to answer this request.")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Upload: multipart parsed from the stream, in memory, counted as it arrives
+# --------------------------------------------------------------------------------------------------------------------
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "upload_too_large",
+                    f"This upload is larger than the {limit / 2**20:g} MiB limit. Please send a smaller file.")
+
+
+class _FileField:
+    """Multipart callbacks that keep the `file` part's bytes and drop every other part's."""
+
+    def __init__(self):
+        self.data: bytearray | None = None
+        self.filename: str | None = None
+        self.complete = False
+        self.parts = 0
+        self._header_name = self._header_value = b""
+        self._disposition = b""
+        self._collecting = False
+
+    def on_part_begin(self):
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise ApiError(400, "invalid_multipart", f"Too many form fields (at most {MAX_PARTS}).")
+        self._disposition, self._collecting = b"", False
+
+    def on_header_field(self, data, start, end):
+        self._header_name += data[start:end]
+
+    def on_header_value(self, data, start, end):
+        self._header_value += data[start:end]
+
+    def on_header_end(self):
+        if self._header_name.strip().lower() == b"content-disposition":
+            self._disposition = self._header_value
+        self._header_name = self._header_value = b""
+
+    def on_headers_finished(self):
+        _, options = parse_options_header(self._disposition)
+        if options.get(b"name") != b"file":
+            return
+        if self.data is not None:
+            raise ApiError(400, "invalid_multipart", "Send one file per request, in the field named 'file'.")
+        self.data, self._collecting = bytearray(), True
+        if b"filename" in options:
+            self.filename = options[b"filename"].decode("utf-8", "replace")
+
+    def on_part_data(self, data, start, end):
+        if self._collecting:
+            self.data += data[start:end]
+
+    def on_part_end(self):
+        if self._collecting:
+            self.complete, self._collecting = True, False
+
+    def callbacks(self) -> dict:
+        return {name: getattr(self, name) for name in (
+            "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
+            "on_part_data", "on_part_end")}
+
+
+async def read_upload(request: Request, limit: int) -> tuple[bytes, str | None]:
+    """The `file` field of a multipart/form-data request: (bytes, file name). Refuses a body over `limit` bytes
+    from its Content-Length before reading anything, and while it arrives when it has none (chunked)."""
+    kind, params = parse_options_header(request.headers.get("content-type", ""))
+    if kind != b"multipart/form-data":
+        raise ApiError(415, "unsupported_media_type",
+                       "Send the image as multipart/form-data, in a field named 'file'.")
+    if not params.get(b"boundary"):
+        raise ApiError(400, "invalid_multipart", "The multipart/form-data request has no boundary.")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _too_large(limit)
+    field = _FileField()
+    received = 0
+    try:
+        parser = MultipartParser(params[b"boundary"], field.callbacks())
+        async with asyncio.timeout(UPLOAD_TIMEOUT_S):
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise _too_large(limit)
+                parser.write(chunk)
+    except (FormParserError, ValueError):
+        raise ApiError(400, "invalid_multipart", "The multipart/form-data request is malformed.") from None
+    except TimeoutError:
+        raise ApiError(408, "upload_timeout",
+                       f"The upload did not arrive within {UPLOAD_TIMEOUT_S:g} s. Please try again.") from None
+    except ClientDisconnect:
+        raise ApiError(400, "incomplete_upload", "The upload was interrupted before it was complete.") from None
+    if field.data is None:
+        raise ApiError(422, "missing_file", "No file was sent: put the image in a multipart field named 'file'.")
+    if not field.complete:
+        raise ApiError(400, "invalid_multipart", "The multipart/form-data request ends in the middle of the file.")
+    return bytes(field.data), field.filename
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models and the work done per request (in the thread pool)
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class Served:
+    bundle: Any
+    ensemble: Any
+    explainer: Any
+
+
+def _plain(value):
+    """JSON-ready: numpy scalars and arrays as Python values, NaN and infinities as null."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _cam_class(result: dict, bundle) -> str:
+    """The class an overlay explains: the positive class of a binary bundle, else the most probable class."""
+    if bundle.task == "binary":
+        return bundle.classes[-1]
+    return max(result["probabilities"], key=result["probabilities"].get)
+
+
+def analyse_upload(served: Served, data: bytes, filename: str | None, threshold: float | None,
+                   operating_point: str | None, cam: str) -> dict:
+    import cv2
+
+    from model.analysis import analyse
+    from model.explain import overlay
+
+    result, decoded = analyse(data, filename, served.ensemble, threshold, operating_point)
+    if decoded is not None and cam != "none":
+        target = _cam_class(result, served.bundle)
+        heat = served.explainer.cams(decoded.pixels, cam, target)["ensemble"]
+        ok, png = cv2.imencode(".png", cv2.cvtColor(overlay(decoded.pixels, heat), cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RuntimeError("PNG encoding of the overlay failed")
+        result.update(cam=cam, cam_class=target, overlay_png_base64=base64.b64encode(png.tobytes()).decode("ascii"))
+    return _plain(result)
+
+
+def describe_bundle(bundle) -> dict:
+    return _plain({
+        "name": bundle.name, "title": bundle.title, "task": bundle.task, "classes": bundle.classes,
+        "version": bundle.version, "input": bundle.input_spec,
+        "members": [{"name": m.name, "arch": m.info.get("arch"), "params": m.info.get("params"),
+                     "temperature": m.temperature} for m in bundle.members],
+        "operating_points": bundle.operating_points,
+        "default_operating_point": bundle.manifest.get("default_operating_point"),
+        "evaluation": bundle.manifest.get("evaluation"),
+    })
+
+
+def _load(bundles_root) -> tuple[dict[str, Served], dict[str, str]]:
+    from model.bundle import load_all
+    from model.ensemble import Ensemble
+    from model.explain import Explainer
+
+    bundles, refused = load_all(bundles_root)
+    served = {}
+    for name, bundle in bundles.items():
+        ensemble = Ensemble(bundle)
+        spec = bundle.input_spec
+        ensemble.predict(np.zeros((spec["height"], spec["width"]), np.uint8))  # trace once, before any request
+        served[name] = Served(bundle, ensemble, Explainer(bundle))
+    for folder, message in refused.items():
+        log.warning("bundle folder %s refused: %s", folder, message)
+    log.info("serving bundles: %s", ", ".join(served) or "none")
+    return served, refused
+
+
+class _AccessLog:
+    """One log line per request: method, path, status, time. No query string, header, body or file name."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status, logged = time.perf_counter(), [0], [False]
+
+        def write():
+            if not logged[0]:
+                logged[0] = True
+                log.info("%s %s %d %.0f ms", scope["method"], scope["path"], status[0],
+                         (time.perf_counter() - start) * 1000)
+
+        async def send_logged(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                write()  # before the last byte leaves: a client that has its answer finds the line written
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        finally:
+            write()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The app
+# --------------------------------------------------------------------------------------------------------------------
+def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               timeout_s: float = REQUEST_TIMEOUT_S, workers: int | None = None) -> FastAPI:
+    """The ASGI app. Bundles are loaded from `bundles_root` (default: $TORAX_BUNDLES, else model/bundles) when
+    the app starts, once; `workers` threads run the analyses (default: up to 4, one per CPU)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.served, app.state.refused = _load(bundles_root)
+        from model.bundle import default_bundle_name
+
+        app.state.default = default_bundle_name(app.state.served)
+        app.state.pool = ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1), thread_name_prefix="torax-api")
+        try:
+            yield
+        finally:
+            app.state.pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="Tórax API", version="1",
+        description="Chest X-ray model bundles over HTTP: the same analysis as `python -m model predict --json`. "
+                    f"Uploads up to {max_upload_bytes / 2**20:g} MiB; errors are `{{\"error\": {{\"code\", "
+                    "\"message\"}}}`. A decision-support aid, not a diagnosis.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(_AccessLog)
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(RequestValidationError, _on_invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+    def served_bundle(request: Request, name: str | None) -> Served:
+        served = request.app.state.served
+        if not served:
+            raise ApiError(503, "no_bundles", "No model bundle is available on this server.")
+        name = name or request.app.state.default
+        if name not in served:
+            raise ApiError(404, "unknown_bundle",
+                           f"There is no model bundle named {name!r} here (available: {', '.join(served)}).")
+        return served[name]
+
+    @app.post("/v1/predict", response_model=PredictResult, openapi_extra=UPLOAD_BODY,
+              responses=_errors(400, 404, 408, 413, 415, 422, 500, 503, 504),
+              summary="Analyse one radiograph")
+    async def predict(
+        request: Request,
+        bundle: str | None = Query(None, description="Bundle name (GET /v1/bundles); default: the default bundle."),
+        threshold: float | None = Query(None, ge=0.0, le=1.0, allow_inf_nan=False,
+                                        description="Decision threshold in [0, 1]; not with operating_point."),
+        operating_point: str | None = Query(None, description="A bundle operating point, e.g. screening, "
+                                                              "balanced or confirmatory; default: the bundle's."),
+        cam: Literal["none", "gradcam", "gradcam++", "scorecam"] = Query(
+            "none", description="Add `overlay_png_base64`: where the models looked, by this method."),
+    ):
+        from model.analysis import resolve_threshold
+
+        served = served_bundle(request, bundle)
+        if threshold is not None and operating_point is not None:
+            raise ApiError(422, "invalid_parameter", "Give either threshold or operating_point, not both.")
+        try:
+            resolve_threshold(served.bundle, threshold, operating_point)
+        except KeyError as e:
+            raise ApiError(422, "unknown_operating_point", e.args[0]) from None
+        data, filename = await read_upload(request, max_upload_bytes)
+        work = partial(analyse_upload, served, data, filename, threshold, operating_point, cam)
+        future = asyncio.get_running_loop().run_in_executor(request.app.state.pool, work)
+        try:
+            result = await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            # The thread can't be stopped; its result is dropped when it finishes.
+            raise ApiError(504, "timeout", f"The analysis took longer than {timeout_s:g} s and was abandoned. "
+                                           "Please try again later.") from None
+        except Exception as exc:  # noqa: BLE001 - only the type is logged: messages may quote data
+            log.error("analysis failed with %s", type(exc).__name__)
+            raise ApiError(500, "internal_error", "The analysis failed on the server.") from None
+        if result["error"]:
+            code = result["error"]["code"]
+            raise ApiError(DECODE_STATUS.get(code, 422), code, result["error"]["message"])
+        return result
+
+    @app.get("/v1/bundles", response_model=BundlesResponse, summary="The model bundles served")
+    async def bundles(request: Request):
+        state = request.app.state
+        return {"default": state.default, "bundles": [describe_bundle(s.bundle) for s in state.served.values()],
+                "refused": state.refused}
+
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}}, summary="Liveness")
+    async def healthz(request: Request):
+        names = list(request.app.state.served)
+        if not names:
+            return JSONResponse({"status": "unavailable", "bundles": []}, status_code=503)
+        return {"status": "ok", "bundles": names}
+
+    return app
