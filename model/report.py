@@ -43,7 +43,7 @@ def point_at(bundle, threshold) -> dict | None:
     return None
 
 
-def at_threshold(result: dict, bundle, threshold=None) -> dict:
+def decide(result: dict, bundle, threshold=None) -> dict:
     """The same result decided at `threshold` (binary: a number; multilabel: {class: number}; None: the bundle's
     default operating point). No inference runs: the stored probabilities are re-read."""
     if result.get("error") or result.get("probabilities") is None:
@@ -64,10 +64,12 @@ def disagree(result: dict) -> bool:
     return result.get("spread") is not None and result["spread"] >= Ensemble.DISAGREEMENT
 
 
-def analyse_batch(files, ensemble, threshold=None, progress=None, batch: int = BATCH) -> list[dict]:
+def analyse_batch(files, ensemble, threshold=None, progress=None, batch: int = BATCH,
+                  guard=None) -> list[dict]:
     """Results for many uploads [(name, bytes)], in order. Every file is decoded first (a bad file becomes an
     error result, never an exception), then the good ones go through the ensemble `batch` at a time.
-    `progress(done, total)` is called after each decode and each forward pass."""
+    `progress(done, total)` is called after each decode and each forward pass; `guard(decoded)` adds its warnings
+    as in `model.analysis.analyse`."""
     bundle = ensemble.bundle
     files = list(files)
     total = len(files) * 2
@@ -79,7 +81,8 @@ def analyse_batch(files, ensemble, threshold=None, progress=None, batch: int = B
         except DecodeError as e:
             result["error"] = {"code": e.code, "message": e.message}
         else:
-            result["warnings"], result["meta"] = list(decoded.warnings), decoded.meta
+            result["warnings"] = list(decoded.warnings) + (guard(decoded) if guard else [])
+            result["meta"] = decoded.meta
             inputs.append((i, to_model_input(decoded.pixels, bundle.input_spec)))
         results.append(result)
         if progress:
@@ -216,8 +219,12 @@ def report_html(result: dict, bundle, overlay_png: bytes | None = None, lang: st
         rows.append(f"<p class='error'><b>{e(L['error'])}:</b> {e(data['error'].get('message'))}</p>")
     else:
         point = r["operating_point"]
-        point_text = (f"{e(point['name'])} ({e(L['val'].format(sens=_fmt(point.get('val_sensitivity')), spec=_fmt(point.get('val_specificity'))))})"
-                      if point else e(L["custom"]))
+        if point:
+            validation = L["val"].format(sens=_fmt(point.get("val_sensitivity")),
+                                         spec=_fmt(point.get("val_specificity")))
+            point_text = f"{e(point['name'])} ({e(validation)})"
+        else:
+            point_text = e(L["custom"])
         prob = r["probability"] if r["probability"] is not None else r["probabilities"]
         rows.append("<table>"
                     f"<tr><th>{e(L['decision'])}</th><td class='decision'>{e(r['decision'])}</td></tr>"
@@ -251,12 +258,13 @@ th, td {{ text-align: left; padding: .25rem .9rem .25rem 0; border-bottom: 1px s
 .decision {{ font-weight: 700; font-size: 1.3rem; }}
 .warn {{ color: #8a4b00; }} .error {{ color: #a00; }}
 img {{ max-width: 100%; height: auto; border: 1px solid #ccc; }}
-.use {{ border: 1px solid #999; padding: .6rem .8rem; margin-top: 2rem; font-size: .9rem; }}
+.use {{ border: 1px solid #999; padding: .6rem .8rem; margin: 1rem 0 1.5rem; font-size: .9rem; }}
 @media print {{ body {{ margin: 0; }} }}
 </style></head><body>
 <h1>{e(L['title'])}</h1>
-<p>{e(L['generated'])}: {e(data['generated'])} · {e(L['model'])}: {e(m['title'])} ({e(m['bundle'])}, {e(L['version'])} {e(m['version'])})</p>
-{''.join(rows)}
+<p>{e(L['generated'])}: {e(data['generated'])} · {e(L['model'])}: {e(m['title'])}
+({e(m['bundle'])}, {e(L['version'])} {e(m['version'])})</p>
 <p class="use"><b>{e(L['intended_use'])}:</b> {e(intended)}</p>
+{''.join(rows)}
 </body></html>
 """

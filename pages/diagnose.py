@@ -13,9 +13,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from model import report as reports
+from model.report import decide, disagree, png_bytes, report_html, report_json
 from model.analysis import analyse
-from model.ensemble import Ensemble
 from model.explain import METHOD_LABELS, METHODS, overlay
 from model.metrics import confusion, rates
 from pages.common import current_bundle, get_ensemble, get_explainer, report, threshold_for, tr
@@ -28,13 +27,23 @@ POSITIVE, NEGATIVE = "#c0392b", "#2e6da4"
 t = tr("diagnose")
 
 
+def input_guard(bundle):
+    """The input check (is this a frontal chest X-ray from the bundle's population?) when model.guard is present."""
+    try:
+        from model.guard import for_bundle
+    except ImportError:
+        return None
+    return for_bundle(bundle)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Cached work (keyed by the content hash; the bytes themselves are not hashed again: leading underscore)
 # ---------------------------------------------------------------------------------------------------------------
 @st.cache_data(max_entries=16, ttl=3600, show_spinner=False)
 def analysed(digest: str, bundle_name: str, name: str, _data: bytes):
     """(result, Decoded or None) for one upload; thresholds are applied later, without inference."""
-    return analyse(_data, name, get_ensemble(bundle_name))
+    ensemble = get_ensemble(bundle_name)
+    return analyse(_data, name, ensemble, guard=input_guard(ensemble.bundle))
 
 
 @st.cache_data(max_entries=32, ttl=3600, show_spinner=False)
@@ -50,6 +59,13 @@ def for_display(gray: np.ndarray) -> np.ndarray:
     if scale >= 1:
         return gray
     return cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def in_language(item: dict) -> str:
+    """A decoder error or warning in the UI language: Spanish by its code where known, else the decoder's own
+    (English, more specific) message."""
+    text = t(f"msg_{item.get('code')}")
+    return item["message"] if text == f"msg_{item.get('code')}" else text
 
 
 def class_label(name: str) -> str:
@@ -92,35 +108,34 @@ def draw_meta(meta: dict):
             continue
         if isinstance(value, (list, tuple)):
             value = " / ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-        rows[t(f"meta_{key}")] = str(value)
+        label = t(f"meta_{key}")
+        rows[key if label == f"meta_{key}" else label] = str(value)
     with st.expander(t("image_details")):
         st.markdown("\n".join(f"- **{k}:** {v}" for k, v in rows.items()))
 
 
 def draw_decision(result: dict, bundle):
     classes = bundle.classes
-    with st.container(border=True):
-        st.caption(t("decision_heading"))
-        if bundle.task == "binary":
-            positive = result["label"] == classes[-1]
-            colour = "red" if positive else "blue"
-            st.markdown(f"## :{colour}[{class_label(result['label'])}]")
-            point = result["operating_point"]
-            st.markdown(t("decision_binary", cls=class_label(classes[-1]), p=result["probability"],
-                          cmp=t("at_or_above") if positive else t("below"), t=result["threshold"],
-                          point=t(f"op_{point}") if point else t("custom_point")))
-        elif bundle.task == "multiclass":
-            label = result["label"]
-            st.markdown(f"## {class_label(label)}")
-            st.markdown(t("decision_multiclass", cls=class_label(label), p=result["probabilities"][label]))
-        else:
-            found = ", ".join(class_label(c) for c in result["label"]) or t("none_found")
-            st.markdown(f"## {found}")
-            st.markdown(t("decision_multilabel", found=found))
-        if reports.disagree(result):
-            st.warning(t("disagree", spread=result["spread"]), icon="⚠️")
-        elif result["spread"] is not None:
-            st.caption(t("agree", spread=result["spread"]))
+    st.caption(t("decision_heading"))
+    if bundle.task == "binary":
+        positive = result["label"] == classes[-1]
+        st.markdown(f"## :{'red' if positive else 'blue'}[{class_label(result['label'])}]")
+        point = result["operating_point"]
+        st.markdown(t("decision_binary", cls=class_label(classes[-1]), p=result["probability"],
+                      cmp=t("at_or_above") if positive else t("below"), t=result["threshold"],
+                      point=t(f"op_{point}") if point else t("custom_point")))
+    elif bundle.task == "multiclass":
+        label = result["label"]
+        st.markdown(f"## {class_label(label)}")
+        st.markdown(t("decision_multiclass", cls=class_label(label), p=result["probabilities"][label]))
+    else:
+        found = ", ".join(class_label(c) for c in result["label"]) or t("none_found")
+        st.markdown(f"## {found}")
+        st.markdown(t("decision_multilabel", found=found))
+    if disagree(result):
+        st.warning(t("disagree", spread=result["spread"]), icon=":material/warning:")
+    elif result["spread"] is not None:
+        st.caption(t("agree", spread=result["spread"]))
 
 
 def members_figure(result: dict, bundle) -> go.Figure:
@@ -128,31 +143,30 @@ def members_figure(result: dict, bundle) -> go.Figure:
     class (multiclass / multilabel)."""
     fig = go.Figure()
     if bundle.task == "binary":
-        names = list(result["members"]) + [t("ensemble")]
+        names = list(result["members"]) + [f"<b>{t('ensemble')}</b>"]
         values = list(result["members"].values()) + [result["probability"]]
         colours = [POSITIVE if v >= result["threshold"] else NEGATIVE for v in values]
         fig.add_bar(y=names, x=values, orientation="h", marker_color=colours, text=[f"{v:.1%}" for v in values],
+                    marker_opacity=[0.55] * (len(names) - 1) + [1.0],
                     textposition="outside", cliponaxis=False, hovertemplate="%{y}: %{x:.3f}<extra></extra>")
         fig.add_vline(x=result["threshold"], line_dash="dash", line_color="#444")
         fig.update_yaxes(autorange="reversed")
-        height = 70 + 34 * len(names)
+        fig.update_xaxes(range=[0, 1], tickformat=".0%", title=t("member_axis"))
+        height = 80 + 32 * len(names)
     else:
         for member, probs in list(result["members"].items()) + [(t("ensemble"), result["probabilities"])]:
             fig.add_bar(name=member, x=[class_label(c) for c in bundle.classes],
                         y=[probs[c] for c in bundle.classes], hovertemplate="%{x}: %{y:.3f}<extra></extra>")
         fig.update_layout(barmode="group")
-        height = 300
-    fig.update_layout(height=height, margin=dict(l=0, r=40, t=10, b=0), showlegend=bundle.task != "binary")
-    if bundle.task == "binary":
-        fig.update_xaxes(range=[0, 1], tickformat=".0%", title=t("member_axis"))
-    else:
         fig.update_yaxes(range=[0, 1], tickformat=".0%", title=t("member_axis"))
+        height = 300
+    fig.update_layout(height=height, margin=dict(l=0, r=45, t=10, b=0), showlegend=bundle.task != "binary")
     return fig
 
 
 def draw_threshold(bundle, threshold: float):
-    """Slider, operating-point presets, and what the threshold means on the evaluation data."""
-    cls, neg = class_label(bundle.classes[-1]), class_label(bundle.classes[0])
+    """The slider and the operating-point presets (binary bundles)."""
+    cls = class_label(bundle.classes[-1])
     st.session_state["dx_threshold"] = threshold  # mirror the shared value into this page's widget
     st.slider(t("threshold"), 0.0, 1.0, step=0.001, format="%.3f", key="dx_threshold",
               on_change=_keep_threshold, help=t("threshold_help", cls=cls))
@@ -160,7 +174,7 @@ def draw_threshold(bundle, threshold: float):
                     key=lambda p: POINT_ORDER.index(p["name"]) if p["name"] in POINT_ORDER else len(POINT_ORDER))
     if points:
         st.caption(t("presets"))
-        for column, point in zip(st.columns(len(points)), points):
+        for column, point in zip(st.columns(len(points), gap="small"), points):
             label = t(f"op_{point['name']}")
             column.button(label if label != f"op_{point['name']}" else point["name"], key=f"op_{point['name']}",
                           on_click=_use_threshold, args=(point["threshold"],), width="stretch",
@@ -169,82 +183,94 @@ def draw_threshold(bundle, threshold: float):
                                  spec=point.get("val_specificity", float("nan"))))
 
 
-def draw_meaning(bundle, threshold: float):
-    cls, neg = class_label(bundle.classes[-1]), class_label(bundle.classes[0])
+def evaluation_at(bundle, threshold: float) -> dict | None:
+    """Confusion counts and rates of the bundle's evaluation scores at this threshold (None without scores)."""
     scores = report(bundle.name, "scores")
     if not scores or scores.get("task") != "binary":
-        st.info(t("no_scores"))
-        return
-    y = np.asarray(scores["y"]).ravel()
-    score = np.asarray(scores["ensemble"]).ravel()
-    counts = confusion(y, score, threshold)
-    pos, neg_n = counts["tp"] + counts["fn"], counts["tn"] + counts["fp"]
-    sample = pos / max(pos + neg_n, 1)
+        return None
+    counts = confusion(np.asarray(scores["y"]).ravel(), np.asarray(scores["ensemble"]).ravel(), threshold)
+    pos, neg = counts["tp"] + counts["fn"], counts["tn"] + counts["fp"]
+    sample = pos / max(pos + neg, 1)
     if "prevalence" not in st.session_state:
         st.session_state["prevalence"] = sample
-    st.session_state["dx_prevalence"] = round(100.0 * float(st.session_state["prevalence"]), 2)
-    at_sample = rates(counts)
-    at_prevalence = rates(counts, float(st.session_state["prevalence"]))
+    return {"counts": counts, "pos": pos, "neg": neg, "sample": sample, "split": scores.get("split", "evaluation"),
+            "rates": rates(counts), "at_prevalence": rates(counts, float(st.session_state["prevalence"]))}
 
+
+def draw_meaning(bundle, ev: dict | None):
+    """Sensitivity, specificity, PPV and NPV at the current threshold, and the prevalence they assume."""
+    cls, neg = class_label(bundle.classes[-1]), class_label(bundle.classes[0])
     st.markdown(f"**{t('meaning_heading')}**")
-    split_key = f"split_{scores.get('split', 'evaluation')}"
-    split = t(split_key) if t(split_key) != split_key else scores.get("split", "")
-    st.caption(t("meaning_caption", split=split, n=pos + neg_n, pos=pos, cls=cls, tp=counts["tp"], fp=counts["fp"],
-                 neg=neg_n))
-    c = st.columns(4)
-    c[0].metric(t("sensitivity"), f"{at_sample['sensitivity']:.1%}", help=t("sensitivity_help", cls=cls))
-    c[1].metric(t("specificity"), f"{at_sample['specificity']:.1%}", help=t("specificity_help", cls=cls, neg=neg))
-    c[2].metric(t("ppv"), _pct(at_prevalence["ppv"]), help=t("ppv_help", cls=cls))
-    c[3].metric(t("npv"), _pct(at_prevalence["npv"]), help=t("npv_help", cls=cls, neg=neg))
+    if ev is None:
+        st.info(t("no_scores"))
+        return
+    r, rp, c = ev["rates"], ev["at_prevalence"], ev["counts"]
+    m = [column for _ in range(2) for column in st.columns(2, gap="small")]
+    m[0].metric(t("sensitivity"), _pct(r["sensitivity"]), help=t("sensitivity_help", cls=cls))
+    m[1].metric(t("specificity"), _pct(r["specificity"]), help=t("specificity_help", cls=cls, neg=neg))
+    m[2].metric(t("ppv"), _pct(rp["ppv"]), help=t("ppv_help", cls=cls))
+    m[3].metric(t("npv"), _pct(rp["npv"]), help=t("npv_help", cls=cls, neg=neg))
+    split_key = f"split_{ev['split']}"
+    st.caption(t("meaning_caption", split=t(split_key) if t(split_key) != split_key else ev["split"],
+                 n=ev["pos"] + ev["neg"], pos=ev["pos"], cls=cls, tp=c["tp"], fp=c["fp"], neg=ev["neg"]))
+    st.session_state["dx_prevalence"] = round(100.0 * float(st.session_state["prevalence"]), 2)
     st.number_input(t("prevalence"), min_value=0.1, max_value=99.9, step=0.5, format="%.1f", key="dx_prevalence",
-                    on_change=_keep_prevalence, help=t("prevalence_help", cls=cls, sample=sample))
+                    on_change=_keep_prevalence, help=t("prevalence_help", cls=cls, sample=ev["sample"]))
 
-    evaluation = report(bundle.name, "evaluation") or {}
-    roc = (evaluation.get("ensemble") or {}).get("roc")
+
+def roc_figure(bundle, threshold: float, ev: dict) -> go.Figure:
+    """The ensemble's ROC on the evaluation data with the current threshold marked."""
+    roc = ((report(bundle.name, "evaluation") or {}).get("ensemble") or {}).get("roc")
+    r = ev["rates"]
     fig = go.Figure()
-    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999"), hoverinfo="skip",
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#aaa"), hoverinfo="skip",
                     showlegend=False)
     if roc:
         fig.add_scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name=t("roc_curve"), line=dict(color=NEGATIVE),
-                        hovertemplate="1−spec %{x:.2f}, sens %{y:.2f}<extra></extra>")
-    fig.add_scatter(x=[1 - at_sample["specificity"]], y=[at_sample["sensitivity"]], mode="markers",
-                    name=t("roc_here"), marker=dict(size=14, color=POSITIVE, line=dict(width=2, color="white")),
-                    hovertemplate=f"{t('roc_here')} {threshold:.3f}<br>1−spec %{{x:.2f}}, sens %{{y:.2f}}<extra></extra>")
-    fig.update_layout(title=dict(text=t("roc_title"), font=dict(size=14)), height=360,
-                      margin=dict(l=0, r=0, t=40, b=0), legend=dict(orientation="h", y=-0.25),
+                        hovertemplate="%{x:.2f}, %{y:.2f}<extra></extra>")
+    fig.add_scatter(x=[1 - r["specificity"]], y=[r["sensitivity"]], mode="markers", name=t("roc_here"),
+                    marker=dict(size=14, color=POSITIVE, line=dict(width=2, color="white")),
+                    hovertemplate=f"{threshold:.3f}: %{{x:.2f}}, %{{y:.2f}}<extra></extra>")
+    fig.update_layout(title=dict(text=t("roc_title"), font=dict(size=14)), height=380,
+                      margin=dict(l=0, r=10, t=40, b=0), legend=dict(orientation="h", y=-0.22, x=0),
                       xaxis=dict(title=t("roc_x"), range=[0, 1], constrain="domain"),
-                      yaxis=dict(title=t("roc_y"), range=[0, 1.02], scaleanchor="x", scaleratio=1))
-    st.plotly_chart(fig, key="dx_roc", config={"displayModeBar": False})
+                      yaxis=dict(title=t("roc_y"), range=[0, 1.02], scaleanchor="x", scaleratio=1,
+                                 constrain="domain"))
+    return fig
 
 
 def _pct(value: float) -> str:
     return "—" if value != value else f"{value:.1%}"
 
 
-def draw_cam(digest: str, bundle, decoded, shown: np.ndarray, controls, columns):
-    """The overlay beside the original. Returns a maker of the full-resolution overlay PNG, or None when off."""
-    if not st.session_state.get("dx_cam"):
-        columns[1].info(t("cam_off"))
-        return None
+def draw_cam(digest: str, bundle, decoded, shown: np.ndarray):
+    """Original and overlay side by side, with the CAM controls above. Returns a maker of the full-resolution
+    overlay PNG, or None while the CAM is off."""
     members = ["ensemble"] + [m.name for m in bundle.members]
-    c = controls.columns([3, 2, 2, 3] if bundle.task != "binary" else [3, 2, 3])
-    method = c[0].segmented_control(t("cam_method"), METHODS, format_func=METHOD_LABELS.get, default=METHODS[0],
-                                    required=True, key="dx_cam_method")
-    member = c[1].selectbox(t("cam_member"), members, key="dx_cam_member",
-                            format_func=lambda m: t("ensemble") if m == "ensemble" else m)
-    if bundle.task != "binary":
-        class_name = c[2].selectbox(t("cam_class"), bundle.classes, format_func=class_label, key="dx_cam_class")
-    else:
-        class_name = bundle.classes[-1]
-    opacity = c[-1].slider(t("cam_opacity"), 0.0, 1.0, 0.4, 0.05, key="dx_cam_opacity")
-    with columns[1], st.spinner(t("cam_running", method=METHOD_LABELS[method])):
+    row = st.columns([1.3, 2.4, 1.1, 1.1, 1.4] if bundle.task != "binary" else [1.3, 2.4, 1.1, 1.4], gap="medium",
+                     vertical_alignment="bottom")
+    on = row[0].toggle(t("show_cam"), key="dx_cam", help=t("show_cam_help"))
+    images = st.columns(2, gap="medium")
+    images[0].image(shown, width="stretch", caption=t("original", size=f"{decoded.meta.get('width')} × "
+                                                                         f"{decoded.meta.get('height')} px"))
+    if not on:
+        images[1].info(t("cam_off"), icon=":material/visibility:")
+        return None
+    method = row[1].segmented_control(t("cam_method"), METHODS, format_func=METHOD_LABELS.get, default=METHODS[0],
+                                      required=True, key="dx_cam_method")
+    member = row[2].selectbox(t("cam_member"), members, key="dx_cam_member",
+                              format_func=lambda m: t("ensemble") if m == "ensemble" else m)
+    class_name = (row[3].selectbox(t("cam_class"), bundle.classes, format_func=class_label, key="dx_cam_class")
+                  if bundle.task != "binary" else bundle.classes[-1])
+    opacity = row[-1].slider(t("cam_opacity"), 0.0, 1.0, 0.4, 0.05, key="dx_cam_opacity")
+    with images[1], st.spinner(t("cam_running", method=METHOD_LABELS[method])):
         maps = cams(digest, bundle.name, method, class_name, decoded.pixels)
     cam = maps[member]
-    columns[1].image(overlay(shown, cam, opacity), width="stretch",
-                     caption=t("cam_caption", method=METHOD_LABELS[method],
-                               member=t("ensemble") if member == "ensemble" else member, cls=class_label(class_name)))
-    controls.caption(t("cam_note", cls=class_label(class_name)))
-    return lambda: reports.png_bytes(overlay(decoded.pixels, cam, opacity))
+    images[1].image(overlay(shown, cam, opacity), width="stretch",
+                    caption=t("cam_caption", method=METHOD_LABELS[method],
+                              member=t("ensemble") if member == "ensemble" else member, cls=class_label(class_name)))
+    st.caption(t("cam_note", cls=class_label(class_name)))
+    return lambda: png_bytes(overlay(decoded.pixels, cam, opacity))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -258,21 +284,23 @@ upload = st.session_state.get("current_upload")
 if bundle is None:
     st.stop()
 if not upload:
-    st.info(t("empty"), icon="🩻")
+    st.info(t("empty"), icon=":material/radiology:")
     st.stop()
 if st.session_state.get("dx_upload") is None:
-    st.caption(t("from_worklist", name=upload["name"]))
+    note, back = st.columns([4, 1], vertical_alignment="center")
+    note.caption(t("from_worklist", name=upload["name"]))
     if st.session_state.get("worklist_entries"):
-        st.page_link("pages/worklist.py", label=t("back_to_worklist"), icon="↩️")
+        back.page_link("pages/worklist.py", label=t("back_to_worklist"), icon=":material/arrow_back:")
 
 digest = hashlib.sha256(upload["data"]).hexdigest()
 with st.spinner(t("analysing")):
     base, decoded = analysed(digest, bundle.name, upload["name"], upload["data"])
 if base["error"]:
-    st.error(t("decode_error", message=base["error"]["message"]), icon="🚫")
+    st.error(t("decode_error", message=in_language(base["error"])), icon=":material/error:")
     st.stop()
 if base["warnings"]:
-    st.warning(t("warnings_heading") + "\n" + "\n".join(f"- {w['message']}" for w in base["warnings"]), icon="⚠️")
+    st.warning(t("warnings_heading") + "\n" + "\n".join(f"- {in_language(w)}" for w in base["warnings"]),
+               icon=":material/warning:")
 
 if bundle.task == "binary":
     threshold = threshold_for(bundle)
@@ -280,41 +308,44 @@ elif bundle.task == "multilabel":
     threshold = next((p.get("thresholds") for p in bundle.operating_points if p.get("thresholds")), None)
 else:
     threshold = None
-result = reports.at_threshold(base, bundle, threshold)
+result = decide(base, bundle, threshold)
+ev = evaluation_at(bundle, threshold) if bundle.task == "binary" else None
 
-left, right = st.columns([3, 2], gap="large")
-with right:
+# 1. The answer, and the threshold that makes it.
+answer, tuning = st.columns([5, 6], gap="large")
+with answer, st.container(border=True):
     draw_decision(result, bundle)
     st.markdown(f"**{t('members_heading')}**")
     st.plotly_chart(members_figure(result, bundle), key="dx_members", config={"displayModeBar": False})
+with tuning:
     if bundle.task == "binary":
         draw_threshold(bundle, threshold)
+        draw_meaning(bundle, ev)
     elif bundle.task == "multilabel" and isinstance(threshold, dict):
         st.markdown(f"**{t('class_thresholds')}**")
         st.markdown("\n".join(f"- {class_label(c)}: {v:.3f}" for c, v in threshold.items()))
-with left:
-    st.toggle(t("show_cam"), key="dx_cam", help=t("show_cam_help"))
-    shown = for_display(decoded.pixels)
-    controls = st.container()
-    images = st.columns(2, gap="small")
-    images[0].image(shown, width="stretch", caption=t("original", size=f"{decoded.meta.get('width')} × "
-                                                                         f"{decoded.meta.get('height')} px"))
-    overlay_png = draw_cam(digest, bundle, decoded, shown, controls, images)
-    draw_meta(decoded.meta)
 
-if bundle.task == "binary":
-    st.divider()
-    draw_meaning(bundle, threshold)
+# 2. The image, and where the models looked.
+st.subheader(t("cam_heading"), divider="gray")
+overlay_png = draw_cam(digest, bundle, decoded, for_display(decoded.pixels))
 
+# 3. The ROC curve and the image's own details.
 st.divider()
-st.markdown(f"**{t('downloads')}**")
-lang = st.session_state.get("lang", "en")
-d = st.columns(3)
-if overlay_png:
-    d[0].download_button(t("download_overlay"), overlay_png, file_name="torax-overlay.png", mime="image/png",
-                         icon="🖼️", on_click="ignore")
-d[1].download_button(t("download_json"), lambda: reports.report_json(result, bundle), file_name="torax-report.json",
-                     mime="application/json", icon="🧾", on_click="ignore")
-d[2].download_button(t("download_html"), lambda: reports.report_html(result, bundle,
-                                                                    overlay_png() if overlay_png else None, lang),
-                     file_name="torax-report.html", mime="text/html", icon="🖨️", on_click="ignore")
+roc, details = st.columns([1, 1], gap="large")
+if ev is not None:
+    roc.plotly_chart(roc_figure(bundle, threshold, ev), key="dx_roc", config={"displayModeBar": False})
+with details:
+    draw_meta(decoded.meta)
+    st.markdown(f"**{t('downloads')}**")
+    lang = st.session_state.get("lang", "en")
+    if overlay_png:
+        st.download_button(t("download_overlay"), overlay_png, file_name="torax-overlay.png", mime="image/png",
+                           icon=":material/image:", on_click="ignore")
+    st.download_button(t("download_json"), lambda: report_json(result, bundle),
+                       file_name="torax-report.json", mime="application/json", icon=":material/data_object:",
+                       on_click="ignore")
+    st.download_button(t("download_html"),
+                       lambda: report_html({**result, "warnings": [{**w, "message": in_language(w)}
+                                                                   for w in result["warnings"]]},
+                                           bundle, overlay_png() if overlay_png else None, lang),
+                       file_name="torax-report.html", mime="text/html", icon=":material/print:", on_click="ignore")

@@ -11,13 +11,34 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from model import report as reports
+from model.report import analyse_batch, decide, point_at, worklist_rows
 from model.ensemble import Ensemble
 from pages.common import current_bundle, get_ensemble, threshold_for, tr
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "gif", "dcm", "dicom"]
 
 t = tr("worklist")
+
+
+def input_guard(bundle):
+    """The input check (is this a frontal chest X-ray from the bundle's population?) when model.guard is present."""
+    try:
+        from model.guard import for_bundle
+    except ImportError:
+        return None
+    return for_bundle(bundle)
+
+
+def in_language(item: dict) -> str:
+    """A decoder error or warning in the UI language: Spanish by its code where known, else the decoder's own
+    (English, more specific) message."""
+    text = t(f"msg_{item.get('code')}")
+    return item["message"] if text == f"msg_{item.get('code')}" else text
+
+
+def localised(result: dict) -> dict:
+    return {**result, "warnings": [{**w, "message": in_language(w)} for w in result.get("warnings") or []],
+            "error": result["error"] and {**result["error"], "message": in_language(result["error"])}}
 
 
 def class_label(name: str) -> str:
@@ -45,7 +66,7 @@ entries = st.session_state.get("worklist_entries") or []
 if bundle is None:
     st.stop()
 if not entries:
-    st.info(t("empty"), icon="🗂️")
+    st.info(t("empty"), icon=":material/list_alt:")
     st.stop()
 if not st.session_state.get("wl_upload"):
     left, right = st.columns([4, 1], vertical_alignment="center")
@@ -61,8 +82,8 @@ if todo:
     def progress(step: int, total: int):
         bar.progress(step / total, text=t("running", done=min(len(todo), step * len(todo) // total), total=len(todo)))
 
-    fresh = reports.analyse_batch([(e["name"], e["data"]) for e in todo], get_ensemble(bundle.name),
-                                  progress=progress)
+    fresh = analyse_batch([(e["name"], e["data"]) for e in todo], get_ensemble(bundle.name),
+                          progress=progress, guard=input_guard(bundle))
     for entry, result in zip(todo, fresh):
         done[(bundle.name, entry["digest"], entry["name"])] = result
     bar.empty()
@@ -71,12 +92,12 @@ keys = [(bundle.name, e["digest"], e["name"]) for e in entries]
 st.session_state["worklist_results"] = {k: done[k] for k in keys}
 
 threshold = threshold_for(bundle) if bundle.task == "binary" else None
-results = [reports.at_threshold(done[k], bundle, threshold) for k in keys]
-rows = reports.worklist_rows(results)
+results = [localised(decide(done[k], bundle, threshold)) for k in keys]
+rows = worklist_rows(results)
 
 errors = sum(1 for r in rows if r["error"])
 if bundle.task == "binary":
-    point = reports.point_at(bundle, threshold)
+    point = point_at(bundle, threshold)
     st.markdown(t("summary", n=len(rows), positive=sum(r["decision"] == bundle.classes[-1] for r in rows),
                   cls=class_label(bundle.classes[-1]), disagree=sum(bool(r["disagreement"]) for r in rows),
                   errors=errors))
@@ -85,25 +106,32 @@ else:
     st.markdown(t("summary_multiclass", n=len(rows), errors=errors))
 
 # Most probable first, unreadable files last; the index still points at the entry, for opening a row.
-table = pd.DataFrame(rows).sort_values("probability", ascending=False, na_position="last", kind="stable")
-table["decision"] = [class_label(d) if isinstance(d, str) else "" for d in table["decision"]]
+rows = pd.DataFrame(rows).sort_values("probability", ascending=False, na_position="last", kind="stable")
+table = rows.assign(
+    decision=[class_label(d) if isinstance(d, str) else t("unreadable") for d in rows["decision"]],
+    probability=rows["probability"] * 100)
+shown = [c for c in table.columns if c not in ("warnings", "error") or table[c].astype(bool).any()]
 event = st.dataframe(
     table, key="wl_table", on_select="rerun", selection_mode="single-row", hide_index=True, width="stretch",
-    column_config={
-        "file": st.column_config.TextColumn(t("col_file")),
-        "decision": st.column_config.TextColumn(t("col_decision")),
+    column_order=shown, placeholder="", column_config={
+        "file": st.column_config.TextColumn(t("col_file"), width=230),
+        "decision": st.column_config.TextColumn(t("col_decision"), width=110),
         "probability": st.column_config.ProgressColumn(
-            t("col_probability"), min_value=0.0, max_value=1.0, format="percent",
+            t("col_probability"), min_value=0.0, max_value=100.0, format="%.1f%%", width=150,
             help=t("help_probability", cls=class_label(bundle.classes[-1]))),
-        "spread": st.column_config.NumberColumn(t("col_spread"), format="%.2f",
+        "spread": st.column_config.NumberColumn(t("col_spread"), format="%.2f", width=110,
                                                 help=t("help_spread", limit=Ensemble.DISAGREEMENT)),
-        "disagreement": st.column_config.CheckboxColumn(t("col_disagreement")),
-        "warnings": st.column_config.TextColumn(t("col_warnings")),
-        "error": st.column_config.TextColumn(t("col_error")),
+        "disagreement": st.column_config.CheckboxColumn(t("col_disagreement"), width=100),
+        "warnings": st.column_config.TextColumn(t("col_warnings"), width="medium"),
+        "error": st.column_config.TextColumn(t("col_error"), width="medium"),
     })
 st.caption(t("select_hint"))
-st.download_button(t("download_csv"), table.to_csv(index=False), file_name="torax-worklist.csv", mime="text/csv",
-                   icon="⬇️", on_click="ignore")
+failed = rows[rows["error"].astype(bool)]
+if len(failed):
+    st.error("\n".join(f"- **{name}**: {message}" for name, message in zip(failed["file"], failed["error"])),
+             icon=":material/error:")
+st.download_button(t("download_csv"), rows.to_csv(index=False), file_name="torax-worklist.csv", mime="text/csv",
+                   icon=":material/download:", on_click="ignore")
 
 if event.selection.rows:
     entry = entries[table.index[event.selection.rows[0]]]

@@ -1,0 +1,138 @@
+"""The Worklist page as a reader drives it (Streamlit AppTest against app.py and the tiny real bundle): a batch
+of good and bad files becomes one ranked table; a selected row opens in Diagnose; the list survives the trip."""
+import os
+from pathlib import Path
+
+import cv2
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from synthetic import phantom
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def serve_tiny_bundle(tiny_bundles):
+    before = os.environ.get("TORAX_BUNDLES")
+    os.environ["TORAX_BUNDLES"] = str(tiny_bundles)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    if before is None:
+        os.environ.pop("TORAX_BUNDLES", None)
+    else:
+        os.environ["TORAX_BUNDLES"] = before
+
+
+@pytest.fixture(autouse=True)
+def router_runs_every_time(monkeypatch):
+    """Run app.py (the st.navigation router) on every AppTest run, as a live server does. AppTest 1.67 re-detects
+    the legacy `pages/` folder before each run and, finding one, runs the page script alone from the second run on
+    (no router, so no sidebar and no language radio)."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+def png(image) -> bytes:
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+GOOD = [(f"chest-{i}.png", png(phantom((220 + 10 * i, 200), pneumonia=i % 2 == 0, seed=20 + i)), "image/png")
+        for i in range(4)]
+BAD = [("truncated.png", png(phantom((200, 200), seed=1))[:200], "image/png"),
+       ("empty.jpg", b"", "image/jpeg"),
+       ("letter.png", b"Dear colleague, please find attached", "image/png")]
+
+
+def worklist(lang: str = "en") -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    if lang != "en":
+        at.radio(key="lang").set_value(lang).run()
+    at.switch_page("pages/worklist.py").run()
+    assert not at.exception
+    return at
+
+
+def seen(at: AppTest) -> str:
+    return "\n".join(e.value for kind in ("title", "markdown", "caption", "error", "warning", "info")
+                     for e in getattr(at, kind))
+
+
+@pytest.fixture
+def batch():
+    at = worklist()
+    at.file_uploader(key="wl_upload").set_value(GOOD + BAD).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_an_empty_worklist_asks_for_files():
+    at = worklist()
+    assert at.title[0].value == "Worklist"
+    assert "Drag radiographs" in seen(at)
+
+
+def test_a_batch_with_bad_files_gives_one_row_per_file_most_probable_first(batch):
+    table = batch.dataframe[0].value
+    assert len(table) == len(GOOD) + len(BAD)
+    assert set(table["file"]) == {name for name, _, _ in GOOD + BAD}
+
+    good = table[table["error"] == ""]
+    assert list(good["probability"]) == sorted(good["probability"], reverse=True)
+    assert set(good["decision"]) <= {"NORMAL", "PNEUMONIA"}
+    assert good["spread"].notna().all()
+
+    bad = table[table["error"] != ""]
+    assert set(bad["file"]) == {name for name, _, _ in BAD}
+    assert (bad["decision"] == "unreadable").all()
+    assert list(table["file"])[-len(BAD):] == list(bad["file"])  # errors sink to the bottom
+
+    text = seen(batch)
+    assert f"{len(GOOD) + len(BAD)} files" in text and f"unreadable: {len(BAD)}" in text
+    assert "This file is empty." in batch.error[0].value and "letter.png" in batch.error[0].value
+    assert "Download table (CSV)" in [b.label for b in batch.get("download_button")]
+
+
+def test_decisions_follow_the_shared_threshold_without_a_new_upload(batch):
+    batch.session_state["threshold"] = 0.0
+    batch.run()
+    table = batch.dataframe[0].value
+    assert (table[table["error"] == ""]["decision"] == "PNEUMONIA").all()
+    assert "Decisions at threshold 0.000 (custom)" in seen(batch)
+
+
+def test_selecting_a_row_opens_that_image_in_diagnose_and_the_list_is_kept(batch):
+    table = batch.dataframe[0].value
+    top = table["file"].iloc[0]
+    batch.session_state["wl_table"] = {"selection": {"rows": [0], "columns": []}}
+    batch.run()
+    assert not batch.exception
+    assert batch.title[0].value == "Diagnose"
+    assert f"Opened from the worklist: {top}" in seen(batch)
+    assert "Probability of PNEUMONIA" in seen(batch)
+
+    batch.switch_page("pages/worklist.py").run()
+    assert "Showing your last worklist (7 files)" in seen(batch)
+    assert len(batch.dataframe[0].value) == 7
+
+
+def test_the_worklist_in_spanish():
+    at = worklist("es")
+    at.file_uploader(key="wl_upload").set_value(GOOD[:2] + BAD[:1]).run()
+    assert not at.exception
+    assert at.title[0].value == "Lista de trabajo"
+    assert "3 archivos" in seen(at) and "ilegibles: 1" in seen(at)
+    assert set(at.dataframe[0].value["decision"]) <= {"NORMAL", "NEUMONÍA", "ilegible"}
+    assert "ilegible" in set(at.dataframe[0].value["decision"])
+    assert "Este archivo está incompleto" in at.error[0].value  # the decoder's message, by its code, in Spanish
