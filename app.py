@@ -3,14 +3,14 @@ import streamlit as st
 
 from pages.common import sidebar, tr
 
-st.set_page_config(page_title="Tórax", page_icon="🫁", layout="wide")
+st.set_page_config(page_title="Tórax", page_icon=":material/pulmonology:", layout="wide")
 t = tr("common")
 navigation = st.navigation([
-    st.Page("pages/diagnose.py", title=t("nav_diagnose"), icon="🩻", default=True, url_path="diagnose"),
-    st.Page("pages/worklist.py", title=t("nav_worklist"), icon="🗂️", url_path="worklist"),
-    st.Page("pages/dataset.py", title=t("nav_dataset"), icon="📊", url_path="dataset"),
-    st.Page("pages/evaluation.py", title=t("nav_evaluation"), icon="📈", url_path="evaluation"),
-    st.Page("pages/model_card.py", title=t("nav_model_card"), icon="📄", url_path="model-card"),
+    st.Page("pages/diagnose.py", title=t("nav_diagnose"), icon=":material/radiology:", default=True, url_path="diagnose"),
+    st.Page("pages/worklist.py", title=t("nav_worklist"), icon=":material/checklist:", url_path="worklist"),
+    st.Page("pages/dataset.py", title=t("nav_dataset"), icon=":material/bar_chart:", url_path="dataset"),
+    st.Page("pages/evaluation.py", title=t("nav_evaluation"), icon=":material/monitoring:", url_path="evaluation"),
+    st.Page("pages/model_card.py", title=t("nav_model_card"), icon=":material/description:", url_path="model-card"),
 ])
 sidebar()
 navigation.run()

@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     x.add_argument("--run", required=True)
     x.add_argument("--bundle", required=True, help="bundle folder, e.g. model/bundles/pneumonia-kermany")
     x.add_argument("--title", default=None)
+    x.add_argument("--research-use-only", action="store_true",
+                   help="label the bundle research use only (e.g. a small training set)")
     x.add_argument("--population", default=None,
                    help='who the training images show, e.g. "pediatric, 1-5 years" (the app warns outside it)')
 
@@ -57,6 +59,7 @@ def main(argv=None) -> int:
     a.add_argument("--bundle", required=True)
     a.add_argument("--title", default=None)
     a.add_argument("--population", default=None)
+    a.add_argument("--research-use-only", action="store_true")
 
     b = sub.add_parser("bench", help="images/s per architecture: data pipeline alone vs a training step")
     b.add_argument("--size", type=int, default=160)
@@ -93,7 +96,9 @@ def main(argv=None) -> int:
         print(json.dumps(summary, indent=2))
     if args.command in ("export", "all"):
         from training.export import export_bundle
-        print(f"bundle written to {export_bundle(args.run, args.bundle, title=args.title, population=args.population)}")
+        bundle = export_bundle(args.run, args.bundle, title=args.title, population=args.population,
+                               research_use_only=args.research_use_only)
+        print(f"bundle written to {bundle}")
     if args.command == "bench":
         from training.bench import bench
         print(json.dumps(bench(args.size, args.batch_size, args.steps), indent=2))

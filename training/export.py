@@ -22,7 +22,7 @@ TITLES = {"binary": "Pediatric pneumonia (normal vs pneumonia)",
 
 
 def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
-                  population: str | None = None) -> Path:
+                  population: str | None = None, research_use_only: bool = False) -> Path:
     run, bundle = Path(run), Path(bundle)
     config = json.loads((run / "config.json").read_text())
     members = json.loads((run / "members.json").read_text())
@@ -48,6 +48,7 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
         "schema": 1, "name": bundle.name, "title": title or TITLES[config["task"]], "task": config["task"],
         "classes": config["classes"], "input": config["input"], "members": member_entries,
         "population": population or "unspecified",
+        "research_use_only": bool(research_use_only),
         "ensemble": {"method": "mean", "of": "calibrated member probabilities"},
         "calibration": {"method": "temperature" if config["task"] != "binary" else "platt (temperature + bias)",
                         "per_member": evaluation["temperatures"], "bias_per_member": evaluation.get("biases", {}),
