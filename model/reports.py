@@ -44,9 +44,12 @@ def fmt_ci(ci, digits: int = 3) -> str:
     return f"{ci[0]:.{digits}f}–{ci[1]:.{digits}f}"
 
 
-def fmt_int(x) -> str:
-    """3665 -> "3,665"."""
-    return f"{int(x):,}" if is_number(x) else "—"
+def fmt_int(x, lang: str = "en") -> str:
+    """3665 -> "3,665" in English, "3 665" (narrow no-break space) in Spanish, where "3,665" would read as a
+    decimal."""
+    if not is_number(x):
+        return "—"
+    return f"{int(x):,}".replace(",", "\u202f" if lang == "es" else ",")
 
 
 def fmt_duration(seconds) -> str:
@@ -61,7 +64,17 @@ def fmt_duration(seconds) -> str:
     return f"{s // 3600} h {s % 3600 // 60} min"
 
 
-# --- where the images are ----------------------------------------------------------------------------------------------
+def fmt_datetime(stamp) -> str:
+    """"2026-11-23T11:07:49Z" -> "2026-11-23 11:07 UTC"; anything else as it is."""
+    if not stamp:
+        return "—"
+    text = str(stamp)
+    if len(text) >= 16 and text[10] == "T":
+        return f"{text[:10]} {text[11:16]}" + (" UTC" if text.endswith("Z") else "")
+    return text
+
+
+# --- where the images are ---------------------------------------------------------------------------------------------
 
 def default_data_dir() -> str:
     """$TORAX_DATA_DIR, else ../shared/data/kermany next to the repository when it exists, else ""."""
@@ -269,7 +282,8 @@ def scorers(evaluation: dict) -> list[tuple[str, dict]]:
 
 
 def member_table(evaluation: dict, manifest: dict) -> pd.DataFrame:
-    """model, auc, ci_low, ci_high, average_precision, val_auc (from the manifest), temperature — ensemble first."""
+    """model, auc, ci_low, ci_high, average_precision, val_auc, temperature, bias (the last three from the
+    manifest) — ensemble first."""
     info = {m["name"]: m for m in manifest.get("members", [])}
     rows = []
     for name, r in scorers(evaluation):
@@ -277,7 +291,8 @@ def member_table(evaluation: dict, manifest: dict) -> pd.DataFrame:
         rows.append({"model": name, "auc": r.get("auc"), "ci_low": ci[0], "ci_high": ci[1],
                      "average_precision": r.get("average_precision"),
                      "val_auc": info.get(name, {}).get("val_auc", np.nan),
-                     "temperature": info.get(name, {}).get("temperature", np.nan)})
+                     "temperature": info.get(name, {}).get("temperature", np.nan),
+                     "bias": info.get(name, {}).get("bias", np.nan)})
     return pd.DataFrame(rows)
 
 
@@ -381,7 +396,10 @@ def overfitting_gap(history: pd.DataFrame) -> pd.DataFrame:
 # --- model card (manifest.json) ---------------------------------------------------------------------------------------
 
 def is_small_training_set(manifest: dict, limit: int = SMALL_TRAINING_SET) -> bool:
-    """True when the training split is smaller than `limit` images (or its size was not recorded)."""
+    """True when the bundle is marked research use only at export, or its training split is smaller than `limit`
+    images (or its size was not recorded)."""
+    if manifest.get("research_use_only"):
+        return True
     n = (manifest.get("training") or {}).get("counts", {}).get("train")
     return not is_number(n) or n < limit
 
@@ -418,9 +436,23 @@ def version_table(manifest: dict) -> pd.DataFrame:
     """One row per member: name, arch, params, epochs_run, val_auc, temperature, train_seconds, code_commit, sha256."""
     rows = [{"name": m.get("name"), "arch": m.get("arch"), "params": m.get("params"),
              "epochs_run": m.get("epochs_run"), "val_auc": m.get("val_auc"), "temperature": m.get("temperature"),
-             "train_seconds": m.get("train_seconds"), "code_commit": short_commit(m.get("code_commit")),
-             "sha256": (m.get("sha256") or "")[:12]} for m in manifest.get("members", [])]
-    return pd.DataFrame(rows)
+             "bias": m.get("bias"), "train_seconds": m.get("train_seconds"),
+             "code_commit": short_commit(m.get("code_commit")), "sha256": (m.get("sha256") or "")[:12]}
+            for m in manifest.get("members", [])]
+    frame = pd.DataFrame(rows)
+    return frame.drop(columns="bias") if frame.empty or frame["bias"].isna().all() else frame
+
+
+def calibration_text(calibration: dict) -> str:
+    """"cnn: T = 1.09, b = 2.08; …": each member's fitted temperature (and bias, for Platt scaling)."""
+    temps, biases = calibration.get("per_member") or {}, calibration.get("bias_per_member") or {}
+    parts = []
+    for member, temp in temps.items():
+        text = f"{member}: T = {fmt_num(temp, 2)}"
+        if is_number(biases.get(member)):
+            text += f", b = {fmt_num(biases[member], 2)}"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def hardware_text(hardware) -> str:

@@ -17,14 +17,19 @@ SUBTYPE_COLOURS = {"normal": "#4C78A8", "bacteria": "#E45756", "virus": "#F58518
 t = tr("dataset")
 
 
+def fmt_int(x) -> str:
+    return R.fmt_int(x, st.session_state.get("lang", "en"))
+
+
 def name(prefix: str, value) -> str:
     """A translated display name for a split or subtype, or the value itself when there is none."""
     text = t(f"{prefix}_{value}")
     return str(value) if text == f"{prefix}_{value}" else text
 
 
-def style(fig: go.Figure, title: str, height: int = 340) -> go.Figure:
-    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=60, b=10), legend_title_text="",
+def style(fig: go.Figure, title: str | None, height: int = 340) -> go.Figure:
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=60 if title else 30, b=10),
+                      legend_title_text="", uniformtext=dict(minsize=10, mode="hide"),
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
     return fig
 
@@ -69,18 +74,18 @@ if not eda:
 
 classes = bundle.classes
 colour = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(classes)}
-st.markdown(t("intro", model=bundle.title, dataset=eda.get("dataset", "?"), images=R.fmt_int(eda.get("n_images")),
-              patients=R.fmt_int(eda.get("n_patients"))))
+st.markdown(t("intro", model=bundle.title, dataset=eda.get("dataset", "?"), images=fmt_int(eda.get("n_images")),
+              patients=fmt_int(eda.get("n_patients"))))
 
 balance = R.balance_frame(eda)
 before = balance[balance["stage"] == "before"].set_index("label")["share"]
 after = balance[balance["stage"] == "after"].set_index("label")["share"]
 positive = classes[-1]
 cols = st.columns(4)
-cols[0].metric(t("m_images"), R.fmt_int(eda.get("n_images")))
-cols[1].metric(t("m_patients"), R.fmt_int(eda.get("n_patients")))
+cols[0].metric(t("m_images"), fmt_int(eda.get("n_images")))
+cols[1].metric(t("m_patients"), fmt_int(eda.get("n_patients")))
 cols[2].metric(t("m_positive_share", cls=positive), R.fmt_pct(before.get(positive)))
-cols[3].metric(t("m_duplicates"), R.fmt_int(eda.get("duplicates_removed_if_deduplicated")), help=t("m_duplicates_help"))
+cols[3].metric(t("m_duplicates"), fmt_int(eda.get("duplicates_removed_if_deduplicated")), help=t("m_duplicates_help"))
 
 # --- splits ---------------------------------------------------------------------------------------------------------
 st.header(t("h_splits"))
@@ -91,11 +96,11 @@ counts["group"] = [label if str(sub).lower() == str(label).lower() else f"{label
 counts["split_name"] = counts["split"].map(lambda s: name("split", s))
 group_colour = {g: SUBTYPE_COLOURS.get(sub, colour.get(label, PALETTE[0]))
                 for g, label, sub in zip(counts["group"], counts["label"], counts["subtype"])}
-left, right = st.columns([3, 2])
+left, right = st.columns([1, 1])
 with left:
     fig = px.bar(counts, x="split_name", y="images", color="group", text="images", color_discrete_map=group_colour,
                  labels={"split_name": t("col_split"), "images": t("col_images"), "group": ""})
-    fig.update_traces(textposition="inside")
+    fig.update_traces(textposition="inside", insidetextanchor="middle")
     st.plotly_chart(style(fig, t("fig_counts")), key="counts_chart")
 with right:
     pivot = R.counts_pivot(eda)
@@ -125,9 +130,10 @@ balance["stage_name"] = balance["stage"].map(lambda s: t(f"stage_{s}"))
 fig = px.bar(balance, x="stage_name", y="share", color="label", text="images", barmode="group",
              color_discrete_map=colour, labels={"stage_name": "", "share": t("y_share"), "label": ""})
 fig.update_yaxes(tickformat=".0%", range=[0, 1])
-st.plotly_chart(style(fig, t("h_balance"), 320), key="balance_chart")
-st.caption(t("balance_caption", dupes=R.fmt_int(eda.get("duplicates_removed_if_deduplicated")), pos=positive,
-             before=R.fmt_pct(before.get(positive)), after=R.fmt_pct(after.get(positive))))
+left, right = st.columns([3, 2], vertical_alignment="center")
+left.plotly_chart(style(fig, None, 320), key="balance_chart")
+right.markdown(t("balance_caption", dupes=fmt_int(eda.get("duplicates_removed_if_deduplicated")), pos=positive,
+                 before=R.fmt_pct(before.get(positive)), after=R.fmt_pct(after.get(positive))))
 
 # --- size and shape -------------------------------------------------------------------------------------------------
 st.header(t("h_size"))
@@ -135,15 +141,19 @@ spec = eda.get("input") or bundle.input_spec
 st.caption(t("size_caption", w=spec.get("width"), h=spec.get("height")))
 source = R.source_summary(eda)
 if source and source["low_resolution"]:
-    st.warning(t("source_caption", original=R.fmt_int(source["original"]), total=R.fmt_int(source["total"]),
-                 long_side=source["original_long_side"], low=R.fmt_int(source["low_resolution"]),
+    st.warning(t("source_caption", original=fmt_int(source["original"]), total=fmt_int(source["total"]),
+                 long_side=source["original_long_side"], low=fmt_int(source["low_resolution"]),
                  side=source["low_resolution_side"]))
 sizes = R.sizes_frame(eda)
 if len(sizes):
     c1, c2, c3 = st.columns([2, 2, 1])
     with c1:
-        fig = px.scatter(sizes, x="width", y="height", color="label", opacity=0.35, color_discrete_map=colour,
-                         labels={"width": t("x_width"), "height": t("y_height"), "label": ""})
+        bubbles = sizes.groupby(["width", "height", "label"]).size().reset_index(name="images")
+        fig = px.scatter(bubbles, x="width", y="height", color="label", size="images", size_max=45, opacity=0.6,
+                         color_discrete_map=colour, hover_data={"images": True},
+                         labels={"width": t("x_width"), "height": t("y_height"), "label": "",
+                                 "images": t("col_images")})
+        fig.update_traces(marker=dict(sizemin=3))
         st.plotly_chart(style(fig, t("fig_sizes")), key="sizes_chart")
     with c2:
         fig = px.histogram(sizes, x="aspect", color="label", barmode="overlay", nbins=40, histnorm="percent",
@@ -162,7 +172,7 @@ if len(hist):
     fig = px.line(hist, x="intensity", y="density", color="label", markers=True, color_discrete_map=colour,
                   labels={"intensity": t("x_intensity"), "density": t("y_density"), "label": ""})
     fig.update_yaxes(tickformat=".0%")
-    st.plotly_chart(style(fig, t("h_intensity"), 320), key="intensity_chart")
+    st.plotly_chart(style(fig, None, 320), key="intensity_chart")
     st.caption(t("intensity_caption"))
 
 # --- mean image -----------------------------------------------------------------------------------------------------

@@ -22,6 +22,10 @@ GALLERY_SIZE = 6
 t = tr("evaluation")
 
 
+def fmt_int(x) -> str:
+    return R.fmt_int(x, st.session_state.get("lang", "en"))
+
+
 def name(prefix: str, value) -> str:
     """A translated display name (operating point, subtype, metric), or the value itself when there is none."""
     text = t(f"{prefix}_{value}")
@@ -81,8 +85,8 @@ def headline(evaluation: dict, manifest: dict):
     cols[2].metric(t("m_ap"), R.fmt_num(e.get("average_precision")), help=t("m_ap_help"))
     cal = e.get("calibration") or {}
     cols[3].metric(t("m_ece"), R.fmt_num(cal.get("ece_after")), help=t("m_ece_help"))
-    cols[4].metric(t("m_n"), R.fmt_int(evaluation.get("n")),
-                   help=t("m_n_help", positives=R.fmt_int(e.get("positives")), cls=bundle.classes[-1]))
+    cols[4].metric(t("m_n"), fmt_int(evaluation.get("n")),
+                   help=t("m_n_help", positives=fmt_int(e.get("positives")), cls=bundle.classes[-1]))
     best = evaluation.get("best_member")
     if best in evaluation.get("members", {}):
         key = "ensemble_beats" if evaluation.get("ensemble_beats_best_member") else "ensemble_not_better"
@@ -114,7 +118,8 @@ def curves(evaluation: dict, manifest: dict, point: dict):
             hovertemplate=t("hover_roc") + "<extra></extra>"))
         pr.add_trace(go.Scatter(
             x=r["pr"]["recall"], y=r["pr"]["precision"], mode="lines", line=line,
-            customdata=r["pr"].get("threshold"), name=f"{model_name(model)} — AP {R.fmt_num(r.get('average_precision'))}",
+            customdata=r["pr"].get("threshold"),
+            name=f"{model_name(model)} — AP {R.fmt_num(r.get('average_precision'))}",
             hovertemplate=t("hover_pr") + "<extra></extra>"))
     roc.add_trace(go.Scatter(x=[1 - point["specificity"]], y=[point["sensitivity"]], mode="markers",
                              marker=dict(size=13, color="#F58518", line=dict(color="black", width=1)),
@@ -126,7 +131,7 @@ def curves(evaluation: dict, manifest: dict, point: dict):
                                (pr, t("fig_pr"), t("x_recall"), t("y_precision"))):
         fig.update_xaxes(title=xt, range=[0, 1], constrain="domain")
         fig.update_yaxes(title=yt, range=[0, 1.02])
-        fig.update_layout(legend=dict(yanchor="bottom", y=0.02, xanchor="right", x=0.99,
+        fig.update_layout(legend=dict(yanchor="bottom", y=0.02, xanchor="right", x=0.99, traceorder="reversed",
                                       bgcolor="rgba(255,255,255,0.8)"))
     left.plotly_chart(style(roc, t("fig_roc"), 470), key="roc_chart")
     right.plotly_chart(style(pr, t("fig_pr"), 470), key="pr_chart")
@@ -134,12 +139,15 @@ def curves(evaluation: dict, manifest: dict, point: dict):
     table = R.member_table(evaluation, manifest)
     table["model"] = table["model"].map(model_name)
     table["ci"] = [R.fmt_ci([lo, hi]) for lo, hi in zip(table["ci_low"], table["ci_high"])]
-    table = table[["model", "auc", "ci", "average_precision", "val_auc", "temperature"]].rename(columns={
+    columns = ["model", "auc", "ci", "average_precision", "val_auc", "temperature"]
+    if table["bias"].notna().any():
+        columns.append("bias")
+    for column in ("auc", "average_precision", "val_auc", "temperature", "bias"):
+        table[column] = table[column].map(R.fmt_num)
+    table = table[columns].rename(columns={
         "model": t("col_model"), "auc": t("col_auc"), "ci": t("col_ci"), "average_precision": t("col_ap"),
-        "val_auc": t("col_val_auc"), "temperature": t("col_temperature")})
-    fmt = st.column_config.NumberColumn(format="%.3f")
-    st.dataframe(table, hide_index=True, key="member_table", column_config={
-        t("col_auc"): fmt, t("col_ap"): fmt, t("col_val_auc"): fmt, t("col_temperature"): fmt})
+        "val_auc": t("col_val_auc"), "temperature": t("col_temperature"), "bias": t("col_bias")})
+    st.dataframe(table, hide_index=True, key="member_table")
     st.caption(t("member_table_caption"))
 
 
@@ -169,12 +177,19 @@ def rule_text(p: dict) -> str:
 
 def confusion_view(point: dict, threshold: float, scores_y: np.ndarray):
     classes = bundle.classes
-    left, right = st.columns([2, 3])
+    left, right = st.columns([1, 1])
     z = [[point["tn"], point["fp"]], [point["fn"], point["tp"]]]
-    text = [[f"{t('tn')}<br>{point['tn']}", f"{t('fp')}<br>{point['fp']}"],
-            [f"{t('fn')}<br>{point['fn']}", f"{t('tp')}<br>{point['tp']}"]]
+    negatives, positives = point["tn"] + point["fp"], point["fn"] + point["tp"]
+
+    def cell(kind: str, total: int, cls: str) -> str:
+        share = R.fmt_pct(point[kind] / total) if total else "—"
+        note = t("cell_share", share=share, cls=cls)
+        return f"{t(kind)}<br><b>{point[kind]}</b><br><span style='font-size:12px'>{note}</span>"
+
+    text = [[cell("tn", negatives, classes[0]), cell("fp", negatives, classes[0])],
+            [cell("fn", positives, classes[-1]), cell("tp", positives, classes[-1])]]
     fig = go.Figure(go.Heatmap(z=z, x=[t("pred", cls=c) for c in classes], y=[t("true", cls=c) for c in classes],
-                               text=text, texttemplate="%{text}", textfont=dict(size=18), colorscale="Blues",
+                               text=text, texttemplate="%{text}", textfont=dict(size=15), colorscale="Blues",
                                showscale=False, hovertemplate="%{text}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     left.plotly_chart(style(fig, t("fig_confusion", threshold=R.fmt_num(threshold)), 380), key="confusion_chart")
@@ -190,7 +205,7 @@ def confusion_view(point: dict, threshold: float, scores_y: np.ndarray):
         prevalence = float(np.mean(scores_y)) if len(scores_y) else float("nan")
         st.caption(t("sample_prevalence", prevalence=R.fmt_pct(prevalence), cls=classes[-1]))
         clinic = st.session_state.get("prevalence")
-        if R.is_number(clinic) and 0 < clinic < 1:
+        if R.is_number(clinic) and 0 < clinic < 1 and abs(clinic - prevalence) > 0.005:
             adjusted = rates({k: point[k] for k in ("tp", "fp", "tn", "fn")}, clinic)
             st.caption(t("clinic_prevalence", prevalence=R.fmt_pct(clinic), ppv=R.fmt_pct(adjusted["ppv"]),
                          npv=R.fmt_pct(adjusted["npv"])))
@@ -220,7 +235,7 @@ def sweep_view(threshold: float, manifest: dict, y: np.ndarray, p: np.ndarray):
                                                                       bundle.classes[-1]: PALETTE[1]})
     markers(fig, threshold, manifest)
     fig.update_xaxes(title=t("x_probability"), range=x_range)
-    fig.update_yaxes(title=t("y_images"))
+    fig.update_yaxes(title=t("y_images_log"), type="log")  # a confident model piles images at 0 and 1
     right.plotly_chart(style(fig, t("fig_distribution"), 420), key="distribution_chart")
     st.caption(t("distribution_caption"))
 
@@ -241,9 +256,8 @@ def operating_points_view(manifest: dict, evaluation: dict):
     st.caption(t("operating_points_caption"))
     points = {p["name"]: p for p in manifest.get("operating_points", [])}
     shown = pd.DataFrame({
-        t("col_point"): table["name"].map(lambda n: name("op", n)),
         t("col_rule"): table["name"].map(lambda n: rule_text(points[n])),
-        t("col_threshold"): table["threshold"].map(lambda v: R.fmt_num(v)),
+        t("col_threshold"): table["threshold"].map(R.fmt_num),
         t("col_val_sens"): table["val_sensitivity"].map(R.fmt_pct),
         t("col_val_spec"): table["val_specificity"].map(R.fmt_pct),
         t("col_test_sens"): table["test_sensitivity"].map(R.fmt_pct),
@@ -253,7 +267,9 @@ def operating_points_view(manifest: dict, evaluation: dict):
         t("col_test_counts"): [f"{tp} / {fp} / {tn} / {fn}" for tp, fp, tn, fn in
                                zip(table["test_tp"], table["test_fp"], table["test_tn"], table["test_fn"])],
     })
-    st.dataframe(shown, hide_index=True, key="operating_points_table")
+    shown.index = [name("op", n) for n in table["name"]]
+    shown = shown.T
+    st.table(shown.rename_axis(t("col_point"), axis=1))
 
 
 def subtype_view(evaluation: dict, scores: dict, threshold: float):
@@ -298,14 +314,15 @@ def calibration_view(evaluation: dict):
             hovertemplate=t("hover_reliability") + "<extra></extra>"))
     fig.update_xaxes(title=t("x_predicted"), range=[0, 1])
     fig.update_yaxes(title=t("y_observed"), range=[0, 1.02])
+    fig.update_layout(legend=dict(yanchor="bottom", y=0.02, xanchor="right", x=0.99, bgcolor="rgba(255,255,255,0.8)"))
     left, right = st.columns([3, 2])
     left.plotly_chart(style(fig, t("fig_reliability"), 440), key="reliability_chart")
     with right:
         st.metric(t("ece_before"), R.fmt_num(cal.get("ece_before")))
         st.metric(t("ece_after"), R.fmt_num(cal.get("ece_after")))
-        temps = (bundle.manifest.get("calibration") or {}).get("per_member") or {}
-        if temps:
-            st.caption(t("temperatures", values=", ".join(f"{m} T = {R.fmt_num(v, 2)}" for m, v in temps.items())))
+        fitted = R.calibration_text(bundle.manifest.get("calibration") or {})
+        if fitted:
+            st.caption(t("temperatures", values=fitted))
 
 
 def error_gallery(scores: dict, threshold: float):
@@ -321,8 +338,9 @@ def error_gallery(scores: dict, threshold: float):
     if st.button(t("show_errors", threshold=R.fmt_num(threshold)), key="show_errors", type="primary"):
         with st.spinner(t("computing_errors")):
             found = R.errors(scores, threshold, GALLERY_SIZE)
+            point = R.at_threshold(*test_scores(bundle.name), threshold)
             st.session_state["evaluation_errors"] = {
-                "bundle": bundle.name, "threshold": threshold,
+                "bundle": bundle.name, "threshold": threshold, "totals": {k: point[k] for k in ("fp", "fn")},
                 **{kind: explain(items, Path(data_dir).expanduser()) for kind, items in found.items()}}
     shown = st.session_state.get("evaluation_errors")
     if not shown or shown["bundle"] != bundle.name:
@@ -330,7 +348,9 @@ def error_gallery(scores: dict, threshold: float):
     if abs(shown["threshold"] - threshold) > 1e-12:
         st.warning(t("errors_stale", threshold=R.fmt_num(shown["threshold"])))
     for kind in ("fp", "fn"):
-        st.subheader(t(f"h_{kind}", n=len(shown[kind]), threshold=R.fmt_num(shown["threshold"])))
+        total = shown["totals"][kind]
+        st.subheader(t(f"h_{kind}" if total > len(shown[kind]) else f"h_{kind}_all", n=len(shown[kind]),
+                       total=fmt_int(total)))
         if not shown[kind]:
             st.caption(t(f"none_{kind}"))
             continue
@@ -399,7 +419,7 @@ def per_class_view(evaluation: dict):
     cols[0].metric(t("m_macro_auc"), R.fmt_num(ens.get("macro_auc")), help=t("m_macro_auc_help"))
     if "accuracy" in ens:
         cols[1].metric(t("m_accuracy"), R.fmt_pct(ens.get("accuracy")), help=t("m_accuracy_help"))
-    cols[2].metric(t("m_n"), R.fmt_int(evaluation.get("n")))
+    cols[2].metric(t("m_n"), fmt_int(evaluation.get("n")))
 
     st.header(t("h_per_class"))
     st.caption(t("per_class_caption"))
@@ -465,13 +485,17 @@ def training_view():
             fig.add_trace(go.Scatter(x=h["epoch"], y=h[metric], mode="lines+markers", name=f"{m} · {t('validation')}",
                                      line=dict(color=colours[m], width=2.5), legendgroup=m))
             if train_metric in h:
-                fig.add_trace(go.Scatter(x=h["epoch"], y=h[train_metric], mode="lines", name=f"{m} · {t('training')}",
-                                         line=dict(color=colours[m], dash="dot", width=1.5), legendgroup=m))
+                fig.add_trace(go.Scatter(x=h["epoch"], y=h[train_metric], mode="lines+markers",
+                                         name=f"{m} · {t('training')}", legendgroup=m,
+                                         line=dict(color=colours[m], dash="dot", width=1.5),
+                                         marker=dict(symbol="circle-open", size=7)))
         fig.update_xaxes(title=t("x_epoch"), dtick=1 if history["epoch"].max() <= 15 else None)
+        fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0))
         fig.update_yaxes(title=ytitle)
-        col.plotly_chart(style(fig, title, 400), key=f"training_{metric}_chart")
+        col.plotly_chart(style(fig, title, 460), key=f"training_{metric}_chart")
     gap = R.overfitting_gap(history)
     if len(gap):
+        gap[["val_auc", "train_auc", "gap"]] = gap[["val_auc", "train_auc", "gap"]].round(3) + 0.0  # no "-0.000"
         fmt = st.column_config.NumberColumn(format="%.3f")
         st.dataframe(gap.rename(columns={"member": t("col_model"), "epochs": t("col_epochs"),
                                          "best_epoch": t("col_best_epoch"), "val_auc": t("col_best_val_auc"),
@@ -494,8 +518,8 @@ st.title(t("title"))
 if not evaluation:
     st.info(t("no_report"))
     st.stop()
-st.markdown(t("intro", model=bundle.title, n=R.fmt_int(evaluation.get("n")),
-              n_val=R.fmt_int(evaluation.get("n_val"))))
+st.markdown(t("intro", model=bundle.title, n=fmt_int(evaluation.get("n")),
+              n_val=fmt_int(evaluation.get("n_val"))))
 if bundle.task == "binary" and "ensemble" in evaluation and "roc" in evaluation["ensemble"]:
     binary_view(evaluation, scores)
 else:

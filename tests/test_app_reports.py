@@ -1,0 +1,378 @@
+"""The Dataset, Evaluation and Model card pages, run through app.py's navigation with Streamlit's AppTest against a
+real (tiny) bundle: what they show must be the bundle's own report and manifest numbers."""
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from model import metrics as M
+from model import reports as R
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = "pneumonia-kermany"
+STRINGS = {page: json.loads((ROOT / "assets" / "strings" / f"{page}.json").read_text(encoding="utf-8"))
+           for page in ("dataset", "evaluation", "model_card")}
+_current_root = {"path": None}
+
+
+@pytest.fixture
+def use_bundles(monkeypatch):
+    """Point the app at a bundles folder; Streamlit's caches are emptied whenever the folder changes (and on the
+    first use, in case another test module loaded other bundles in this process)."""
+    def use(root: Path):
+        monkeypatch.setenv("TORAX_BUNDLES", str(root))
+        if _current_root["path"] != root:
+            st.cache_data.clear()
+            st.cache_resource.clear()
+            _current_root["path"] = root
+        return root
+    return use
+
+
+@pytest.fixture
+def bundle_dir(tiny_bundles, use_bundles) -> Path:
+    return use_bundles(tiny_bundles) / BUNDLE
+
+
+def read(bundle_dir: Path, name: str) -> dict:
+    path = bundle_dir / ("manifest.json" if name == "manifest" else f"reports/{name}.json")
+    return json.loads(path.read_text())
+
+
+def open_page(page: str, **state) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def figure(at: AppTest, key: str) -> dict:
+    for element in at.get("plotly_chart"):
+        if element.proto.id.endswith("-" + key):
+            return json.loads(element.proto.spec)
+    raise AssertionError(f"no chart {key!r} on the page")
+
+
+def values(data) -> np.ndarray:
+    """A plotly array as numbers: plain JSON lists, or the typed base64 form plotly uses for numpy arrays."""
+    if isinstance(data, dict) and "bdata" in data:
+        array = np.frombuffer(base64.b64decode(data["bdata"]), dtype=np.dtype(data["dtype"]))
+        shape = data.get("shape")
+        if isinstance(shape, str):
+            shape = [int(n) for n in shape.split(",")]
+        return array.reshape(shape) if shape else array
+    return np.asarray(data)
+
+
+def metric(at: AppTest, label: str) -> str:
+    found = [m.value for m in at.metric if m.label == label]
+    assert found, f"no metric {label!r}; have {[m.label for m in at.metric]}"
+    return found[0]
+
+
+def images(at: AppTest) -> list:
+    return [img for element in at.get("image") for img in element.proto.imgs]
+
+
+def text_of(at: AppTest) -> str:
+    parts = [e.value for kind in ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error")
+             for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def middle_threshold(bundle_dir: Path) -> float:
+    """A threshold at the median test score, so every cell of the confusion matrix can be non-empty."""
+    _, p = R.binary_scores(read(bundle_dir, "scores"))
+    return float(np.median(p))
+
+
+# --- Evaluation -----------------------------------------------------------------------------------------------------
+
+def test_evaluation_shows_the_reports_auc_with_its_confidence_interval(bundle_dir):
+    evaluation = read(bundle_dir, "evaluation")
+    ens = evaluation["ensemble"]
+    at = open_page("evaluation")
+    en = STRINGS["evaluation"]["en"]
+    assert at.title[0].value == en["title"]
+    assert metric(at, en["m_auc"]) == f"{ens['auc']:.3f}"
+    assert metric(at, en["m_auc_ci"]) == f"{ens['auc_ci95'][0]:.3f}–{ens['auc_ci95'][1]:.3f}"
+    assert metric(at, en["m_ap"]) == f"{ens['average_precision']:.3f}"
+    assert metric(at, en["m_ece"]) == f"{ens['calibration']['ece_after']:.3f}"
+
+    legend = {trace["name"] for trace in figure(at, "roc_chart")["data"]}
+    for name, r in [("ensemble", ens)] + list(evaluation["members"].items()):
+        assert f"{name} — AUC {r['auc']:.3f} ({r['auc_ci95'][0]:.3f}–{r['auc_ci95'][1]:.3f})" in legend
+    roc = next(tr for tr in figure(at, "roc_chart")["data"] if tr["name"].startswith("ensemble"))
+    assert values(roc["x"]).tolist() == ens["roc"]["fpr"] and values(roc["y"]).tolist() == ens["roc"]["tpr"]
+    pr_legend = {trace["name"] for trace in figure(at, "pr_chart")["data"]}
+    assert f"ensemble — AP {ens['average_precision']:.3f}" in pr_legend
+
+
+def test_confusion_matrix_at_the_shared_threshold_is_model_metrics_on_the_stored_scores(bundle_dir):
+    threshold = middle_threshold(bundle_dir)
+    y, p = R.binary_scores(read(bundle_dir, "scores"))
+    counts = M.confusion(y, p, threshold)
+    rates = M.rates(counts)
+    at = open_page("evaluation", threshold=threshold, threshold_bundle=BUNDLE)
+    en = STRINGS["evaluation"]["en"]
+
+    z = values(figure(at, "confusion_chart")["data"][0]["z"]).tolist()
+    assert z == [[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]]
+    for key in ("sensitivity", "specificity", "ppv", "npv"):
+        assert metric(at, en[key]) == R.fmt_pct(rates[key])
+    assert at.slider(key="evaluation_threshold").value == pytest.approx(threshold)
+    assert at.session_state["threshold"] == threshold
+
+
+def test_moving_the_slider_changes_the_shared_threshold_and_the_counts(bundle_dir):
+    at = open_page("evaluation")
+    y, p = R.binary_scores(read(bundle_dir, "scores"))
+    at.slider(key="evaluation_threshold").set_value(0.0).run()
+    assert at.session_state["threshold"] == 0.0
+    counts = M.confusion(y, p, 0.0)
+    z = values(figure(at, "confusion_chart")["data"][0]["z"]).tolist()
+    assert z == [[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]]
+    assert counts["tn"] == counts["fn"] == 0
+
+
+def test_operating_point_buttons_set_the_threshold_and_the_table_shows_val_and_test_numbers(bundle_dir):
+    manifest, evaluation = read(bundle_dir, "manifest"), read(bundle_dir, "evaluation")
+    at = open_page("evaluation", threshold=0.0, threshold_bundle=BUNDLE)
+    point = manifest["operating_points"][-1]
+    at.button(key=f"op_{point['name']}").click().run()
+    assert at.session_state["threshold"] == point["threshold"]
+
+    table = at.table[0].value
+    column = STRINGS["evaluation"]["en"][f"op_{point['name']}"]
+    test = evaluation["ensemble"]["operating_points"][point["name"]]
+    en = STRINGS["evaluation"]["en"]
+    assert table.loc[en["col_threshold"], column] == f"{point['threshold']:.3f}"
+    assert table.loc[en["col_val_sens"], column] == R.fmt_pct(point["val_sensitivity"])
+    assert table.loc[en["col_test_spec"], column] == R.fmt_pct(test["specificity"])
+    assert table.loc[en["col_test_counts"], column] == f"{test['tp']} / {test['fp']} / {test['tn']} / {test['fn']}"
+
+
+def test_threshold_sweep_reliability_and_subtype_charts_use_the_reports(bundle_dir):
+    scores, evaluation = read(bundle_dir, "scores"), read(bundle_dir, "evaluation")
+    threshold = middle_threshold(bundle_dir)
+    at = open_page("evaluation", threshold=threshold, threshold_bundle=BUNDLE)
+    y, p = R.binary_scores(scores)
+
+    sweep = {trace["name"]: trace for trace in figure(at, "sweep_chart")["data"]}
+    sens = sweep[STRINGS["evaluation"]["en"]["sensitivity"]]
+    i = len(values(sens["x"])) // 2
+    x, ys = values(sens["x"]), values(sens["y"])
+    assert ys[i] == pytest.approx(M.rates(M.confusion(y, p, x[i]))["sensitivity"])
+
+    cal = evaluation["ensemble"]["calibration"]
+    names = [trace.get("name", "") for trace in figure(at, "reliability_chart")["data"]]
+    assert any(n.endswith(f"ECE {cal['ece_before']:.3f}") for n in names)
+    assert any(n.endswith(f"ECE {cal['ece_after']:.3f}") for n in names)
+
+    bars = figure(at, "subtype_chart")["data"]
+    current = STRINGS["evaluation"]["en"]["your_threshold"].format(threshold=f"{threshold:.3f}")
+    shown = {(b["name"], x): v for b in bars for x, v in zip(values(b["x"]).tolist(), values(b["y"]).tolist())}
+    for subtype, value in R.subtype_sensitivity(scores, threshold).items():
+        label = STRINGS["evaluation"]["en"].get(f"subtype_{subtype}", subtype)
+        assert shown[(label, current)] == pytest.approx(value)
+
+
+def test_training_curves_come_from_the_history_files(bundle_dir):
+    history = R.read_histories(bundle_dir / "reports")
+    at = open_page("evaluation")
+    traces = figure(at, "training_val_auc_chart")["data"]
+    for member, h in history.groupby("member"):
+        val = next(tr for tr in traces if tr["name"] == f"{member} · {STRINGS['evaluation']['en']['validation']}")
+        assert values(val["y"]) == pytest.approx(h["val_auc"].tolist())
+    table = next(d.value for d in at.dataframe if STRINGS["evaluation"]["en"]["col_gap"] in d.value.columns)
+    assert len(table) == history["member"].nunique()
+
+
+def test_error_gallery_shows_the_mistakes_with_grad_cam_only_after_the_button(bundle_dir, tiny_bundles):
+    threshold = middle_threshold(bundle_dir)
+    scores = read(bundle_dir, "scores")
+    expected = R.errors(scores, threshold, 6)
+    at = open_page("evaluation", threshold=threshold, threshold_bundle=BUNDLE,
+                   data_dir=str(tiny_bundles.parent / "data"))
+    assert images(at) == []  # nothing computed at page load
+    at.button(key="show_errors").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = images(at)
+    assert len(shown) == len(expected["fp"]) + len(expected["fn"]) > 0
+    captions = [img.caption for img in shown]
+    for item in expected["fp"] + expected["fn"]:
+        assert any(f"p = {item['probability']:.3f}" in c and Path(item["path"]).name in c for c in captions)
+
+
+def test_evaluation_without_the_data_folder_still_works(bundle_dir, tmp_path):
+    at = open_page("evaluation", data_dir=str(tmp_path / "missing"))
+    assert STRINGS["evaluation"]["en"]["data_dir_missing"] in [i.value for i in at.info]
+
+
+def test_evaluation_in_spanish(bundle_dir):
+    evaluation = read(bundle_dir, "evaluation")
+    at = open_page("evaluation", lang="es")
+    es = STRINGS["evaluation"]["es"]
+    assert at.title[0].value == es["title"]
+    assert metric(at, es["m_auc"]) == f"{evaluation['ensemble']['auc']:.3f}"
+    assert es["threshold_caption"] in text_of(at)
+
+
+# --- Dataset --------------------------------------------------------------------------------------------------------
+
+def test_dataset_page_shows_the_eda_counts_and_images(bundle_dir, tiny_bundles):
+    eda = read(bundle_dir, "eda")
+    en = STRINGS["dataset"]["en"]
+    at = open_page("dataset", data_dir=str(tiny_bundles.parent / "data"))
+    assert at.title[0].value == en["title"]
+    assert metric(at, en["m_images"]) == R.fmt_int(eda["n_images"])
+    assert metric(at, en["m_patients"]) == R.fmt_int(eda["n_patients"])
+    assert metric(at, en["m_duplicates"]) == R.fmt_int(eda["duplicates_removed_if_deduplicated"])
+
+    table = at.dataframe[0].value
+    total = table.iloc[-1]
+    for split in ("train", "val", "test"):
+        expected = sum(c["images"] for c in eda["counts"] if c["split"] == split)
+        assert total[en[f"split_{split}"]] == expected
+    bars = figure(at, "counts_chart")["data"]
+    assert sum(values(b["y"]).sum() for b in bars) == eda["n_images"]
+
+    for label, mean in eda["mean_image"].items():
+        assert values(figure(at, f"mean_{label}")["data"][0]["z"]).tolist() == mean
+    hist = {tr["name"]: tr for tr in figure(at, "intensity_chart")["data"]}
+    for label, h in eda["intensity_histogram"].items():
+        assert values(hist[label]["y"]) == pytest.approx(h["density"])
+    shown = images(at)
+    assert len(shown) == 12  # six examples per class from the local dataset folder
+
+
+def test_dataset_page_without_the_data_folder_still_works(bundle_dir, tmp_path):
+    at = open_page("dataset", data_dir=str(tmp_path / "missing"))
+    assert STRINGS["dataset"]["en"]["data_dir_missing"] in [i.value for i in at.info]
+    assert images(at) == []
+
+
+def test_dataset_in_spanish(bundle_dir):
+    at = open_page("dataset", lang="es")
+    es = STRINGS["dataset"]["es"]
+    assert at.title[0].value == es["title"]
+    assert es["h_splits"] in [h.value for h in at.header]
+
+
+# --- Model card -----------------------------------------------------------------------------------------------------
+
+def test_model_card_shows_the_manifest_numbers(bundle_dir):
+    manifest = read(bundle_dir, "manifest")
+    summary, training = manifest["evaluation"], manifest["training"]
+    en = STRINGS["model_card"]["en"]
+    at = open_page("model_card")
+    ci = f"{summary['auc_ci95'][0]:.3f}–{summary['auc_ci95'][1]:.3f}"
+    assert metric(at, en["m_auc"].format(ci=ci)) == f"{summary['auc']:.3f}"
+    for key in ("sensitivity", "specificity", "ppv", "npv"):
+        assert metric(at, en[key]) == R.fmt_pct(summary[key])
+
+    splits = at.table[0].value
+    assert splits[en["col_images"]].tolist() == [training["counts"][s] for s in ("train", "val", "test")]
+    assert splits[en["col_patients"]].tolist() == [training["patients"][s] for s in ("train", "val", "test")]
+    performance = at.table[1].value.set_index(en["col_metric"])[en["col_value"]]
+    assert performance[en["auc"]] == f"{summary['auc']:.3f} (95% CI {ci})"
+    assert performance[en["accuracy"]] == R.fmt_pct(summary["accuracy"])
+
+    text = text_of(at)
+    assert training["code_commit"] in text
+    assert f"random seed {training['split_seed']}" in text
+    versions = at.table[-1].value
+    assert versions[en["col_commit"]].tolist() == [R.short_commit(m["code_commit"]) for m in manifest["members"]]
+    assert versions[en["col_model"]].tolist() == [m["name"] for m in manifest["members"]]
+    # The tiny bundle trains on a handful of images: it must say so, prominently.
+    assert training["counts"]["train"] < 1000
+    assert any(en["research_only"] in e.value for e in at.error)
+
+
+def test_model_card_has_no_research_label_for_a_large_training_set(bundle_dir):
+    from pages.common import load_bundles
+
+    open_page("model_card")  # loads the bundles into the cache
+    manifest = load_bundles()[0][BUNDLE].manifest
+    counts = manifest["training"]["counts"]
+    saved = counts["train"]
+    counts["train"] = 5000
+    try:
+        at = open_page("model_card")
+    finally:
+        counts["train"] = saved
+    assert not any(STRINGS["model_card"]["en"]["research_only"] in e.value for e in at.error)
+
+
+def test_model_card_in_spanish(bundle_dir):
+    at = open_page("model_card", lang="es")
+    es = STRINGS["model_card"]["es"]
+    assert es["h_intended_use"] in [h.value for h in at.header]
+    assert any(es["research_only"] in e.value for e in at.error)
+    assert es["lim_site"] in text_of(at)
+
+
+# --- a multiclass bundle: the per-class views -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def multiclass_root(tiny_bundles, tmp_path_factory) -> Path:
+    """The tiny bundle's files re-labelled as a three-class bundle, with an evaluation report written by
+    training.evaluate.per_class_report itself (so the structure is the export's)."""
+    from training.evaluate import per_class_report, summary
+
+    root = tmp_path_factory.mktemp("multiclass") / "bundles"
+    target = root / "pneumonia-type"
+    shutil.copytree(tiny_bundles / BUNDLE, target)
+    classes = ["NORMAL", "BACTERIAL", "VIRAL"]
+    rng = np.random.default_rng(0)
+    y = np.eye(3)[rng.integers(0, 3, 60)]
+    ens = {s: y * 0.6 + rng.random((60, 3)) * 0.4 for s in ("val", "test")}
+    ens = {s: v / v.sum(1, keepdims=True) for s, v in ens.items()}
+    evaluation = {"task": "multiclass", "classes": classes, "split": "internal-test", "n": 60, "n_val": 60,
+                  **per_class_report("multiclass", classes, y, y, ens, {"cnn": ens, "mobilenetv2": ens})}
+    (target / "reports" / "evaluation.json").write_text(json.dumps(evaluation))
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest.update(name="pneumonia-type", title="Pneumonia type", task="multiclass", classes=classes,
+                    operating_points=evaluation["operating_points"], default_operating_point="per-class",
+                    evaluation=summary(evaluation))
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_multiclass_evaluation_shows_per_class_auc_and_the_confusion_matrix(multiclass_root, use_bundles):
+    use_bundles(multiclass_root)
+    evaluation = json.loads((multiclass_root / "pneumonia-type" / "reports" / "evaluation.json").read_text())
+    en = STRINGS["evaluation"]["en"]
+    at = open_page("evaluation")
+    assert metric(at, en["m_macro_auc"]) == f"{evaluation['ensemble']['macro_auc']:.3f}"
+    assert metric(at, en["m_accuracy"]) == R.fmt_pct(evaluation["ensemble"]["accuracy"])
+    assert values(figure(at, "confusion_chart")["data"][0]["z"]).tolist() == evaluation["confusion_matrix"]
+    legend = {tr["name"] for tr in figure(at, "roc_per_class_chart")["data"]}
+    for c, r in evaluation["per_class"].items():
+        assert f"{c} — AUC {r['auc']:.3f} ({r['auc_ci95'][0]:.3f}–{r['auc_ci95'][1]:.3f})" in legend
+    table = at.dataframe[0].value.set_index(en["col_class"])
+    for c, r in evaluation["per_class"].items():
+        assert table.loc[c, en["col_auc"]] == pytest.approx(r["auc"])
+        assert table.loc[c, en["col_support"]] == r["support"]
+    assert not at.slider  # no single threshold for a multiclass model
+
+
+def test_multiclass_model_card_and_dataset_pages_render(multiclass_root, use_bundles):
+    use_bundles(multiclass_root)
+    evaluation = json.loads((multiclass_root / "pneumonia-type" / "reports" / "evaluation.json").read_text())
+    en = STRINGS["model_card"]["en"]
+    at = open_page("model_card")
+    assert metric(at, en["m_macro_auc"]) == f"{evaluation['ensemble']['macro_auc']:.3f}"
+    per_class = next(t.value for t in at.table
+                     if en["col_class"] in t.value.columns and en["col_auc"] in t.value.columns)
+    assert per_class[en["col_auc"]].tolist() == [f"{evaluation['per_class'][c]['auc']:.3f}" for c in
+                                                 evaluation["classes"]]
+    open_page("dataset")
