@@ -59,9 +59,11 @@ def cmd_predict(args) -> int:
     from model.analysis import analyse
     from model.ensemble import Ensemble
     from model.explain import Explainer, overlay
+    from model.guard import for_bundle
 
     _, bundle = _load(args.bundle)
     ensemble = Ensemble(bundle)
+    guard = for_bundle(bundle)
     explainer = Explainer(bundle) if args.cam_dir else None
     failed = False
     for i, file in enumerate(args.files):
@@ -75,7 +77,8 @@ def cmd_predict(args) -> int:
             result, decoded = empty_result(path.name, bundle), None
             result["error"] = read_error
         else:
-            result, decoded = analyse(data, path.name, ensemble, args.threshold, args.operating_point)
+            result, decoded = analyse(data, path.name, ensemble, args.threshold, args.operating_point,
+                                      guard=guard)
         result["file"] = str(file)
         if decoded is not None and explainer is not None:
             cam = explainer.cams(decoded.pixels, args.cam_method)["ensemble"]
@@ -112,6 +115,22 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import copy
+
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    from model.api import create_app
+
+    # uvicorn's access log would print each request line with its query string; model.api logs method, path,
+    # status and time instead, and never a body or a file name. Its lines go out through uvicorn's handler.
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["loggers"]["model"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    uvicorn.run(create_app(), host=args.host, port=args.port, access_log=False, log_config=log_config)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,8 +149,11 @@ def main(argv=None) -> int:
     b.add_argument("--bundle", default=None)
     b.add_argument("--repeats", type=int, default=20)
     b.add_argument("--json", action="store_true")
+    s = sub.add_parser("serve", help="REST API: POST /v1/predict, GET /v1/bundles, GET /healthz (docs/API.md)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-    return {"info": cmd_info, "predict": cmd_predict, "bench": cmd_bench}[args.command](args)
+    return {"info": cmd_info, "predict": cmd_predict, "bench": cmd_bench, "serve": cmd_serve}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -316,8 +316,10 @@ def analyse_upload(served: Served, data: bytes, filename: str | None, threshold:
 
     from model.analysis import analyse
     from model.explain import overlay
+    from model.guard import for_bundle
 
-    result, decoded = analyse(data, filename, served.ensemble, threshold, operating_point)
+    result, decoded = analyse(data, filename, served.ensemble, threshold, operating_point,
+                              guard=for_bundle(served.bundle))
     if decoded is not None and cam != "none":
         target = _cam_class(result, served.bundle)
         heat = served.explainer.cams(decoded.pixels, cam, target)["ensemble"]

@@ -1,0 +1,169 @@
+"""Many readers at once: one `streamlit run app.py`, several Chromium sessions uploading at the same time, then
+one session uploading many images in a row while the server's resident memory is watched.
+
+    TORAX_LOAD_SESSIONS=8 TORAX_LOAD_UPLOADS=200 python -m pytest -m load -s tests/test_load.py
+
+Defaults (2 sessions, 10 uploads) keep CI short. Every session gets an image of its own size, and must see its
+own size on the page: results never cross between sessions. Traffic stays on 127.0.0.1; every loop is bounded.
+Never runs `playwright install`: it uses /usr/bin/chromium, and skips when that is missing.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import pytest
+
+from synthetic import phantom
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SESSIONS = int(os.environ.get("TORAX_LOAD_SESSIONS", "2"))
+UPLOADS = int(os.environ.get("TORAX_LOAD_UPLOADS", "4"))
+WARM_UP = 3
+RSS_GROWTH_LIMIT_MB = 150
+RESULT = re.compile(r"Probability of \S+: (\d+(?:\.\d+)?)%")
+
+pytestmark = pytest.mark.load
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundles, tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    pytest.importorskip("playwright.sync_api")
+    logs = tmp_path_factory.mktemp("load")
+    port = _free_port()
+    env = {**os.environ, "TORAX_BUNDLES": str(tiny_bundles), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log = open(logs / "streamlit.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.time() > deadline:
+                pytest.fail("streamlit did not start:\n" + (logs / "streamlit.log").read_text(errors="replace"))
+            time.sleep(0.3)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def payload(i: int) -> tuple[dict, str]:
+    """A distinct phantom per upload (its own size, so its own result and cache entry) and the caption it gets."""
+    h, w = 300 + (i % 97), 260 + (i * 7) % 113
+    data = cv2.imencode(".png", phantom((h, w), pneumonia=bool(i % 2), seed=i))[1].tobytes()
+    return {"name": f"load-{i}.png", "mimeType": "image/png", "buffer": data}, f"As decoded · {w} × {h} px"
+
+
+def open_diagnose(browser, url):
+    context = browser.new_context(viewport={"width": 1300, "height": 1400})
+    page = context.new_page()
+    page.set_default_timeout(180_000)
+    page.goto(url)
+    page.get_by_role("heading", name="Diagnose").wait_for()
+    return context, page
+
+
+def upload_and_read(page, i: int) -> float:
+    file, caption = payload(i)
+    page.locator("input[type=file]").first.set_input_files(file)
+    page.get_by_text(caption).wait_for()
+    text = page.get_by_text(RESULT).first.inner_text()
+    return float(RESULT.search(text).group(1))
+
+
+def test_concurrent_sessions_each_get_their_own_result(server, browser):
+    url, _ = server
+    started = time.time()
+    sessions = [open_diagnose(browser, url) for _ in range(SESSIONS)]
+    opened = time.time() - started
+    try:
+        expected = {}
+        for i, (_, page) in enumerate(sessions):  # every upload is in flight before any result is awaited
+            file, caption = payload(1000 + i)
+            page.locator("input[type=file]").first.set_input_files(file)
+            expected[i] = caption
+        for i, (_, page) in enumerate(sessions):
+            page.get_by_text(expected[i]).wait_for()
+            assert RESULT.search(page.get_by_text(RESULT).first.inner_text())
+            for j, caption in expected.items():  # nobody else's image shows up here
+                if j != i:
+                    assert page.get_by_text(caption).count() == 0
+    finally:
+        for context, _ in sessions:
+            context.close()
+    elapsed = time.time() - started
+    print(f"\nload: {SESSIONS} concurrent sessions: pages open in {opened:.1f} s, all results in {elapsed:.1f} s")
+
+
+def test_memory_stays_flat_over_many_uploads(server, browser):
+    url, pid = server
+    context, page = open_diagnose(browser, url)
+    try:
+        for i in range(WARM_UP):
+            upload_and_read(page, i)
+        before = rss_mb(pid)
+        every = max(1, UPLOADS // 10)
+        trace = []
+        started = time.time()
+        for n, i in enumerate(range(WARM_UP, WARM_UP + UPLOADS), start=1):
+            assert 0.0 <= upload_and_read(page, i) <= 100.0
+            if n % every == 0:
+                trace.append(round(rss_mb(pid)))
+        elapsed = time.time() - started
+        after = rss_mb(pid)
+    finally:
+        context.close()
+    print(f"\nload: {UPLOADS} sequential uploads in {elapsed:.1f} s ({elapsed / UPLOADS:.2f} s each); server RSS "
+          f"{before:.0f} MB after {WARM_UP} warm-up uploads, {after:.0f} MB at the end ({after - before:+.0f} MB); "
+          f"every {every} uploads: {trace}")
+    assert after - before < RSS_GROWTH_LIMIT_MB

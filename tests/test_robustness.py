@@ -1,0 +1,88 @@
+"""The command line as a user runs it (`python -m model predict --json`, a real process) on a folder mixing
+radiograph phantoms, pictures that are not radiographs and an identified DICOM: every file gets one JSON line,
+the non-radiographs carry `not_chest_xray`, and no patient identifier reaches stdout or stderr."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from synthetic import phantom
+from test_guard import colour_photo, ct_slice, dicom, document, overexposed
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PATIENT = {"PatientName": "Zyxwobble^Quintessa^Marguerite", "PatientID": "PID-7781-9932",
+           "PatientBirthDate": "19470312", "InstitutionName": "Qwertzuiop Infirmary",
+           "ReferringPhysicianName": "Xandervelt^Oriel", "AccessionNumber": "ACC99817263"}
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg(arr: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", arr, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> dict[str, bool]:
+    """{path: is it a non-radiograph the guard must flag}."""
+    root = tmp_path_factory.mktemp("mixed")
+    files = {
+        "phantom-1.png": (_png(phantom(seed=1)), False),
+        "phantom-2.jpg": (_jpeg(phantom(seed=2, pneumonia=True)), False),
+        "holiday.jpg": (_jpeg(colour_photo(seed=5)[..., ::-1]), True),
+        "letter.png": (_png(document(seed=2)), True),
+        "ct.png": (_png(ct_slice(seed=1)), True),
+        "icon.png": (_png(np.full((32, 32), 90, np.uint8)), True),
+        "white.png": (_png(overexposed()), True),
+        "scan-ct.dcm": (dicom(phantom(seed=3), Modality="CT", **PATIENT), True),
+        "scan-cr.dcm": (dicom(phantom(seed=4), **PATIENT), False),
+    }
+    out = {}
+    for name, (data, flag) in files.items():
+        (root / name).write_bytes(data)
+        out[str(root / name)] = flag
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli(folder, tiny_bundles):
+    env = {**os.environ, "TORAX_BUNDLES": str(tiny_bundles), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-m", "model", "predict", "--json", *folder], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_every_file_gets_one_result_line(cli, folder):
+    results = [json.loads(line) for line in cli.stdout.splitlines() if line.strip()]
+    assert [r["file"] for r in results] == list(folder)
+    assert all(r["error"] is None and r["probability"] is not None for r in results)
+
+
+def test_non_radiographs_are_flagged_not_chest_xray(cli, folder):
+    for line in cli.stdout.splitlines():
+        result = json.loads(line)
+        found = {w["code"] for w in result["warnings"]}
+        assert "guard_unavailable" not in found
+        if folder[result["file"]]:
+            assert "not_chest_xray" in found, result["file"]
+
+
+def test_patient_identifiers_never_reach_output_or_stderr(cli):
+    text = (cli.stdout + cli.stderr).lower()
+    for value in PATIENT.values():
+        for part in value.replace("^", " ").split():
+            assert part.lower() not in text, part
