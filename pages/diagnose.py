@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from model.report import decide, disagree, png_bytes, report_html, report_json
+from model.guard import for_bundle
 from model.analysis import analyse
 from model.explain import METHOD_LABELS, METHODS, overlay
 from model.metrics import confusion, rates
@@ -27,15 +28,6 @@ POSITIVE, NEGATIVE = "#c0392b", "#2e6da4"
 t = tr("diagnose")
 
 
-def input_guard(bundle):
-    """The input check (is this a frontal chest X-ray from the bundle's population?) when model.guard is present."""
-    try:
-        from model.guard import for_bundle
-    except ImportError:
-        return None
-    return for_bundle(bundle)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Cached work (keyed by the content hash; the bytes themselves are not hashed again: leading underscore)
 # ---------------------------------------------------------------------------------------------------------------
@@ -43,7 +35,7 @@ def input_guard(bundle):
 def analysed(digest: str, bundle_name: str, name: str, _data: bytes):
     """(result, Decoded or None) for one upload; thresholds are applied later, without inference."""
     ensemble = get_ensemble(bundle_name)
-    return analyse(_data, name, ensemble, guard=input_guard(ensemble.bundle))
+    return analyse(_data, name, ensemble, guard=for_bundle(ensemble.bundle))
 
 
 @st.cache_data(max_entries=32, ttl=3600, show_spinner=False)

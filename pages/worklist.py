@@ -12,21 +12,13 @@ import pandas as pd
 import streamlit as st
 
 from model.report import analyse_batch, decide, point_at, worklist_rows
+from model.guard import for_bundle
 from model.ensemble import Ensemble
 from pages.common import current_bundle, get_ensemble, threshold_for, tr
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "gif", "dcm", "dicom"]
 
 t = tr("worklist")
-
-
-def input_guard(bundle):
-    """The input check (is this a frontal chest X-ray from the bundle's population?) when model.guard is present."""
-    try:
-        from model.guard import for_bundle
-    except ImportError:
-        return None
-    return for_bundle(bundle)
 
 
 def in_language(item: dict) -> str:
@@ -83,7 +75,7 @@ if todo:
         bar.progress(step / total, text=t("running", done=min(len(todo), step * len(todo) // total), total=len(todo)))
 
     fresh = analyse_batch([(e["name"], e["data"]) for e in todo], get_ensemble(bundle.name),
-                          progress=progress, guard=input_guard(bundle))
+                          progress=progress, guard=for_bundle(bundle))
     for entry, result in zip(todo, fresh):
         done[(bundle.name, entry["digest"], entry["name"])] = result
     bar.empty()

@@ -114,7 +114,11 @@ def test_a_radiograph_gets_the_same_result_object_as_the_cli(api):
     assert set(result["members"]) == {"cnn", "mobilenetv2"} and all(0 <= p <= 1 for p in result["members"].values())
     assert result["label"] in ("NORMAL", "PNEUMONIA") and result["operating_point"] == "balanced"
     assert result["error"] is None and result["overlay_png_base64"] is None
-    expected, _ = analyse(data, "chest.png", app.state.served["pneumonia-kermany"].ensemble)
+    from model.guard import for_bundle
+
+    served = app.state.served["pneumonia-kermany"]
+    expected, _ = analyse(data, "chest.png", served.ensemble, guard=for_bundle(served.bundle))
+    assert any(w["code"] == "not_chest_xray" for w in result["warnings"])  # a phantom is not a radiograph
     assert {k: result[k] for k in expected} == json.loads(json.dumps(expected))
 
 

@@ -1,0 +1,75 @@
+"""The committed bundles, served by the app: each loads (checksums verified) and the Diagnose page shows the right
+widgets for its task — a threshold slider for the binary bundle, three class probabilities and a per-class CAM for
+the multiclass one, per-finding probabilities for the multi-label one. Uses the repo's own model/bundles."""
+import os
+from pathlib import Path
+
+import cv2
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from synthetic import phantom
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLES = ROOT / "model" / "bundles"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def serve_committed_bundles():
+    before = os.environ.pop("TORAX_BUNDLES", None)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    if before is not None:
+        os.environ["TORAX_BUNDLES"] = before
+
+
+@pytest.fixture(autouse=True)
+def router_runs_every_time(monkeypatch):
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+def test_every_committed_bundle_loads_and_says_what_it_is():
+    from model.bundle import load_all
+
+    bundles, errors = load_all(BUNDLES)
+    assert errors == {}
+    assert {"pneumonia-kermany", "pneumonia-type-kermany", "nih14-findings"} <= set(bundles)
+    assert bundles["pneumonia-type-kermany"].task == "multiclass"
+    assert bundles["nih14-findings"].task == "multilabel" and bundles["nih14-findings"].manifest["research_use_only"]
+    for bundle in bundles.values():
+        assert bundle.manifest["evaluation"]["split"] == "internal-test"
+        assert bundle.manifest["training"]["code_commit"] not in ("", "unknown")
+
+
+@pytest.mark.parametrize("name,expected,slider", [
+    ("pneumonia-kermany", ["PNEUMONIA"], True),
+    ("pneumonia-type-kermany", ["NORMAL", "BACTERIAL", "VIRAL"], False),
+    ("nih14-findings", ["Effusion", "Pneumonia", "Cardiomegaly"], False),
+])
+def test_diagnose_shows_the_widgets_of_each_task(name, expected, slider):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.session_state["bundle"] = name
+    at.run()
+    assert not at.exception
+    data = cv2.imencode(".png", phantom((256, 224), pneumonia=True, seed=3))[1].tobytes()
+    at.file_uploader(key="dx_upload").set_value(("chest.png", data, "image/png")).run()
+    assert not at.exception, at.exception
+    text = " ".join(str(e.value) for kind in ("markdown", "caption", "subheader", "warning", "error")
+                    for e in getattr(at, kind))
+    text += " ".join(str(getattr(e, "proto", "")) for e in at.get("plotly_chart"))
+    for cls in expected:
+        assert cls in text, f"{cls} not shown for {name}"
+    has_threshold_slider = any(s.key == "dx_threshold" or "threshold" in (s.label or "").lower() for s in at.slider)
+    assert has_threshold_slider == slider
