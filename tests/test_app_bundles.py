@@ -9,6 +9,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from conftest import serve_bundles
 from synthetic import phantom
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,27 +18,10 @@ BUNDLES = ROOT / "model" / "bundles"
 
 @pytest.fixture(scope="module", autouse=True)
 def serve_committed_bundles():
-    before = os.environ.pop("TORAX_BUNDLES", None)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    if before is not None:
-        os.environ["TORAX_BUNDLES"] = before
+    yield from serve_bundles(None)
 
 
-@pytest.fixture(autouse=True)
-def router_runs_every_time(monkeypatch):
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
+pytestmark = pytest.mark.usefixtures("router_runs_every_time")
 
 
 def test_every_committed_bundle_loads_and_says_what_it_is():

@@ -14,6 +14,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from conftest import serve_bundles
 from synthetic import phantom
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -21,33 +22,10 @@ APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 @pytest.fixture(scope="module", autouse=True)
 def serve_tiny_bundle(tiny_bundles):
-    before = os.environ.get("TORAX_BUNDLES")
-    os.environ["TORAX_BUNDLES"] = str(tiny_bundles)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    if before is None:
-        os.environ.pop("TORAX_BUNDLES", None)
-    else:
-        os.environ["TORAX_BUNDLES"] = before
+    yield from serve_bundles(tiny_bundles)
 
 
-@pytest.fixture(autouse=True)
-def router_runs_every_time(monkeypatch):
-    """Run app.py (the st.navigation router) on every AppTest run, as a live server does. AppTest 1.67 re-detects
-    the legacy `pages/` folder before each run and, finding one, runs the page script alone from the second run on
-    (no router, so no sidebar and no language radio)."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
+pytestmark = pytest.mark.usefixtures("router_runs_every_time")
 
 
 @pytest.fixture(scope="module")
