@@ -3,7 +3,7 @@ one session uploading many images in a row while the server's resident memory is
 
     TORAX_LOAD_SESSIONS=8 TORAX_LOAD_UPLOADS=200 python -m pytest -m load -s tests/test_load.py
 
-Defaults (2 sessions, 10 uploads) keep CI short. Every session gets an image of its own size, and must see its
+Defaults (2 sessions, 4 uploads) keep CI short. Every session gets an image of its own size, and must see its
 own size on the page: results never cross between sessions. Traffic stays on 127.0.0.1; every loop is bounded.
 Never runs `playwright install`: it uses /usr/bin/chromium, and skips when that is missing.
 """
@@ -11,22 +11,15 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import cv2
 import pytest
 
+from live_app import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
 from synthetic import phantom
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SESSIONS = int(os.environ.get("TORAX_LOAD_SESSIONS", "2"))
 UPLOADS = int(os.environ.get("TORAX_LOAD_UPLOADS", "4"))
 WARM_UP = 3
@@ -34,12 +27,6 @@ RSS_GROWTH_LIMIT_MB = 150
 RESULT = re.compile(r"Probability of \S+: (\d+(?:\.\d+)?)%")
 
 pytestmark = pytest.mark.load
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -52,37 +39,9 @@ def rss_mb(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def server(tiny_bundles, tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
-    pytest.importorskip("playwright.sync_api")
-    logs = tmp_path_factory.mktemp("load")
-    port = _free_port()
-    env = {**os.environ, "TORAX_BUNDLES": str(tiny_bundles), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log = open(logs / "streamlit.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if process.poll() is not None or time.time() > deadline:
-                pytest.fail("streamlit did not start:\n" + (logs / "streamlit.log").read_text(errors="replace"))
-            time.sleep(0.3)
-        yield url, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    require_chromium()
+    with streamlit_server(tiny_bundles, tmp_path_factory.mktemp("load")) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
