@@ -104,3 +104,80 @@ def expected_calibration_error(y: np.ndarray, prob: np.ndarray, bins: int = 10) 
             out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(m.sum()),
                         "mean_predicted": conf, "observed": freq})
     return float(ece), out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Choosing operating points and recalibrating (training chooses them on val; a site profile on its own sample)
+# ---------------------------------------------------------------------------------------------------------------
+DEFAULT_TARGETS = {"screening": 0.95, "confirmatory": 0.95}
+
+
+def choose_operating_points(y, score, targets: dict | None = None, on: str = "val") -> list[dict]:
+    """Balanced (Youden J), screening (sensitivity >= target) and confirmatory (specificity >= target), chosen on
+    `on` (the bundle's val split, or a site's own sample).
+
+    A strong model can meet both targets at once; the plain rules then put "screening" above the balanced
+    threshold and "confirmatory" below it, the opposite of what the names promise. So screening never sits above
+    balanced and confirmatory never below it (moving that way only raises the targeted rate)."""
+    targets = {**DEFAULT_TARGETS, **{k: v for k, v in (targets or {}).items() if v is not None}}
+    balanced = threshold_for(y, score, "youden")
+    chosen = {"balanced": ("youden", None, balanced),
+              "screening": ("sensitivity", targets["screening"],
+                            min(balanced, threshold_for(y, score, "sensitivity", targets["screening"]))),
+              "confirmatory": ("specificity", targets["confirmatory"],
+                               max(balanced, threshold_for(y, score, "specificity", targets["confirmatory"])))}
+    points = []
+    for name, (rule, target, t) in chosen.items():
+        r = rates(confusion(y, score, t))
+        points.append({"name": name, "rule": rule, "target": target, "threshold": t, "chosen_on": on,
+                       f"{on}_sensitivity": r["sensitivity"], f"{on}_specificity": r["specificity"]})
+    return points
+
+
+def logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, float), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def sigmoid(z) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -np.asarray(z, float)))  # 1 / (1 + e^-z) without overflow
+
+
+MIN_PLATT_SLOPE = 1e-3
+
+
+def fit_platt(y, z, iterations: int = 100) -> tuple[float, float]:
+    """(a, b) so that sigmoid(a·z + b) is calibrated on (y, z): Platt's method, with his smoothed targets
+    (N₊+1)/(N₊+2) and 1/(N₋+2) so a perfectly separated sample still gives finite numbers. Newton's method."""
+    y, z = np.asarray(y, float).ravel(), np.asarray(z, float).ravel()
+    pos, neg = y.sum(), len(y) - y.sum()
+    t = np.where(y > 0, (pos + 1) / (pos + 2), 1 / (neg + 2))
+    a, b = 1.0, 0.0
+    for _ in range(iterations):
+        p = sigmoid(a * z + b)
+        w = np.maximum(p * (1 - p), 1e-12)
+        g = np.array([np.sum((p - t) * z), np.sum(p - t)])
+        h = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(h, g)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-10:
+            break
+    if not a > MIN_PLATT_SLOPE:  # never turn the ranking round (or flatten it): keep a small slope, refit b alone
+        a = MIN_PLATT_SLOPE
+        for _ in range(iterations):
+            p = sigmoid(a * z + b)
+            step = np.sum(p - t) / max(np.sum(p * (1 - p)), 1e-12)
+            b -= step
+            if abs(step) < 1e-12:
+                break
+    return float(a), float(b)
+
+
+def wilson_ci(successes: float, total: float, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a proportion ([nan, nan] when total is 0)."""
+    if total <= 0:
+        return [float("nan"), float("nan")]
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]

@@ -1,0 +1,759 @@
+"""Site profiles: how a bundle behaves at a new site, measured on that site's own labelled images, and the
+recalibration and operating points that make it fit there.
+
+A hospital labels a small sample (class folders, a CSV, or a ZIP of folders). `score` runs it through exactly the
+path `python -m model predict` uses (`model.analysis.analyse`, with the input guard), skipping and counting files
+that cannot be read or are not chest radiographs. `validate` reports AUC, ECE and each operating point on it;
+`fit` fits Platt scaling on the ensemble logit and re-chooses the operating points with the bundle's own rules
+(`model.metrics.choose_operating_points`), and estimates how those choices do on images they were *not* fitted on
+by repeated stratified cross-validation inside the sample. The result is a small JSON profile, tied to the bundle
+name, version and member sha256s, carrying a sha256 of its own canonical content; anything else is refused.
+
+Binary bundles only. Never imports training/ or Streamlit; writes only profiles, atomically, into `sites_dir()`.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from model import metrics as M
+from model.types import Task, plain
+
+SCHEMA = 1
+KIND = "torax-site-profile"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+FEW_PER_CLASS = 30          # below this many images of a class, say how wide the intervals are
+MIN_PER_CLASS_TO_FIT = 5    # cross-validation needs a few of each class in every fold's training part
+MAX_ZIP_BYTES = 512 << 20   # uncompressed bytes an uploaded ZIP may expand to
+MAX_ZIP_MEMBERS = 10_000
+MAX_ZIP_RATIO = 1000        # uncompressed / compressed size of one member; above it looks like a ZIP bomb
+FOLDS, REPEATS, BOOTSTRAP = 5, 5, 1000
+IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+
+
+class SiteError(Exception):
+    """A labelled set or a site profile that cannot be used; `message` says why in words a reader can act on."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def sites_dir() -> Path:
+    """Where site profiles live: $TORAX_SITES, else $XDG_STATE_HOME/torax/sites (~/.local/state/torax/sites)."""
+    if os.environ.get("TORAX_SITES"):
+        return Path(os.environ["TORAX_SITES"])
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "torax" / "sites"
+
+
+def sites_writable(folder: Path | None = None) -> bool:
+    folder = Path(folder or sites_dir())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+def _require_binary(bundle):
+    if bundle.task != Task.BINARY:
+        raise SiteError("unsupported_task", f"Site checks and profiles are for two-class bundles; '{bundle.name}' is "
+                                            f"{bundle.task.value} ({', '.join(bundle.classes)}).")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Labelled sets: class folders, a CSV with path,label, or a ZIP of either
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Item:
+    name: str      # path inside the set, as the reader sees it
+    label: str     # one of the bundle's classes
+    read: object   # () -> bytes
+
+
+@dataclass
+class LabelledSet:
+    items: list[Item]
+    classes: list[str]
+    source: str
+    skipped: list[dict] = field(default_factory=list)  # named but not usable: {"file", "code", "message"}
+    keep: object = None  # whatever must stay open while items are read (a ZipFile)
+
+    @property
+    def per_class(self) -> dict[str, int]:
+        counts = Counter(i.label for i in self.items)
+        return {c: counts.get(c, 0) for c in self.classes}
+
+
+def _hidden(parts) -> bool:
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts) or parts[-1].lower() in IGNORED_NAMES
+
+
+def _class_lookup(classes) -> dict[str, str]:
+    return {c.casefold(): c for c in classes}
+
+
+def _expected(classes) -> str:
+    return ", ".join(classes)
+
+
+def _check_classes(items: list[Item], classes, source: str):
+    if not items:
+        raise SiteError("no_images", f"No images were found in {source}: put them in folders named after the "
+                                     f"classes ({_expected(classes)}), or list them in a CSV with path,label columns.")
+    present = sorted({i.label for i in items})
+    if len(present) < 2:
+        raise SiteError("one_class", f"All {len(items)} images in {source} are labelled {present[0]}. A site check "
+                                     f"needs images of every class ({_expected(classes)}): sensitivity is measured "
+                                     "on the positive images and specificity on the negative ones.")
+
+
+def _from_class_folders(entries: dict, classes, source: str) -> LabelledSet:
+    """entries: {posix relative path: reader}. Files directly at the top (README.md, manifest.csv) are ignored;
+    one wrapping folder (a ZIP of "sample/NORMAL/...") is looked through."""
+    lookup = _class_lookup(classes)
+    paths = {p: PurePosixPath(p).parts for p in entries if not _hidden(PurePosixPath(p).parts)}
+    for _ in range(2):
+        tops = {parts[0] for parts in paths.values() if len(parts) > 1}
+        if len(tops) == 1 and next(iter(tops)).casefold() not in lookup:
+            paths = {p: parts[1:] for p, parts in paths.items() if len(parts) > 1}
+    items, unknown = [], set()
+    for path, parts in sorted(paths.items()):
+        if len(parts) < 2:
+            continue
+        label = lookup.get(parts[0].casefold())
+        if label is None:
+            unknown.add(parts[0])
+        else:
+            items.append(Item(path, label, entries[path]))
+    if unknown:
+        raise SiteError("unknown_class", f"Unknown class folder(s) in {source}: {', '.join(sorted(unknown))}. This "
+                                         f"bundle's classes are {_expected(classes)} (folder names are not "
+                                         "case-sensitive).")
+    _check_classes(items, classes, source)
+    return LabelledSet(items, list(classes), source)
+
+
+def _from_csv(text: str, resolve, classes, source: str) -> LabelledSet:
+    """Rows of path,label; `resolve(path)` gives (name, reader) or None when the file is not there."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    header = {(k or "").strip().lower(): k for k in (rows[0].keys() if rows else [])}
+    if "path" not in header or "label" not in header:
+        raise SiteError("bad_csv", f"The CSV needs 'path' and 'label' columns (it has: "
+                                   f"{', '.join(h for h in header if h) or 'none'}).")
+    lookup = _class_lookup(classes)
+    items, skipped, unknown = [], [], set()
+    for row in rows:
+        path, raw = (row[header["path"]] or "").strip(), (row[header["label"]] or "").strip()
+        if not path:
+            continue
+        label = lookup.get(raw.casefold())
+        if label is None:
+            unknown.add(raw or "(empty)")
+            continue
+        found = resolve(path)
+        if found is None:
+            skipped.append({"file": path, "code": "missing_file", "message": "The CSV lists this file, but it is "
+                                                                              "not there."})
+        else:
+            items.append(Item(found[0], label, found[1]))
+    if unknown:
+        raise SiteError("unknown_class", f"Unknown label(s) in the CSV: {', '.join(sorted(unknown))}. This bundle's "
+                                         f"classes are {_expected(classes)} (not case-sensitive).")
+    _check_classes(items, classes, source)
+    return LabelledSet(items, list(classes), source, skipped)
+
+
+def _file_reader(path: Path):
+    return lambda: path.read_bytes()
+
+
+def labelled_from_path(path: str | Path, classes) -> LabelledSet:
+    """A folder of class-named subfolders, or a CSV file with path,label columns (paths relative to the CSV)."""
+    path = Path(path)
+    if path.is_dir():
+        entries = {p.relative_to(path).as_posix(): _file_reader(p) for p in sorted(path.rglob("*")) if p.is_file()}
+        return _from_class_folders(entries, classes, f"'{path.name}'")
+    if path.is_file() and path.suffix.lower() == ".csv":
+        def resolve(name):
+            file = Path(name) if Path(name).is_absolute() else path.parent / name
+            return (name, _file_reader(file)) if file.is_file() else None
+        return _from_csv(path.read_text(encoding="utf-8-sig"), resolve, classes, f"'{path.name}'")
+    if path.is_file() and zipfile.is_zipfile(path):
+        return labelled_from_zip(path.read_bytes(), classes, source=f"'{path.name}'")
+    raise SiteError("not_found", f"{path} is neither a folder of class folders, a CSV with path,label columns, nor "
+                                 "a ZIP.")
+
+
+def labelled_from_zip(data: bytes, classes, max_bytes: int = MAX_ZIP_BYTES, max_members: int = MAX_ZIP_MEMBERS,
+                      source: str = "the ZIP") -> LabelledSet:
+    """A ZIP of class folders (or of images plus a CSV). Refused whole, before anything is read, when an entry
+    would land outside the archive (absolute, `..`, a drive letter, a symlink) or when it would expand past
+    `max_bytes` / `max_members` or by more than MAX_ZIP_RATIO in one member."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError):
+        raise SiteError("bad_zip", "This is not a ZIP file that can be opened.") from None
+    if len(infos) > max_members:
+        raise SiteError("zip_too_large", f"Refused: the ZIP holds {len(infos):,} entries; at most {max_members:,} "
+                                         "are accepted.")
+    total = sum(i.file_size for i in infos)
+    if total > max_bytes:
+        raise SiteError("zip_too_large", f"Refused: the ZIP would expand to {total / 2**20:,.0f} MiB; at most "
+                                         f"{max_bytes / 2**20:,.0f} MiB are accepted.")
+    entries, csvs = {}, []
+    for info in infos:
+        name = info.filename
+        parts = PurePosixPath(name).parts
+        if (name.startswith(("/", "\\")) or "\\" in name or ".." in parts or re.match(r"^[A-Za-z]:", name)
+                or (info.external_attr >> 16) & 0o170000 == 0o120000):
+            raise SiteError("unsafe_zip", f"Refused: the ZIP entry {name!r} points outside the archive (absolute "
+                                          "path, '..', drive letter or link). Nothing was extracted.")
+        if info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1) and info.file_size > 1 << 20:
+            ratio = info.file_size // max(info.compress_size, 1)
+            raise SiteError("zip_bomb", f"Refused: the ZIP entry {name!r} expands {ratio:,} times; this looks like "
+                                        "a ZIP bomb.")
+        if info.is_dir() or _hidden(parts):
+            continue
+        entries[name] = (lambda i=info: _read_member(archive, i))
+        if name.lower().endswith(".csv") and len(parts) == 1:
+            csvs.append(name)
+    lookup = _class_lookup(classes)
+    has_class_folders = any(len(PurePosixPath(p).parts) > 1 and any(q.casefold() in lookup for q in
+                                                                    PurePosixPath(p).parts[:-1]) for p in entries)
+    if csvs and not has_class_folders:
+        text = entries.pop(csvs[0])().decode("utf-8-sig", errors="replace")
+        labelled = _from_csv(text, _name_resolver(entries), classes, source)
+    else:
+        labelled = _from_class_folders(entries, classes, source)
+    labelled.keep = archive
+    return labelled
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    with archive.open(info) as f:
+        data = f.read(info.file_size + 1)
+    if len(data) > info.file_size:  # the header lied about the size
+        raise SiteError("zip_bomb", f"Refused: the ZIP entry {info.filename!r} is larger than it says.")
+    return data
+
+
+def _name_resolver(entries: dict):
+    """Find a CSV's path among named files: exactly, else by file name alone when that is unique."""
+    by_base: dict[str, list[str]] = {}
+    for name in entries:
+        by_base.setdefault(PurePosixPath(name).name, []).append(name)
+
+    def resolve(path):
+        path = path.replace("\\", "/")
+        if path in entries:
+            return path, entries[path]
+        found = by_base.get(PurePosixPath(path).name, [])
+        return (found[0], entries[found[0]]) if len(found) == 1 else None
+    return resolve
+
+
+def labelled_from_uploads(files, csv_data: bytes, classes) -> LabelledSet:
+    """Many uploaded files [(name, bytes)] plus a CSV (path,label) naming them; files the CSV does not list are
+    skipped and counted."""
+    entries = {name: (lambda d=data: d) for name, data in files}
+    labelled = _from_csv(csv_data.decode("utf-8-sig", errors="replace"), _name_resolver(entries), classes,
+                         "the uploaded files")
+    listed = {i.name for i in labelled.items}
+    labelled.skipped += [{"file": n, "code": "not_in_csv", "message": "The CSV does not list this file."}
+                         for n in entries if n not in listed]
+    return labelled
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring: the same analysis path as `python -m model predict`
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Scored:
+    """A labelled set run through the bundle as shipped: y (1 = the positive class), p (the ensemble probability
+    exactly as `predict` gives it), the files used, the ones skipped, and how often each warning came up."""
+    bundle: str
+    classes: list[str]
+    source: str
+    files: list[str]
+    y: np.ndarray
+    p: np.ndarray
+    skipped: list[dict]
+    warnings: dict[str, int]
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
+
+    @property
+    def per_class(self) -> dict[str, int]:
+        return {self.classes[0]: int((self.y == 0).sum()), self.classes[1]: int((self.y == 1).sum())}
+
+
+def score(labelled: LabelledSet, ensemble, guard=None, progress=None) -> Scored:
+    """Read, check and predict every image of a labelled set, one at a time through `model.analysis.analyse` (so
+    the probabilities are bit-for-bit those of `predict`). Unreadable files and files the guard calls
+    `not_chest_xray` are skipped and listed; a byte-identical duplicate under the same label is skipped; the same
+    image under two labels refuses the whole set (SiteError, raised before anything is written)."""
+    from model.analysis import analyse
+
+    bundle = ensemble.bundle
+    _require_binary(bundle)
+    seen: dict[str, tuple[str, str]] = {}
+    conflicts, skipped = [], list(labelled.skipped)
+    files, ys, ps = [], [], []
+    warnings: Counter = Counter(s["code"] for s in skipped)
+    for k, item in enumerate(labelled.items):
+        if progress:
+            progress(k, len(labelled.items))
+        try:
+            data = item.read()
+        except SiteError:
+            raise
+        except (OSError, zipfile.BadZipFile, ValueError) as e:
+            skipped.append({"file": item.name, "code": "unreadable_file", "message": f"Could not read it ({e})."})
+            warnings["unreadable_file"] += 1
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in seen:
+            first, label = seen[digest]
+            if label != item.label:
+                conflicts.append(f"{first} ({label}) and {item.name} ({item.label})")
+            else:
+                skipped.append({"file": item.name, "code": "duplicate", "message": f"The same image as {first}."})
+                warnings["duplicate"] += 1
+            continue
+        seen[digest] = (item.name, item.label)
+        result, _ = analyse(data, item.name, ensemble, guard=guard)
+        codes = [w["code"] for w in result.warnings]
+        warnings.update(codes)
+        if result.error:
+            skipped.append({"file": item.name, **result.error})
+            warnings[result.error["code"]] += 1
+        elif "not_chest_xray" in codes:
+            skipped.append({"file": item.name, "code": "not_chest_xray",
+                            "message": next(w["message"] for w in result.warnings if w["code"] == "not_chest_xray")})
+        else:
+            files.append(item.name)
+            ys.append(int(item.label == bundle.classes[-1]))
+            ps.append(float(result.probability))
+    if conflicts:
+        shown = "; ".join(conflicts[:5]) + (f"; and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
+        raise SiteError("conflicting_labels", f"Refused: the same image appears under two labels ({shown}). "
+                                              "Fix the labels and try again; nothing was saved.")
+    y = np.asarray(ys, int)
+    if len(set(ys)) < 2:
+        have = ", ".join(f"{c}: {n}" for c, n in zip(bundle.classes, (int((y == 0).sum()), int((y == 1).sum()))))
+        raise SiteError("one_class", f"After skipping {len(skipped)} file(s) that could not be used, the set has "
+                                     f"images of one class only ({have}); a site check needs both.")
+    return Scored(bundle.name, list(bundle.classes), labelled.source, files, y, np.asarray(ps, float), skipped,
+                  dict(warnings))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Numbers
+# ---------------------------------------------------------------------------------------------------------------
+def _stratified_resamples(y: np.ndarray, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    for _ in range(n):
+        yield np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+
+
+def bootstrap_ci(y, values, statistic, n: int = BOOTSTRAP, seed: int = 0) -> list[float]:
+    """Percentile 95% CI of statistic(y[idx], values[..., idx]) over stratified image-level resamples."""
+    y, values = np.asarray(y), np.asarray(values)
+    stats = [statistic(y[i], values[..., i]) for i in _stratified_resamples(y, n, seed)]
+    return [float(v) for v in np.nanpercentile(stats, [2.5, 97.5])]
+
+
+def _ece(y, p) -> float:
+    return M.expected_calibration_error(y, p)[0]
+
+
+def point_report(y, p, threshold: float) -> dict:
+    r = M.rates(M.confusion(y, p, threshold))
+    return {"threshold": float(threshold), **{k: r[k] for k in ("sensitivity", "specificity", "ppv", "npv",
+                                                                "accuracy")}}
+
+
+def _few_images_notes(per_class: dict, y, p, points: dict) -> list[str]:
+    notes = []
+    for k, (cls, count) in enumerate(per_class.items()):
+        if count < FEW_PER_CLASS:
+            rate = "specificity" if k == 0 else "sensitivity"
+            t = points.get("balanced", next(iter(points.values())))["threshold"] if points else 0.5
+            hits = int(((p >= t) == bool(k))[y == k].sum())
+            lo, hi = M.wilson_ci(hits, count)
+            notes.append(f"Only {count} {cls} image(s) (at least {FEW_PER_CLASS} per class are advised): the "
+                         f"{rate} at the balanced point, {hits}/{count}, has a 95% CI of {lo:.2f}–{hi:.2f} "
+                         f"(±{(hi - lo) / 2:.2f}).")
+    return notes
+
+
+def validate(scored: Scored, bundle, site: SiteProfile | None = None) -> dict:
+    """How the bundle does on a labelled set: as shipped, or with a site profile's calibration and thresholds.
+    `python -m model site validate --json` prints this."""
+    _require_binary(bundle)
+    y = scored.y
+    p = site.calibrate(scored.p) if site else scored.p
+    thresholds = {o["name"]: o["threshold"] for o in (site.operating_points if site else bundle.operating_points)
+                  if "threshold" in o}
+    points = {name: point_report(y, p, t) for name, t in thresholds.items()}
+    warnings = dict(scored.warnings)
+    notes = _few_images_notes(scored.per_class, y, p, points)
+    if notes:
+        warnings["few_images"] = len(notes)
+    if site and site.sample_sha256 and site.sample_sha256 == sample_fingerprint(scored):
+        notes.append("This is the sample the site profile was fitted on: these numbers are optimistic. The "
+                     "profile's cross-validated numbers are the honest ones.")
+    return plain({"n": scored.n, "auc": M.roc_auc(y, p),
+                  "auc_ci95": bootstrap_ci(y, p, M.roc_auc), "ece": _ece(y, p), "points": points,
+                  "warnings": warnings, "site": site.name if site else None, "bundle": bundle.name,
+                  "per_class": scored.per_class, "skipped": scored.skipped, "notes": notes})
+
+
+def sample_fingerprint(scored: Scored) -> str:
+    return hashlib.sha256(json.dumps([scored.y.tolist(), np.round(scored.p, 6).tolist()]).encode()).hexdigest()
+
+
+def stratified_folds(y, k: int, rng) -> np.ndarray:
+    """Fold number (0..k-1) of every image: each class shuffled and dealt round the folds, so every fold has
+    about the same share of each class and every image is held out exactly once."""
+    y = np.asarray(y)
+    fold = np.empty(len(y), int)
+    offset = 0
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        fold[idx] = (np.arange(len(idx)) + offset) % k
+        offset += len(idx)
+    return fold
+
+
+def fit_rules(y, z, targets: dict) -> tuple[tuple[float, float], list[dict]]:
+    """What a profile fits on a sample: Platt (a, b) on the ensemble logit z, then the operating points chosen
+    with the bundle's rules on the recalibrated scores."""
+    a, b = M.fit_platt(y, z)
+    return (a, b), M.choose_operating_points(y, M.sigmoid(a * z + b), targets, on="site")
+
+
+def cross_validate(y, p, targets: dict, folds: int = FOLDS, repeats: int = REPEATS, seed: int = 0) -> dict:
+    """Repeated stratified k-fold: calibration and thresholds fitted on k−1 folds, applied to the held-out fold;
+    the held-out results pooled over the folds of each repeat. Returns the out-of-fold probabilities
+    (repeats × n), decisions per point (repeats × n), the fold assignments and the folds used."""
+    y, z = np.asarray(y, int), M.logit(p)
+    k = int(min(folds, np.bincount(y, minlength=2).min()))
+    rng = np.random.default_rng(seed)
+    oof = np.empty((repeats, len(y)))
+    decisions = {name: np.empty((repeats, len(y)), bool) for name in ("balanced", "screening", "confirmatory")}
+    assignments = []
+    for r in range(repeats):
+        fold = stratified_folds(y, k, rng)
+        assignments.append(fold)
+        for j in range(k):
+            train, test = fold != j, fold == j
+            (a, b), points = fit_rules(y[train], z[train], targets)
+            oof[r, test] = M.sigmoid(a * z[test] + b)
+            for point in points:
+                decisions[point["name"]][r, test] = oof[r, test] >= point["threshold"]
+    return {"probability": oof, "decisions": decisions, "folds": assignments, "k": k}
+
+
+def _counts_rates(y, decided) -> dict:
+    """Rates from decisions pooled over repeats (repeats × n)."""
+    pos = y.astype(bool)[None, :]
+    counts = {"tp": int((decided & pos).sum()), "fp": int((decided & ~pos).sum()),
+              "tn": int((~decided & ~pos).sum()), "fn": int((~decided & pos).sum())}
+    return M.rates(counts)
+
+
+RATES = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
+
+
+def cv_metrics(y, cv: dict, boot: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """Pooled out-of-fold numbers (mean over repeats) with stratified-bootstrap 95% CIs over images."""
+    y = np.asarray(y, int)
+    oof = cv["probability"]
+    auc = lambda yy, pp: float(np.mean([M.roc_auc(yy, row) for row in pp]))
+    ece = lambda yy, pp: float(np.mean([_ece(yy, row) for row in pp]))
+    out = {"auc": auc(y, oof), "ece": ece(y, oof)}
+    samples = list(_stratified_resamples(y, boot, seed))
+    out["auc_ci95"] = [float(v) for v in np.nanpercentile([auc(y[i], oof[:, i]) for i in samples], [2.5, 97.5])]
+    out["ece_ci95"] = [float(v) for v in np.nanpercentile([ece(y[i], oof[:, i]) for i in samples], [2.5, 97.5])]
+    out["points"] = {}
+    for name, decided in cv["decisions"].items():
+        point = {k: v for k, v in _counts_rates(y, decided).items() if k in RATES}
+        boots = [_counts_rates(y[i], decided[:, i]) for i in samples]
+        for rate in RATES:
+            point[f"{rate}_ci95"] = [float(v) for v in np.nanpercentile([b[rate] for b in boots], [2.5, 97.5])]
+        out["points"][name] = point
+    return out
+
+
+def bundle_identity(bundle) -> dict:
+    return {"name": bundle.name, "version": bundle.version,
+            "members": {m.name: m.info.get("sha256") for m in bundle.members}}
+
+
+def bundle_targets(bundle) -> dict:
+    return {o["name"]: o.get("target") for o in bundle.operating_points if o.get("target") is not None}
+
+
+def fit(scored: Scored, bundle, name: str, folds: int = FOLDS, repeats: int = REPEATS, seed: int = 0,
+        boot: int = BOOTSTRAP) -> dict:
+    """A site profile (a dict, not yet saved) from a scored labelled sample."""
+    _require_binary(bundle)
+    check_name(name)
+    small = {c: n for c, n in scored.per_class.items() if n < MIN_PER_CLASS_TO_FIT}
+    if small:
+        raise SiteError("too_few", "Too few images to fit a site profile: "
+                        + ", ".join(f"{c} has {n}" for c, n in small.items())
+                        + f"; at least {MIN_PER_CLASS_TO_FIT} per class are needed (and {FEW_PER_CLASS} advised).")
+    y, p = scored.y, scored.p
+    targets = bundle_targets(bundle)
+    (a, b), points = fit_rules(y, M.logit(p), targets)
+    cv = cross_validate(y, p, targets, folds, repeats, seed)
+    metrics = cv_metrics(y, cv, boot, seed)
+    shipped = validate(scored, bundle)
+    notes = _few_images_notes(scored.per_class, y, M.sigmoid(a * M.logit(p) + b),
+                              {o["name"]: o for o in points})
+    profile = {
+        "kind": KIND, "schema": SCHEMA, "site": name,
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "bundle": bundle_identity(bundle),
+        "sample": {"source": scored.source, "n": scored.n, "per_class": scored.per_class,
+                   "skipped": dict(Counter(s["code"] for s in scored.skipped)), "sha256": sample_fingerprint(scored)},
+        "calibration": {"method": "platt on the ensemble logit: p_site = sigmoid(a * logit(p) + b)",
+                        "a": a, "b": b},
+        "operating_points": points,
+        "default_operating_point": bundle.manifest.get("default_operating_point", "balanced"),
+        "validation": {
+            "method": f"repeated stratified {cv['k']}-fold cross-validation ({repeats} repeats, seed {seed}): "
+                      "calibration and thresholds fitted on the other folds, scored on the held-out fold, pooled; "
+                      f"95% CIs from {boot} stratified bootstrap resamples of the images",
+            "folds": cv["k"], "repeats": repeats, "seed": seed, **metrics,
+            "out_of_fold": {"y": y.tolist(), "probability": np.round(cv["probability"][0], 5).tolist()}},
+        "as_shipped": {"auc": shipped["auc"], "ece": shipped["ece"],
+                       "points": {k: {r: v[r] for r in ("threshold", "sensitivity", "specificity")}
+                                  for k, v in shipped["points"].items()}},
+        "notes": notes,
+    }
+    profile = plain(profile)
+    profile["sha256"] = content_sha256(profile)
+    return profile
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Profiles on disk
+# ---------------------------------------------------------------------------------------------------------------
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise SiteError("bad_name", f"{name!r} is not a usable site name: use 1–64 letters, digits, '.', '_' or "
+                                    "'-', starting with a letter or digit.")
+    return name
+
+
+def content_sha256(profile: dict) -> str:
+    canonical = json.dumps({k: v for k, v in profile.items() if k != "sha256"}, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _pretty(profile: dict) -> str:
+    """Indented JSON with number lists kept on one line, so the file stays readable."""
+    text = json.dumps(profile, indent=1, ensure_ascii=False, allow_nan=False)
+    return re.sub(r"\[\s*([-0-9.eE]+(?:,\s*[-0-9.eE]+)*)\s*\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
+
+
+def profile_path(name: str, folder: Path | None = None) -> Path:
+    return Path(folder or sites_dir()) / f"{check_name(name)}.json"
+
+
+def save(profile: dict, folder: Path | None = None, force: bool = False) -> Path:
+    """Write a profile atomically (temp file in the same folder, then os.replace). An existing profile of the
+    same name is only replaced with `force` (the CLI's --force, the app's confirm step)."""
+    path = profile_path(profile["site"], folder)
+    if path.exists() and not force:
+        raise SiteError("exists", f"A site profile named '{profile['site']}' already exists ({path}). Choose another "
+                                  "name, or confirm that it should be replaced (--force).")
+    if profile.get("sha256") != content_sha256(profile):
+        raise SiteError("tampered", "Refused to save a profile whose content does not match its sha256.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(_pretty(profile))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@dataclass
+class SiteProfile:
+    """A loaded, verified profile, applied to the ensemble probability at inference."""
+    data: dict
+
+    name = property(lambda self: self.data["site"])
+    operating_points = property(lambda self: self.data["operating_points"])
+    sample_sha256 = property(lambda self: self.data.get("sample", {}).get("sha256"))
+
+    def calibrate(self, p):
+        c = self.data["calibration"]
+        out = M.sigmoid(c["a"] * M.logit(p) + c["b"])
+        return float(out) if np.ndim(out) == 0 else out
+
+    def operating_point(self, name: str | None = None) -> dict:
+        name = name or self.data.get("default_operating_point") or "balanced"
+        for point in self.operating_points:
+            if point["name"] == name:
+                return point
+        known = ", ".join(p["name"] for p in self.operating_points)
+        raise KeyError(f"Site profile {self.name} has no operating point {name!r} (it has: {known}).")
+
+    def apply(self, prediction):
+        """The prediction with every probability (ensemble and members) recalibrated for this site."""
+        from model.ensemble import Prediction
+
+        neg, pos = prediction.classes
+        recal = lambda probs: {neg: 1 - self.calibrate(probs[pos]), pos: self.calibrate(probs[pos])}
+        return Prediction(prediction.classes, prediction.task, recal(prediction.probabilities),
+                          {m: recal(p) for m, p in prediction.members.items()})
+
+
+def verify(profile: dict, bundle, where: str = "") -> SiteProfile:
+    """Check a profile's form, its sha256 and that it belongs to this very bundle; a SiteProfile or SiteError."""
+    name = profile.get("site") if isinstance(profile, dict) else None
+    label = f"Site profile '{name or where}'"
+    required = ("kind", "schema", "site", "bundle", "calibration", "operating_points", "sha256")
+    if not isinstance(profile, dict) or profile.get("kind") != KIND or any(k not in profile for k in required):
+        raise SiteError("malformed", f"{label} was refused: it is not a Tórax site profile (missing fields).")
+    if profile["schema"] != SCHEMA:
+        raise SiteError("malformed", f"{label} was refused: schema {profile['schema']} is not supported "
+                                     f"(this version reads schema {SCHEMA}).")
+    try:
+        same = content_sha256(profile) == profile["sha256"]
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise SiteError("tampered", f"{label} was refused: its content does not match its recorded sha256 (it was "
+                                    "edited or damaged). Fit it again with `python -m model site fit`.")
+    try:
+        a, b = float(profile["calibration"]["a"]), float(profile["calibration"]["b"])
+        thresholds = [float(o["threshold"]) for o in profile["operating_points"]]
+        ok = np.isfinite([a, b, *thresholds]).all() and all(0 <= t <= 1 for t in thresholds) and a > 0
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise SiteError("malformed", f"{label} was refused: its calibration or thresholds are not usable numbers.")
+    mine, theirs = bundle_identity(bundle), profile["bundle"]
+    if theirs != mine:
+        what = [k for k in ("name", "version", "members") if theirs.get(k) != mine[k]]
+        raise SiteError("wrong_bundle", f"{label} was fitted for bundle {theirs.get('name')} version "
+                                        f"{theirs.get('version')}, not for {mine['name']} version {mine['version']} "
+                                        f"(different {', '.join(what)}). Fit a profile for this bundle.")
+    return SiteProfile(profile)
+
+
+def load(name: str, bundle, folder: Path | None = None) -> SiteProfile:
+    """The verified profile `name` for `bundle`, or a SiteError saying why it cannot be used."""
+    _require_binary(bundle)
+    path = profile_path(name, folder)
+    if not path.is_file():
+        known = ", ".join(p["name"] for p in list_profiles(folder)) or "none"
+        raise SiteError("not_found", f"No site profile named '{name}' in {path.parent} (available: {known}).")
+    try:
+        profile = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SiteError("malformed", f"Site profile '{name}' was refused: it is not readable JSON ({e}).") from None
+    if isinstance(profile, dict) and profile.get("site") != name:
+        raise SiteError("malformed", f"Site profile file {path.name} names another site "
+                                     f"({profile.get('site')!r}).")
+    return verify(profile, bundle, name)
+
+
+def list_profiles(folder: Path | None = None, bundle=None) -> list[dict]:
+    """[{"name", "ok", "message"}] for every *.json in the sites folder; with `bundle`, `ok` says whether it
+    loads for that bundle."""
+    folder = Path(folder or sites_dir())
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if not NAME_PATTERN.match(path.stem):
+            continue
+        entry = {"name": path.stem, "ok": True, "message": ""}
+        if bundle is not None:
+            try:
+                load(path.stem, bundle, folder)
+            except SiteError as e:
+                entry.update(ok=False, message=e.message)
+        out.append(entry)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evidence: which labelled scores the live sensitivity/specificity come from
+# ---------------------------------------------------------------------------------------------------------------
+def evidence_sets(bundle, site: SiteProfile | None = None) -> dict[str, dict]:
+    """{"site"|"external"|"internal": {"y", "score", "n", "dataset"}}, most external first. Scores are on the scale
+    the reader's threshold is on: with a site profile active, the bundle's own test scores go through its
+    calibration too. "site" is the profile's pooled out-of-fold (cross-validated) probabilities."""
+    out = {}
+    if site is not None:
+        oof = site.data.get("validation", {}).get("out_of_fold")
+        if oof:
+            out["site"] = {"y": np.asarray(oof["y"], int), "score": np.asarray(oof["probability"], float),
+                           "n": len(oof["y"]), "dataset": site.name}
+    for key, report in (("external", "scores-external"), ("internal", "scores")):
+        scores = bundle.read_report(report)
+        if not scores or scores.get("task") != Task.BINARY:
+            continue
+        y = np.asarray(scores["y"], int).reshape(len(scores["y"]), -1)[:, 0]
+        p = np.asarray(scores["ensemble"], float).reshape(len(scores["ensemble"]), -1)[:, 0]
+        out[key] = {"y": y, "score": site.calibrate(p) if site else p, "n": len(y),
+                    "dataset": scores.get("dataset") or scores.get("split", key)}
+    return out
+
+
+def summary_lines(profile: dict, path: Path | None = None) -> list[str]:
+    """A short human summary of a fitted profile (what `site fit` prints)."""
+    s, v, shipped = profile["sample"], profile["validation"], profile["as_shipped"]
+    ci = lambda pair: f"{pair[0]:.2f}–{pair[1]:.2f}"
+    bundle = profile["bundle"]
+    lines = [f"Site profile '{profile['site']}' for {bundle['name']} (version {bundle['version']})"
+             + (f" saved to {path}" if path else ""),
+             f"Sample: {s['n']} images (" + ", ".join(f"{c} {n}" for c, n in s["per_class"].items()) + ")"
+             + ("; skipped: " + ", ".join(f"{k} {n}" for k, n in s["skipped"].items()) if s["skipped"] else ""),
+             f"As shipped on this sample: AUC {shipped['auc']:.3f}, ECE {shipped['ece']:.3f}; "
+             + ", ".join(f"{k} sens {p['sensitivity']:.2f} / spec {p['specificity']:.2f}"
+                         for k, p in shipped["points"].items()),
+             f"Recalibration: p_site = sigmoid({profile['calibration']['a']:.3f}·logit(p) "
+             f"{profile['calibration']['b']:+.3f})",
+             f"With this profile, cross-validated ({v['folds']}-fold × {v['repeats']}, never scored on the images "
+             f"fitted on), 95% CI:",
+             f"  AUC {v['auc']:.3f} ({ci(v['auc_ci95'])}), ECE {v['ece']:.3f} ({ci(v['ece_ci95'])})"]
+    for point in profile["operating_points"]:
+        m = v["points"][point["name"]]
+        lines.append(f"  {point['name']:<12} threshold {point['threshold']:.3f}: sensitivity {m['sensitivity']:.2f} "
+                     f"({ci(m['sensitivity_ci95'])}), specificity {m['specificity']:.2f} "
+                     f"({ci(m['specificity_ci95'])}), accuracy {m['accuracy']:.2f} ({ci(m['accuracy_ci95'])})")
+    lines += [f"Note: {n}" for n in profile.get("notes", [])]
+    return lines

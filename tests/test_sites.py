@@ -1,0 +1,293 @@
+"""Site profiles (model.sites): reading labelled sets, refusing bad ones, cross-validation that never judges a choice
+on the images it was fitted on, and profiles that refuse to load for another bundle or after an edit.
+
+Pure-numpy tests use a stand-in bundle; the end-to-end ones use the session's tiny real bundle and drawn chest
+radiographs (which the input guard accepts)."""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from model import metrics as M
+from model import sites
+from model.sites import SiteError
+from model.types import Task
+
+CLASSES = ["NORMAL", "PNEUMONIA"]
+
+
+def stand_in_bundle(name="pneumonia-kermany", version="v1", sha="a" * 64):
+    points = [{"name": "balanced", "rule": "youden", "target": None, "threshold": 0.5},
+              {"name": "screening", "rule": "sensitivity", "target": 0.95, "threshold": 0.3},
+              {"name": "confirmatory", "rule": "specificity", "target": 0.95, "threshold": 0.8}]
+    return SimpleNamespace(name=name, version=version, task=Task.BINARY, classes=CLASSES, operating_points=points,
+                           manifest={"default_operating_point": "balanced"},
+                           members=[SimpleNamespace(name="cnn", info={"sha256": sha})])
+
+
+def scored_sample(n_neg=60, n_pos=90, shift=1.5, seed=0) -> sites.Scored:
+    """A scored sample whose shipped probabilities are miscalibrated (too high) but informative."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.zeros(n_neg, int), np.ones(n_pos, int)]
+    z = rng.normal(0, 1, len(y)) + shift * y + 1.5
+    return sites.Scored("pneumonia-kermany", CLASSES, "sample", [f"f{i}" for i in range(len(y))], y, M.sigmoid(z),
+                        [], {})
+
+
+# --- cross-validation ------------------------------------------------------------------------------------------
+def test_folds_hold_every_image_out_exactly_once_and_keep_the_class_mix():
+    y = np.r_[np.zeros(37, int), np.ones(63, int)]
+    fold = sites.stratified_folds(y, 5, np.random.default_rng(0))
+    assert set(fold) == set(range(5))
+    for j in range(5):
+        held = fold == j
+        assert abs(held[y == 0].sum() - 37 / 5) <= 1 and abs(held[y == 1].sum() - 63 / 5) <= 1
+    # each image is in exactly one held-out fold: the folds partition the sample
+    assert sum(int((fold == j).sum()) for j in range(5)) == len(y)
+
+
+def test_cross_validated_numbers_are_not_flattered_by_fitting_on_the_judged_images():
+    """Pure-noise scores: choosing a threshold on the same images always finds a 'good' one; cross-validation,
+    which only scores held-out folds, stays at chance (averaged over ten samples to keep the test steady)."""
+    balanced = lambda r: (r["sensitivity"] + r["specificity"]) / 2
+    in_sample, crossed = [], []
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        y = np.r_[np.zeros(30, int), np.ones(30, int)]
+        p = rng.uniform(0.05, 0.95, len(y))
+        (a, b), points = sites.fit_rules(y, M.logit(p), {})
+        in_sample.append(balanced(M.rates(M.confusion(y, M.sigmoid(a * M.logit(p) + b), points[0]["threshold"]))))
+        cv = sites.cv_metrics(y, sites.cross_validate(y, p, {}, folds=5, repeats=3, seed=seed), boot=10)
+        crossed.append(balanced(cv["points"]["balanced"]))
+    assert np.mean(in_sample) > np.mean(crossed) + 0.05
+    assert abs(np.mean(crossed) - 0.5) < 0.04
+
+
+def test_cross_validation_fits_on_the_other_folds_only(monkeypatch):
+    fitted_on = []
+    original = sites.fit_rules
+    monkeypatch.setattr(sites, "fit_rules", lambda y, z, t: fitted_on.append(set(np.round(z, 9))) or original(y, z, t))
+    y = np.r_[np.zeros(20, int), np.ones(30, int)]
+    p = np.linspace(0.1, 0.9, 50)  # every image has its own score, so the scores name the images
+    cv = sites.cross_validate(y, p, {}, folds=5, repeats=2)
+    z = np.round(M.logit(p), 9)
+    calls = iter(fitted_on)
+    for fold in cv["folds"]:
+        for j in range(5):
+            train = next(calls)
+            assert len(train) == 40 and train.isdisjoint(z[fold == j])  # never fitted on the images it scores
+
+
+def test_platt_recovers_a_known_miscalibration():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 20000)
+    y = (rng.uniform(size=z.size) < M.sigmoid(0.5 * z - 1.0)).astype(int)
+    a, b = M.fit_platt(y, z)
+    assert a == pytest.approx(0.5, abs=0.05) and b == pytest.approx(-1.0, abs=0.08)
+
+
+def test_a_separable_sample_still_gives_finite_calibration():
+    a, b = M.fit_platt(np.r_[np.zeros(10), np.ones(10)], np.r_[np.full(10, -3.0), np.full(10, 3.0)])
+    assert np.isfinite([a, b]).all() and a > 0
+
+
+def test_fit_recalibrates_and_reports_cross_validated_numbers_with_intervals():
+    bundle, scored = stand_in_bundle(), scored_sample()
+    profile = sites.fit(scored, bundle, "clinic-a", repeats=2, boot=100)
+    assert profile["validation"]["ece"] < profile["as_shipped"]["ece"]  # shifted scores are pulled back
+    assert [p["name"] for p in profile["operating_points"]] == ["balanced", "screening", "confirmatory"]
+    t = {p["name"]: p["threshold"] for p in profile["operating_points"]}
+    assert t["screening"] <= t["balanced"] <= t["confirmatory"]
+    for point in profile["validation"]["points"].values():
+        lo, hi = point["sensitivity_ci95"]
+        assert lo <= point["sensitivity"] <= hi
+    assert profile["sample"]["per_class"] == {"NORMAL": 60, "PNEUMONIA": 90}
+    assert profile["bundle"] == {"name": "pneumonia-kermany", "version": "v1", "members": {"cnn": "a" * 64}}
+    assert len(profile["validation"]["out_of_fold"]["probability"]) == 150
+
+
+def test_fit_refuses_too_few_images_of_a_class():
+    with pytest.raises(SiteError, match="at least 5 per class") as e:
+        sites.fit(scored_sample(n_neg=3, n_pos=40), stand_in_bundle(), "tiny")
+    assert e.value.code == "too_few"
+
+
+def test_few_images_of_a_class_warn_with_the_interval_width():
+    report = sites.validate(scored_sample(n_neg=12, n_pos=80), stand_in_bundle())
+    assert report["warnings"]["few_images"] == 1
+    [note] = report["notes"]
+    assert "Only 12 NORMAL" in note and "95% CI" in note and "±" in note
+
+
+# --- profiles on disk ------------------------------------------------------------------------------------------
+@pytest.fixture
+def saved(tmp_path):
+    profile = sites.fit(scored_sample(), stand_in_bundle(), "clinic-a", repeats=1, boot=20)
+    return sites.save(profile, tmp_path), profile
+
+
+def test_a_saved_profile_loads_back_for_its_bundle(saved, tmp_path):
+    path, profile = saved
+    loaded = sites.load("clinic-a", stand_in_bundle(), tmp_path)
+    assert loaded.data == profile
+    assert loaded.calibrate(0.5) == pytest.approx(float(M.sigmoid(profile["calibration"]["b"])))
+    assert not list(tmp_path.glob("*.tmp"))  # the temporary file went away with os.replace
+    assert '"probability": [' in path.read_text()  # number lists stay on one line
+
+
+@pytest.mark.parametrize("other, what", [
+    (dict(name="pneumonia-other"), "name"), (dict(version="v2"), "version"), (dict(sha="b" * 64), "members")])
+def test_a_profile_for_another_bundle_is_refused(saved, tmp_path, other, what):
+    with pytest.raises(SiteError, match=f"different {what}") as e:
+        sites.load("clinic-a", stand_in_bundle(**other), tmp_path)
+    assert e.value.code == "wrong_bundle"
+
+
+def test_an_edited_profile_is_refused(saved, tmp_path):
+    path, _ = saved
+    data = json.loads(path.read_text())
+    data["operating_points"][0]["threshold"] = 0.01
+    path.write_text(json.dumps(data))
+    with pytest.raises(SiteError, match="does not match its recorded sha256") as e:
+        sites.load("clinic-a", stand_in_bundle(), tmp_path)
+    assert e.value.code == "tampered"
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", json.dumps({"kind": "torax-site-profile", "site": "clinic-a"})])
+def test_a_malformed_profile_is_refused(tmp_path, text):
+    (tmp_path / "clinic-a.json").write_text(text)
+    with pytest.raises(SiteError) as e:
+        sites.load("clinic-a", stand_in_bundle(), tmp_path)
+    assert e.value.code == "malformed"
+
+
+def test_saving_over_a_profile_needs_force(saved, tmp_path):
+    path, profile = saved
+    before = path.read_bytes()
+    with pytest.raises(SiteError, match="already exists") as e:
+        sites.save(profile, tmp_path)
+    assert e.value.code == "exists" and path.read_bytes() == before
+    sites.save(profile, tmp_path, force=True)
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "x" * 65])
+def test_site_names_cannot_leave_the_sites_folder(name):
+    with pytest.raises(SiteError, match="not a usable site name"):
+        sites.profile_path(name)
+
+
+def test_missing_profile_names_the_ones_there(saved, tmp_path):
+    with pytest.raises(SiteError, match=r"available: clinic-a"):
+        sites.load("clinic-b", stand_in_bundle(), tmp_path)
+
+
+def test_sites_folder_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORAX_SITES", str(tmp_path))
+    assert sites.sites_dir() == tmp_path
+
+
+# --- labelled sets ---------------------------------------------------------------------------------------------
+def png(pixels) -> bytes:
+    return cv2.imencode(".png", pixels)[1].tobytes()
+
+
+def write_set(root: Path, counts: dict, start=0) -> Path:
+    for label, n in counts.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (root / label / f"{label.lower()}-{start + i}.png").write_bytes(png(np.full((8, 8), start + i, np.uint8)))
+    return root
+
+
+def test_class_folders_are_matched_case_insensitively_and_loose_files_ignored(tmp_path):
+    root = write_set(tmp_path / "sample", {"normal": 2, "Pneumonia": 3})
+    (root / "README.md").write_text("about")
+    (root / "manifest.csv").write_text("path,label\n")
+    (root / "normal" / ".DS_Store").write_bytes(b"x")
+    labelled = sites.labelled_from_path(root, CLASSES)
+    assert labelled.per_class == {"NORMAL": 2, "PNEUMONIA": 3}
+
+
+def test_one_class_only_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(SiteError, match="labelled PNEUMONIA.*every class") as e:
+        sites.labelled_from_path(write_set(tmp_path, {"PNEUMONIA": 4}), CLASSES)
+    assert e.value.code == "one_class"
+
+
+def test_unknown_class_folders_name_the_expected_classes(tmp_path):
+    with pytest.raises(SiteError, match="COVID.*classes are NORMAL, PNEUMONIA") as e:
+        sites.labelled_from_path(write_set(tmp_path, {"NORMAL": 2, "PNEUMONIA": 2, "COVID": 1}), CLASSES)
+    assert e.value.code == "unknown_class"
+
+
+def test_a_csv_labels_files_relative_to_itself(tmp_path):
+    write_set(tmp_path / "img", {"a": 2})
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\nimg/a/a-0.png,normal\nimg/a/a-1.png,PNEUMONIA\nimg/a/gone.png,NORMAL\n")
+    labelled = sites.labelled_from_path(csv, CLASSES)
+    assert labelled.per_class == {"NORMAL": 1, "PNEUMONIA": 1}
+    assert [s["code"] for s in labelled.skipped] == ["missing_file"]
+    csv.write_text("path,label\nimg/a/a-0.png,cat\nimg/a/a-1.png,PNEUMONIA\n")
+    with pytest.raises(SiteError, match="cat.*NORMAL, PNEUMONIA"):
+        sites.labelled_from_path(csv, CLASSES)
+    csv.write_text("file,class\nimg/a/a-0.png,NORMAL\n")
+    with pytest.raises(SiteError, match="'path' and 'label'"):
+        sites.labelled_from_path(csv, CLASSES)
+
+
+def zip_of(entries: dict, compression=zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_a_zip_of_class_folders_in_a_wrapping_folder_is_read():
+    data = zip_of({"site/NORMAL/a.png": b"1", "site/PNEUMONIA/b.png": b"2", "site/README.md": b"x",
+                   "__MACOSX/site/NORMAL/._a.png": b"junk"})
+    labelled = sites.labelled_from_zip(data, CLASSES)
+    assert labelled.per_class == {"NORMAL": 1, "PNEUMONIA": 1}
+    assert [i.read() for i in labelled.items] == [b"1", b"2"]
+
+
+def test_a_zip_of_images_and_a_csv_is_read():
+    data = zip_of({"labels.csv": b"path,label\na.png,NORMAL\nb.png,PNEUMONIA\n", "a.png": b"1", "b.png": b"2"})
+    assert sites.labelled_from_zip(data, CLASSES).per_class == {"NORMAL": 1, "PNEUMONIA": 1}
+
+
+@pytest.mark.parametrize("name", ["../NORMAL/a.png", "/etc/NORMAL/a.png", "NORMAL/../../a.png", "C:/NORMAL/a.png",
+                                  "NORMAL\\..\\a.png"])
+def test_path_traversal_in_a_zip_is_refused(name):
+    with pytest.raises(SiteError, match="points outside the archive") as e:
+        sites.labelled_from_zip(zip_of({name: b"1", "PNEUMONIA/b.png": b"2"}), CLASSES)
+    assert e.value.code == "unsafe_zip"
+
+
+def test_zip_bombs_and_oversized_zips_are_refused():
+    bomb = zip_of({"NORMAL/a.png": b"\0" * (20 << 20), "PNEUMONIA/b.png": b"2"})
+    assert len(bomb) < 100_000
+    with pytest.raises(SiteError, match="ZIP bomb"):
+        sites.labelled_from_zip(bomb, CLASSES)
+    with pytest.raises(SiteError, match="expand to .* MiB") as e:
+        sites.labelled_from_zip(bomb, CLASSES, max_bytes=1 << 20)
+    assert e.value.code == "zip_too_large"
+    many = zip_of({f"NORMAL/{i}.png": b"1" for i in range(30)})
+    with pytest.raises(SiteError, match="holds 30 entries"):
+        sites.labelled_from_zip(many, CLASSES, max_members=20)
+    with pytest.raises(SiteError, match="not a ZIP"):
+        sites.labelled_from_zip(b"PK\3\4 not really", CLASSES)
+
+
+def test_uploaded_files_plus_a_csv():
+    labelled = sites.labelled_from_uploads([("a.png", b"1"), ("b.png", b"2"), ("extra.png", b"3")],
+                                           b"path,label\na.png,normal\nb.png,pneumonia\n", CLASSES)
+    assert labelled.per_class == {"NORMAL": 1, "PNEUMONIA": 1}
+    assert [s["code"] for s in labelled.skipped] == ["not_in_csv"]
