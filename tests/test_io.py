@@ -7,15 +7,21 @@ from __future__ import annotations
 import copy
 import functools
 import io
+import json
 import logging
+import os
 import struct
+import subprocess
+import sys
 import time
 import tracemalloc
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.data
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -41,6 +47,7 @@ from pydicom.uid import (
 )
 
 import model.io as model_io
+from model.guard import check
 from model.io import (
     MAX_PIXELS,
     Decoded,
@@ -52,6 +59,7 @@ from model.io import (
     UnreadableImage,
     decode,
 )
+from model.io.sniff import sniff
 
 try:
     import gdcm  # python-gdcm: the only JPEG Lossless / 12-bit JPEG encoder available here
@@ -191,6 +199,21 @@ def linear_window(values: np.ndarray, center: float, width: float) -> np.ndarray
     x = values.astype(np.float64)
     y = np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0, 1)
     return np.floor(y * 255 + 0.5)
+
+
+PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def shipped_dicoms() -> list[Path]:
+    """Every .dcm inside pydicom's own wheel: what ``pydicom.data.get_testdata_files("*.dcm")`` returns offline.
+    That function also tries to download the pydicom-data files (15 s of timeouts without a network, and other
+    files with one), so the folder it searches first is listed directly."""
+    return sorted(PYDICOM_FILES.glob("*.dcm"))
+
+
+def shipped(name: str) -> bytes:
+    return (PYDICOM_FILES / name).read_bytes()
 
 
 def assert_valid(result: Decoded) -> None:
@@ -584,19 +607,16 @@ def test_rgb_dicom_becomes_luminance():
     assert codes(result) == ["color_image"]
 
 
-def test_dicom_without_pixel_data_has_no_usable_frame():
-    ds = make_dicom(phantom12(), bits_stored=12)
-    del ds.PixelData
+@pytest.mark.parametrize("name", ["test-SR.dcm", "rtplan.dcm", "waveform_ecg.dcm"])
+def test_dicom_without_pixel_data_has_no_usable_frame(name):
     with pytest.raises(NoUsableFrame) as info:
-        decode(dicom_bytes(ds), "report.dcm")
+        decode(shipped(name), "report.dcm")
     assert info.value.code == "no_usable_frame"
 
 
 def test_dicom_with_short_pixel_data_is_truncated():
-    ds = make_dicom(phantom12(), bits_stored=12)
-    data = dicom_bytes(ds)
     with pytest.raises(TruncatedImage):
-        decode(data[: len(data) - 2000])
+        decode(shipped("MR_truncated.dcm"))  # pydicom's MR_small.dcm, cut inside its (uncompressed) pixel data
 
 
 def test_dicom_header_claiming_huge_rows_and_columns_is_refused():
@@ -726,7 +746,7 @@ def test_compressed_dicom_matches_the_uncompressed_original(kind, tsuid, lossles
 def test_gdcm_only_syntaxes_decode_in_a_child_process(kind, tmp_path, monkeypatch):
     """Without the optional GPL pylibjpeg-libjpeg only GDCM decodes these, and it runs in a child process."""
     data, src = _compressed(kind, tmp_path)
-    monkeypatch.setattr(model_io, "_IN_PROCESS_PLUGINS", ())  # as if no in-process decoder could do it
+    monkeypatch.setattr(model_io.dicom, "IN_PROCESS_PLUGINS", ())  # as if no in-process decoder could do it
     result = decode(data, "scan.dcm")
     reference = decode(dicom_bytes(src))
     diff = np.abs(result.pixels.astype(int) - reference.pixels)
@@ -830,6 +850,75 @@ def test_patient_identifiers_never_reach_error_messages(damage, caplog):
     assert info.value.__cause__ is None  # no chained pydicom exception carrying element values
     for secret in _identifying_strings(ds) + ["Doe_Jane"]:
         assert secret not in exposed
+
+
+# --- every DICOM pydicom ships ---------------------------------------------------------------------------------------
+SHIPPED = shipped_dicoms()
+MUST_DECODE = {"CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm"}
+DUAL_FORMAT = ["CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_padded.dcm", "MR_small_expb.dcm",
+               "examples_rgb_color.dcm"]  # a TIFF header in the 128-byte preamble (PS3.10 §7.1 allows it)
+TYPED_CODES = {cls.code for cls in (EmptyFile, UnreadableImage, TruncatedImage, ImageTooLarge, NoUsableFrame)}
+
+
+def test_pydicom_ships_the_files_named_here():
+    names = {path.name for path in SHIPPED}
+    assert len(names) >= 70 and MUST_DECODE | set(DUAL_FORMAT) <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
+def test_every_dicom_pydicom_ships_decodes_or_raises_a_typed_error(path):
+    data = path.read_bytes()
+    assert sniff(data) != "tiff"
+    try:
+        result = decode(data, path.name)
+    except DecodeError as err:
+        assert path.name not in MUST_DECODE
+        assert err.code in TYPED_CODES and err.message
+        return
+    assert_valid(result)
+    assert result.meta["format"] == "dicom"
+    # CT and MR slices, ultrasound, screen captures, dose grids: none is a chest radiograph.
+    assert "not_chest_xray" in {w["code"] for w in check(result, population="pediatric, 1-5 years")}
+
+
+@pytest.mark.parametrize("name", DUAL_FORMAT)
+def test_dicom_with_a_tiff_header_in_its_preamble_is_read_as_dicom(name):
+    data = shipped(name)
+    assert data[:4] in (b"II*\x00", b"MM\x00*") and data[128:132] == b"DICM"
+    result = decode(data, name)
+    assert result.meta["format"] == "dicom" and result.meta["modality"] in ("CT", "MR", "US")
+
+
+def test_an_intact_ybr_full_422_dicom_is_not_mistaken_for_a_truncated_one():
+    """Uncompressed YBR_FULL_422 stores 2 samples per pixel, not 3; the same picture as SC_rgb_rle.dcm."""
+    ybr, rgb = decode(shipped("SC_ybr_full_422_uncompressed.dcm")), decode(shipped("SC_rgb_rle.dcm"))
+    assert np.abs(ybr.pixels.astype(int) - rgb.pixels).max() <= 2
+
+
+@pytest.mark.parametrize("name", ["JPEG2000.dcm", "SC_rgb_rle.dcm", "JPEG-lossy.dcm", "MR_small_jpeg_ls_lossless.dcm"])
+def test_compressed_dicom_cut_off_inside_its_pixel_data_is_truncated(name):
+    data = shipped(name)
+    start, end = data.index(b"\xe0\x7f\x10\x00"), data.rindex(b"\xfe\xff\xdd\xe0")  # Pixel Data … its end
+    for keep in (start + 40, (start + end) // 2, end - 4):
+        with pytest.raises(TruncatedImage):
+            decode(data[:keep], name)
+
+
+def test_cli_predict_answers_every_shipped_dicom_on_one_json_line(tiny_bundles):
+    env = {**os.environ, "TORAX_BUNDLES": str(tiny_bundles), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-m", "model", "predict", "--json", *map(str, SHIPPED)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(SHIPPED)
+    for path, line in zip(SHIPPED, lines):
+        result = json.loads(line)
+        assert result["file"] == str(path)
+        if result.get("error"):
+            assert result["error"]["code"] in TYPED_CODES and path.name not in MUST_DECODE
+        else:
+            assert "not_chest_xray" in {w["code"] for w in result["warnings"]}
+    assert done.returncode == 1  # reports and other objects without an image could not be analysed
 
 
 # ---------------------------------------------------------------------------------------------------------------------
