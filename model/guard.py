@@ -8,7 +8,7 @@ The list is appended to an analysis result's warnings: ``analyse(..., guard=for_
 ``outside_intended_population`` (an adult radiograph given to a bundle that learned from young children).
 
 It is cheap (a few milliseconds per image, whatever its size) and never raises: DICOM header fields, image
-statistics, and two tiny numpy classifiers on a 32×32 thumbnail whose parameters live in ``model/guard/``
+statistics, and two tiny numpy classifiers on a 32×32 thumbnail whose parameters live in ``model/guard_params/``
 (written by ``python -m training guard``, sha256-checked when first used). Method and measured rates:
 docs/GUARD.md. Never imports training/.
 """
@@ -27,7 +27,7 @@ __all__ = ["check", "for_bundle", "features", "population_features", "load_param
 
 log = logging.getLogger(__name__)
 
-PARAMS_DIR = Path(__file__).with_name("guard")
+PARAMS_DIR = Path(__file__).with_name("guard_params")
 FEATURE_VERSION = 1
 
 WORK_SIZE = 256

@@ -3,7 +3,7 @@ pediatric bundle, and the check is fast and never raises.
 
 Every input is generated here; nothing is read from ../shared. A drawn chest phantom is NOT a real radiograph:
 that it passes shows the check is not flagging everything, nothing more. The real false-alarm and catch rates are
-the held-out measurements in model/guard/metrics.json (docs/GUARD.md).
+the held-out measurements in model/guard_params/metrics.json (docs/GUARD.md).
 """
 from __future__ import annotations
 
