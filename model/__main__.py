@@ -64,7 +64,7 @@ def cmd_predict(args) -> int:
     _, bundle = _load(args.bundle)
     ensemble = Ensemble(bundle)
     guard = for_bundle(bundle)
-    explainer = Explainer(bundle) if args.cam_dir else None
+    explainer = Explainer(bundle) if args.cam_dir or args.pdf_dir else None
     failed = False
     for i, file in enumerate(args.files):
         path = Path(file)
@@ -80,13 +80,16 @@ def cmd_predict(args) -> int:
             result, decoded = analyse(data, path.name, ensemble, args.threshold, args.operating_point,
                                       guard=guard)
         result["file"] = str(file)
-        if decoded is not None and explainer is not None:
+        if decoded is not None and args.cam_dir:
             cam = explainer.cams(decoded.pixels, args.cam_method)["ensemble"]
             out = Path(args.cam_dir) / f"{i:04d}-{path.stem}-cam.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             import cv2
             cv2.imwrite(str(out), cv2.cvtColor(overlay(decoded.pixels, cam), cv2.COLOR_RGB2BGR))
             result["cam"] = str(out)
+        if args.pdf_dir:
+            from model.pdf_report import write_pdf
+            write_pdf(Path(args.pdf_dir) / f"{i:04d}-{path.stem}-report.pdf", result, bundle, decoded, explainer)
         failed |= result["error"] is not None
         result.pop("meta", None) if not args.json else None
         if args.json:
@@ -144,6 +147,7 @@ def main(argv=None) -> int:
     g.add_argument("--operating-point", default=None, help="screening, balanced or confirmatory")
     p.add_argument("--cam-dir", default=None, help="write an ensemble Grad-CAM overlay PNG per file here")
     p.add_argument("--cam-method", default="gradcam", choices=["gradcam", "gradcam++", "scorecam"])
+    p.add_argument("--pdf-dir", default=None, help="write a PDF report per file here")
     p.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="speed of the installed bundle on generated images (JSON with --json)")
     b.add_argument("--bundle", default=None)
@@ -152,8 +156,11 @@ def main(argv=None) -> int:
     s = sub.add_parser("serve", help="REST API: POST /v1/predict, GET /v1/bundles, GET /healthz (docs/API.md)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    from model.pacs import add_cli, cli as cmd_pacs
+    add_cli(sub)  # pacs watch
     args = parser.parse_args(argv)
-    return {"info": cmd_info, "predict": cmd_predict, "bench": cmd_bench, "serve": cmd_serve}[args.command](args)
+    return {"info": cmd_info, "predict": cmd_predict, "bench": cmd_bench, "serve": cmd_serve,
+            "pacs": cmd_pacs}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from model.analysis import analyse
 from model.explain import METHOD_LABELS, METHODS, overlay
 from model.metrics import confusion, rates
 from pages.common import current_bundle, get_ensemble, get_explainer, report, threshold_for, tr
+from pages.outputs import draw_outputs
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "gif", "dcm", "dicom"]
 DISPLAY_SIDE = 1024  # longest side sent to the browser; downloads keep the full resolution
@@ -341,3 +342,4 @@ with details:
                                                                    for w in result["warnings"]]},
                                            bundle, overlay_png() if overlay_png else None, lang),
                        file_name="torax-report.html", mime="text/html", icon=":material/print:", on_click="ignore")
+    draw_outputs(upload, result, bundle, decoded, digest)  # PDF; for DICOM also SR / SC and the PACS

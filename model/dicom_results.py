@@ -1,0 +1,268 @@
+"""Results a PACS can file: for a DICOM input, a Comprehensive 3D SR with the finding and the numbers behind it, and a
+Secondary Capture of the Grad-CAM overlay, both in the source study (built with highdicom).
+
+Patient and study attributes come from re-reading the uploaded bytes here (model.io's decode strips them from
+`meta` on purpose); they go straight into the two output datasets and nowhere else: never into a result, a log line
+or an exception message. The result is taken through its JSON form (`result.to_json()` or the dict), so this module
+does not care how model.analysis represents it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from io import BytesIO
+
+import cv2
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+__all__ = ["DISCLAIMER", "DicomOutputs", "NotDicom", "as_json", "finding", "build_outputs", "dicom_bytes",
+           "read_sr"]
+
+DISCLAIMER = "Decision support, not for diagnosis"
+MANUFACTURER = "Torax"  # ASCII on purpose: LO values are read by PACSs with many character sets
+SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
+SC_MAX_SIDE = 1024  # the overlay is for looking at, not for measuring: keep what is sent to the PACS small
+
+# Codes. SNOMED CT where a standard concept says it; a private scheme (99TORAX) for what is ours.
+REPORT = hd.sr.CodedConcept("18748-4", "LN", "Diagnostic imaging report")
+PNEUMONIA = hd.sr.CodedConcept("233604007", "SCT", "Pneumonia")
+PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
+ABSENT = hd.sr.CodedConcept("2667000", "SCT", "Absent")
+NOT_ASSESSED = hd.sr.CodedConcept("not-assessed", "99TORAX", "Not assessed")
+PROBABILITY = hd.sr.CodedConcept("probability", "99TORAX", "Ensemble probability")
+THRESHOLD = hd.sr.CodedConcept("threshold", "99TORAX", "Decision threshold")
+OPERATING_POINT = hd.sr.CodedConcept("operating-point", "99TORAX", "Operating point")
+SITE = hd.sr.CodedConcept("site-profile", "99TORAX", "Site profile")
+WARNING = hd.sr.CodedConcept("input-warning", "99TORAX", "Input check warning")
+NOTE = hd.sr.CodedConcept("121106", "DCM", "Comment")
+SOURCE = hd.sr.CodedConcept("121112", "DCM", "Source of Measurement")
+NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+
+# Patient and study attributes a PACS files by; copied verbatim when the source has them.
+COPIED = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+          "OtherPatientIDsSequence", "StudyInstanceUID", "StudyID", "StudyDate", "StudyTime", "AccessionNumber",
+          "ReferringPhysicianName", "StudyDescription")
+
+
+class NotDicom(ValueError):
+    """The upload is not a DICOM dataset, so there is no study to file results into."""
+
+
+@dataclass
+class DicomOutputs:
+    sr: pydicom.Dataset
+    sc: pydicom.Dataset | None  # None when there was no image to overlay (the file could not be decoded)
+
+    def datasets(self) -> list[pydicom.Dataset]:
+        return [ds for ds in (self.sr, self.sc) if ds is not None]
+
+    def uids(self) -> dict:
+        out = {"study_instance_uid": str(self.sr.StudyInstanceUID),
+               "sr_series_instance_uid": str(self.sr.SeriesInstanceUID),
+               "sr_sop_instance_uid": str(self.sr.SOPInstanceUID)}
+        if self.sc is not None:
+            out.update(sc_series_instance_uid=str(self.sc.SeriesInstanceUID),
+                       sc_sop_instance_uid=str(self.sc.SOPInstanceUID))
+        return out
+
+
+def as_json(result) -> dict:
+    """The result as the plain dict `predict --json` prints, whatever object carries it."""
+    if hasattr(result, "to_json"):
+        result = result.to_json()
+    if isinstance(result, (str, bytes)):
+        return json.loads(result)
+    return dict(result)
+
+
+def finding(result) -> str:
+    """"present", "absent" or "not_assessed". Not assessed: no prediction, or the input check says this is not a
+    frontal chest X-ray (the label a model gives such an image means nothing)."""
+    r = as_json(result)
+    if r.get("error") or r.get("probabilities") is None or r.get("label") is None:
+        return "not_assessed"
+    if any(w.get("code") == "not_chest_xray" for w in r.get("warnings") or []):
+        return "not_assessed"
+    label, classes = r["label"], list(r["probabilities"])
+    if isinstance(label, list):  # multilabel: any finding at all
+        return "present" if label else "absent"
+    return "absent" if label == classes[0] else "present"
+
+
+def _finding_concept(r: dict) -> hd.sr.CodedConcept:
+    classes = list(r.get("probabilities") or {})
+    positive = classes[-1] if classes else "PNEUMONIA"
+    if r.get("task") == "binary" and positive.upper() == "PNEUMONIA":
+        return PNEUMONIA
+    label = r.get("label")
+    name = positive if r.get("task") == "binary" or not isinstance(label, str) else label
+    return hd.sr.CodedConcept(str(name)[:16], "99TORAX", str(name))
+
+
+def read_source(data: bytes) -> pydicom.Dataset:
+    """The uploaded DICOM's header (no pixels). Raises NotDicom, with no detail from the file in the message."""
+    try:
+        ds = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
+        if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
+            raise NotDicom("This file is not a DICOM image with a study to file results into.")
+        return ds
+    except NotDicom:
+        raise
+    except Exception:
+        raise NotDicom("This file is not a DICOM image with a study to file results into.") from None
+
+
+def _copy_patient_study(source: pydicom.Dataset, out: pydicom.Dataset) -> None:
+    for keyword in COPIED:
+        if keyword in source:
+            setattr(out, keyword, source[keyword].value)
+    out.SpecificCharacterSet = "ISO_IR 192"  # text is held as str here; written back out as UTF-8
+
+
+def _content(r: dict, bundle_name: str, bundle_version: str, source: pydicom.Dataset) -> hd.sr.ContainerContentItem:
+    root = hd.sr.ContainerContentItem(name=REPORT, template_id=None)
+    root.ContentSequence = hd.sr.ContentSequence(is_root=False)
+    items = []
+    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(), name=MANUFACTURER,
+                                                       manufacturer_name=MANUFACTURER, model_name=bundle_name)
+    items += hd.sr.ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=device)
+    items += hd.sr.AlgorithmIdentification(name=bundle_name, version=bundle_version)
+    state = finding(r)
+    value = {"present": PRESENT, "absent": ABSENT}.get(state, NOT_ASSESSED)
+    items.append(hd.sr.CodeContentItem(name=_finding_concept(r), value=value, relationship_type="CONTAINS"))
+    if r.get("probability") is not None:
+        items.append(hd.sr.NumContentItem(name=PROBABILITY, value=round(float(r["probability"]), 6), unit=NO_UNITS,
+                                          relationship_type="CONTAINS"))
+    elif r.get("probabilities"):
+        for cls, p in r["probabilities"].items():
+            name = hd.sr.CodedConcept(f"p-{cls}"[:16], "99TORAX", f"Ensemble probability of {cls}")
+            items.append(hd.sr.NumContentItem(name=name, value=round(float(p), 6), unit=NO_UNITS,
+                                              relationship_type="CONTAINS"))
+    threshold = r.get("threshold")
+    if isinstance(threshold, (int, float)):
+        items.append(hd.sr.NumContentItem(name=THRESHOLD, value=round(float(threshold), 6), unit=NO_UNITS,
+                                          relationship_type="CONTAINS"))
+    elif isinstance(threshold, dict):
+        text = ", ".join(f"{c} {float(v):.3f}" for c, v in threshold.items())
+        items.append(hd.sr.TextContentItem(name=THRESHOLD, value=text, relationship_type="CONTAINS"))
+    items.append(hd.sr.TextContentItem(name=OPERATING_POINT, value=r.get("operating_point") or "custom",
+                                       relationship_type="CONTAINS"))
+    if r.get("site"):
+        items.append(hd.sr.TextContentItem(name=SITE, value=str(r["site"]), relationship_type="CONTAINS"))
+    for w in r.get("warnings") or []:
+        items.append(hd.sr.TextContentItem(name=WARNING, value=f"{w.get('code')}: {w.get('message')}",
+                                           relationship_type="CONTAINS"))
+    if r.get("error"):
+        items.append(hd.sr.TextContentItem(name=NOTE, value=f"Not analysed: {r['error'].get('message')}",
+                                           relationship_type="CONTAINS"))
+    items.append(hd.sr.TextContentItem(name=NOTE, value=DISCLAIMER, relationship_type="CONTAINS"))
+    items.append(hd.sr.ImageContentItem(name=SOURCE, referenced_sop_class_uid=source.SOPClassUID,
+                                        referenced_sop_instance_uid=source.SOPInstanceUID,
+                                        relationship_type="CONTAINS"))
+    for item in items:
+        root.ContentSequence.append(item)
+    return root
+
+
+def _burn_in(rgb: np.ndarray, footer: str) -> np.ndarray:
+    """The overlay, shrunk to SC_MAX_SIDE, with the disclaimer in a black band above and `footer` below."""
+    rgb = np.ascontiguousarray(rgb[..., :3] if rgb.ndim == 3 else np.stack([rgb] * 3, -1), dtype=np.uint8)
+    h, w = rgb.shape[:2]
+    scale = SC_MAX_SIDE / max(h, w)
+    if scale < 1:
+        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    h, w = rgb.shape[:2]
+    band = max(18, w // 22)
+    canvas = np.zeros((h + 2 * band, w, 3), np.uint8)
+    canvas[band:band + h] = rgb
+    for text, y in ((DISCLAIMER, 0), (footer, band + h)):
+        size = 1.0
+        while size > 0.2 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, size, 1)[0][0] > w - 8:
+            size -= 0.05
+        size = min(size, band / 30)
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, size, 1)
+        cv2.putText(canvas, text, (4, y + (band + th) // 2), cv2.FONT_HERSHEY_SIMPLEX, size, (255, 255, 255),
+                    max(1, band // 24), cv2.LINE_AA)
+    return canvas
+
+
+def build_outputs(source_bytes: bytes, result, bundle, overlay_rgb: np.ndarray | None) -> DicomOutputs:
+    """The SR and the Secondary Capture for one analysed DICOM upload (no SC without an overlay). `bundle` needs
+    `.name` and `.version`. Raises NotDicom for anything else."""
+    source = read_source(source_bytes)
+    r = as_json(result)
+    name, version = str(bundle.name), str(bundle.version)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[source], content=_content(r, name, version, source),
+        series_instance_uid=generate_uid(), series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(),
+        instance_number=1, manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False)
+    sr.SeriesDescription = "Torax decision support (not for diagnosis)"
+    _copy_patient_study(source, sr)
+    if overlay_rgb is None:
+        return DicomOutputs(sr=sr, sc=None)
+    state = finding(r)
+    p = r.get("probability")
+    footer = f"Torax {name} {version} - Grad-CAM - " + (
+        "not assessed" if state == "not_assessed" else f"{state}" + (f", p={p:.3f}" if p is not None else ""))
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source, pixel_array=_burn_in(overlay_rgb, footer), photometric_interpretation="RGB",
+        bits_allocated=8, coordinate_system="PATIENT", patient_orientation=("L", "F"),  # replaced just below
+        series_instance_uid=generate_uid(),
+        series_number=SC_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer=MANUFACTURER, transfer_syntax_uid=ExplicitVRLittleEndian)
+    # The overlay keeps the source's axes; highdicom insists on some orientation, so the source's (or "unknown",
+    # an empty type 2 value) replaces the placeholder rather than inventing one.
+    sc.PatientOrientation = source.get("PatientOrientation", "") or ""
+    sc.BurnedInAnnotation = "YES"
+    sc.SeriesDescription = "Torax Grad-CAM overlay (not for diagnosis)"
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    ref = pydicom.Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+    sc.SourceImageSequence = [ref]
+    _copy_patient_study(source, sc)
+    return DicomOutputs(sr=sr, sc=sc)
+
+
+def dicom_bytes(ds: pydicom.Dataset) -> bytes:
+    """A dataset as a DICOM Part 10 file, in memory."""
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def read_sr(ds: pydicom.Dataset) -> dict:
+    """What a Tórax SR says, read back by concept (for tests and for showing a stored SR):
+    {"finding", "probability", "threshold", "operating_point", "site", "warnings", "algorithm",
+     "source_sop_instance_uid"}."""
+    out = {"finding": None, "probability": None, "threshold": None, "operating_point": None, "site": None,
+           "warnings": [], "algorithm": {}, "source_sop_instance_uid": None}
+    for item in _walk(ds.ContentSequence):
+        code = item.ConceptNameCodeSequence[0].CodeValue
+        if item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodingSchemeDesignator in ("SCT", "99TORAX"):
+            meaning = item.ConceptCodeSequence[0].CodeMeaning
+            out["finding"] = {"Present": "present", "Absent": "absent"}.get(meaning, "not_assessed")
+        elif item.ValueType == "NUM" and code in (PROBABILITY.value, THRESHOLD.value):
+            value = float(item.MeasuredValueSequence[0].NumericValue)
+            out["probability" if code == PROBABILITY.value else "threshold"] = value
+        elif item.ValueType == "TEXT" and code == OPERATING_POINT.value:
+            out["operating_point"] = item.TextValue
+        elif item.ValueType == "TEXT" and code == SITE.value:
+            out["site"] = item.TextValue
+        elif item.ValueType == "TEXT" and code == WARNING.value:
+            out["warnings"].append(item.TextValue)
+        elif item.ValueType == "TEXT" and code in ("111001", "111003"):
+            out["algorithm"]["name" if code == "111001" else "version"] = item.TextValue
+        elif item.ValueType == "IMAGE" and code == SOURCE.value:
+            out["source_sop_instance_uid"] = str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+    return out
+
+
+def _walk(sequence):
+    for item in sequence:
+        yield item
+        if "ContentSequence" in item:
+            yield from _walk(item.ContentSequence)

@@ -1,0 +1,128 @@
+"""Synthetic DICOM radiographs (a whole patient and study around a phantom) and a throwaway Orthanc, for the tests
+of the DICOM outputs and the PACS round trip."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+ORTHANC = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+def chest_dx(pixels: np.ndarray, *, patient_id: str = "TEST-0001", patient_name: str = "Doe^Jane",
+             study_uid: str | None = None, body_part: str = "CHEST", modality: str = "DX",
+             view: str = "PA") -> Dataset:
+    """An uncompressed DX dataset holding `pixels` (uint8, H×W) with patient, study and series attributes."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = DX_STORAGE
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = DX_STORAGE
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, "20200101", "F"
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.StudyID, ds.AccessionNumber, ds.StudyDate, ds.StudyTime = "1", "ACC1", "20240102", "101010"
+    ds.ReferringPhysicianName = ""
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = modality, body_part, view
+    ds.PatientOrientation = ["L", "F"]
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.Manufacturer = "Synthetic"
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Orthanc:
+    """A throwaway Orthanc with the DICOMweb plugin on a free loopback port, one user, storage in `folder`."""
+
+    def __init__(self, folder: Path, user: str = "torax", password: str = "s3cret"):
+        self.folder, self.user, self.password = Path(folder), user, password
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/dicom-web"
+        self.process = None
+
+    def start(self, timeout: float = 120.0) -> Orthanc:
+        config = {"Name": "torax-test", "HttpPort": self.port, "DicomServerEnabled": False,
+                  "DicomPort": free_port(), "StorageDirectory": str(self.folder / "db"),
+                  "IndexDirectory": str(self.folder / "db"), "RemoteAccessAllowed": False,
+                  "AuthenticationEnabled": True, "RegisteredUsers": {self.user: self.password},
+                  "Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+                  "HttpCompressionEnabled": False, "StorageCompression": False}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "orthanc.json").write_text(json.dumps(config))
+        self.log = open(self.folder / "orthanc.log", "wb")
+        self.process = subprocess.Popen([ORTHANC, str(self.folder / "orthanc.json")], stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited: {(self.folder / 'orthanc.log').read_text()[-2000:]}")
+            if self.answers():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("Orthanc did not answer in time")
+
+    def answers(self) -> bool:
+        import requests
+
+        try:
+            return requests.get(f"{self.url}/studies", auth=(self.user, self.password), timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def client(self):
+        from dicomweb_client.api import DICOMwebClient
+        from dicomweb_client.session_utils import create_session_from_user_pass
+
+        return DICOMwebClient(self.url, session=create_session_from_user_pass(self.user, self.password))
+
+    def store(self, *datasets: Dataset) -> None:
+        self.client().store_instances(list(datasets))
+
+
+def orthanc_available() -> bool:
+    return Path(ORTHANC).exists() and Path(DICOMWEB_PLUGIN).exists() and shutil.which(ORTHANC) is not None \
+        and os.access(ORTHANC, os.X_OK)
