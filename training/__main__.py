@@ -20,15 +20,17 @@ def main(argv=None) -> int:
     t = sub.add_parser("train", help="split by patient and train the ensemble members into a run folder")
     t.add_argument("--data", required=True, help="folder with manifest.csv, or the public chest_xray/ layout")
     t.add_argument("--out", required=True, help="run folder to create (config, split, members, history)")
-    t.add_argument("--task", choices=["binary", "multiclass", "multilabel"], default="binary")
-    t.add_argument("--members", default="cnn,mobilenetv2,mobilenetv3s",
-                   help="comma-separated architectures: cnn, mobilenetv2, mobilenetv3s")
-    t.add_argument("--size", type=int, default=160, help="square input size in pixels")
-    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--task", choices=["binary", "multiclass", "multilabel", "multitask"], default="binary",
+                   help="multitask: one network with a pneumonia head and a normal/bacterial/viral head; "
+                        "`heads` then cuts its run into a binary and a multiclass run")
+    t.add_argument("--members", default="cnn,resnet,mobilenetv2",
+                   help="comma-separated architectures: cnn, resnet, mobilenetv2, mobilenetv3s")
+    t.add_argument("--size", type=int, default=224, help="square input size in pixels")
+    t.add_argument("--epochs", type=int, default=30, help="length of the cosine schedule")
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--patience", type=int, default=5, help="early stopping patience on val AUC (epochs)")
-    t.add_argument("--minutes-per-member", type=float, default=15.0, help="wall-clock budget per member")
+    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate after the one-epoch warm-up")
+    t.add_argument("--patience", type=int, default=10, help="early stopping patience on val AUC (epochs)")
+    t.add_argument("--minutes-per-member", type=float, default=60.0, help="wall-clock budget per member")
     t.add_argument("--seed", type=int, default=42, help="seed for the split, weights and augmentation")
     t.add_argument("--cache", default="cache", help="folder for the decoded uint8 image cache ('' for none)")
     t.add_argument("--weights", action="append", default=[], metavar="ARCH=FILE",
@@ -38,8 +40,13 @@ def main(argv=None) -> int:
                    help="public layout: use the release's own test folder as the test split")
     t.add_argument("--steps", type=int, default=None, help="steps per epoch (smoke tests only)")
 
+    h = sub.add_parser("heads", help="cut a multitask run into <run>-binary and <run>-multiclass runs")
+    h.add_argument("--run", required=True, help="multitask run folder written by `train --task multitask`")
+
     e = sub.add_parser("evaluate", help="calibrate and choose operating points on val; score the test split once")
     e.add_argument("--run", required=True, help="run folder written by `train`")
+    e.add_argument("--external", default=None,
+                   help="labelled folder from another collection, scored once at the val-chosen settings")
 
     for p in (e,):
         _target_options(p)
@@ -61,6 +68,11 @@ def main(argv=None) -> int:
     a.add_argument("--population", default=None)
     a.add_argument("--research-use-only", action="store_true")
 
+    c = sub.add_parser("cam-audit", help="share of a bundle's Grad-CAM on the image frame (outer 10%%)")
+    c.add_argument("--bundle", required=True, help="bundle folder")
+    c.add_argument("--data", required=True, help="labelled folder (manifest.csv, class folders or chest_xray/)")
+    c.add_argument("--n", type=int, default=60, help="how many PNEUMONIA images, first by file name")
+
     b = sub.add_parser("bench", help="images/s per architecture: data pipeline alone vs a training step")
     b.add_argument("--size", type=int, default=160)
     b.add_argument("--batch-size", type=int, default=32)
@@ -75,6 +87,8 @@ def main(argv=None) -> int:
     g.add_argument("--no-loo", action="store_true", help="skip the leave-one-family-out measurement")
 
     args = parser.parse_args(argv)
+    if args.command == "all" and args.task == "multitask":
+        parser.error("a multitask run makes two bundles: run train, heads, then evaluate and export each")
     if args.command == "guard":
         from training.guard import main as guard_main
         return guard_main(args)
@@ -89,10 +103,20 @@ def main(argv=None) -> int:
         if args.command == "train":
             return 0
         args.run = str(run)
+    if args.command == "cam-audit":
+        from training.cam_audit import audit
+        print(json.dumps(audit(args.bundle, args.data, args.n), indent=2))
+        return 0
+    if args.command == "heads":
+        from training.heads import split_heads
+        for task, run in split_heads(args.run).items():
+            print(f"{task}: {run}")
+        return 0
     if args.command in ("evaluate", "all"):
         from training.evaluate import evaluate_run
         summary = evaluate_run(args.run, {"screening": args.screening_sensitivity,
-                                          "confirmatory": args.confirmatory_specificity})
+                                          "confirmatory": args.confirmatory_specificity},
+                               external=getattr(args, "external", None))
         print(json.dumps(summary, indent=2))
     if args.command in ("export", "all"):
         from training.export import export_bundle

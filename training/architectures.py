@@ -1,4 +1,4 @@
-"""Model builders: every member takes raw uint8 pixels and holds its own scaling and augmentation.
+"""Model builders: every member takes raw uint8 pixels and holds its own scaling and standardisation.
 
 Backbones from `keras.applications` are built with `input_tensor=` so the saved graph is flat (Grad-CAM needs
 the convolutional layers reachable from the model's own input). `weights=None` by default; a local weights file
@@ -15,32 +15,36 @@ BN_MOMENTUM = 0.9
 HEADS = {"binary": "sigmoid", "multilabel": "sigmoid", "multiclass": "softmax"}
 
 
-def _stem(input_spec: dict, augment: bool):
-    """Raw pixel values (0–255) → float in [-1, 1], with training-only augmentation (inactive at inference).
+def _stem(input_spec: dict):
+    """Raw pixel values (0–255) → a per-image standardised float map.
 
-    The input tensor is float32 holding uint8 values: a uint8 graph input would cut Grad-CAM's gradient tape."""
+    Each radiograph is z-scored over its own pixels (a LayerNormalization over height, width and channels, with no
+    learned scale or shift), so a darker or flatter exposure from another collection reaches the first convolution
+    looking like the training images. Augmentation happens on the training batches (training.augment), not in the
+    graph, so the saved model is exactly what serving runs. The input tensor is float32 holding uint8 values: a
+    uint8 graph input would cut Grad-CAM's gradient tape."""
     inputs = keras.Input((input_spec["height"], input_spec["width"], input_spec.get("channels", 1)),
                          dtype="float32", name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
-    if augment:
-        x = layers.RandomRotation(0.03, fill_mode="constant", fill_value=-1.0, name="aug_rotate")(x)
-        x = layers.RandomTranslation(0.05, 0.05, fill_mode="constant", fill_value=-1.0, name="aug_shift")(x)
-        x = layers.RandomZoom(0.1, fill_mode="constant", fill_value=-1.0, name="aug_zoom")(x)
-        x = layers.RandomContrast(0.2, value_range=(-1, 1), name="aug_contrast")(x)
-        x = layers.RandomBrightness(0.1, value_range=(-1, 1), name="aug_brightness")(x)
+    x = layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1e-3, name="standardize")(x)
     return inputs, x
 
 
 def _head(x, n_outputs: int, task: str, dropout: float = 0.3):
+    """Pooled features → class probabilities. "multitask" has two heads on the same features: `prediction`
+    (pneumonia, sigmoid) and `subtype` (normal / bacterial / viral, softmax)."""
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
+    if task == "multitask":
+        return {"prediction": layers.Dense(1, activation="sigmoid", name="prediction", dtype="float32")(x),
+                "subtype": layers.Dense(3, activation="softmax", name="subtype", dtype="float32")(x)}
     return layers.Dense(n_outputs, activation=HEADS[task], name="prediction", dtype="float32")(x)
 
 
-def compact_cnn(input_spec: dict, n_outputs: int = 1, task: str = "binary", augment: bool = True,
+def compact_cnn(input_spec: dict, n_outputs: int = 1, task: str = "binary",
                 weights: str | None = None) -> keras.Model:
     """A compact VGG-style CNN in the spirit of the origin documents: conv-BN-ReLU blocks, max-pooling, GAP."""
-    inputs, x = _stem(input_spec, augment)
+    inputs, x = _stem(input_spec)
     x = layers.Conv2D(24, 5, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
@@ -58,8 +62,8 @@ def compact_cnn(input_spec: dict, n_outputs: int = 1, task: str = "binary", augm
 
 
 def _application(builder, name: str, cam_layer: str | None, input_spec: dict, n_outputs: int, task: str,
-                 augment: bool, weights: str | None, **kwargs) -> keras.Model:
-    inputs, x = _stem(input_spec, augment)
+                 weights: str | None, **kwargs) -> keras.Model:
+    inputs, x = _stem(input_spec)
     if input_spec.get("channels", 1) == 1:  # backbones (and ImageNet weights) expect three channels
         x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
     backbone = builder(input_tensor=x, include_top=False, weights=weights, **kwargs)
@@ -70,27 +74,55 @@ def _application(builder, name: str, cam_layer: str | None, input_spec: dict, n_
     return model
 
 
-def mobilenet_v2(input_spec: dict, n_outputs: int = 1, task: str = "binary", augment: bool = True,
+def mobilenet_v2(input_spec: dict, n_outputs: int = 1, task: str = "binary",
                  weights: str | None = None) -> keras.Model:
     """MobileNetV2 (width 0.35): inverted residuals, cheap enough for a 2-core CPU."""
     return _application(keras.applications.MobileNetV2, "mobilenet_v2", "out_relu", input_spec, n_outputs,
-                        task, augment, weights, alpha=0.35)
+                        task, weights, alpha=0.35)
 
 
-def mobilenet_v3_small(input_spec: dict, n_outputs: int = 1, task: str = "binary", augment: bool = True,
+def mobilenet_v3_small(input_spec: dict, n_outputs: int = 1, task: str = "binary",
                        weights: str | None = None) -> keras.Model:
     """MobileNetV3-Small: squeeze-excite and hard-swish, a different inductive bias from the other two."""
     return _application(keras.applications.MobileNetV3Small, "mobilenet_v3_small", None, input_spec, n_outputs,
-                        task, augment, weights, include_preprocessing=False, minimalistic=False)
+                        task, weights, include_preprocessing=False, minimalistic=False)
 
 
-ARCHITECTURES = {"cnn": compact_cnn, "mobilenetv2": mobilenet_v2, "mobilenetv3s": mobilenet_v3_small}
+def resnet_small(input_spec: dict, n_outputs: int = 1, task: str = "binary",
+                 weights: str | None = None) -> keras.Model:
+    """A ResNet-style member: a strided stem and max-pool to 1/4 size, then four stages of two basic residual
+    blocks (32, 64, 128, 256 filters; stride 2 between stages), identity or 1×1 projection shortcuts."""
+    inputs, x = _stem(input_spec)
+    x = layers.Conv2D(32, 5, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    for i, filters in enumerate((32, 64, 128, 256)):
+        for j in range(2):
+            stride = 2 if i > 0 and j == 0 else 1
+            shortcut = x
+            if stride > 1 or x.shape[-1] != filters:
+                shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"s{i}b{j}_proj")(x)
+                shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"s{i}b{j}_proj_bn")(shortcut)
+            y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"s{i}b{j}_conv0")(x)
+            y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"s{i}b{j}_bn0")(y)
+            y = layers.ReLU(name=f"s{i}b{j}_relu0")(y)
+            y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"s{i}b{j}_conv1")(y)
+            y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"s{i}b{j}_bn1")(y)
+            x = layers.ReLU(name=f"s{i}b{j}_out")(layers.Add(name=f"s{i}b{j}_add")([shortcut, y]))
+    model = keras.Model(inputs, _head(x, n_outputs, task), name="resnet_small")
+    if weights:
+        model.load_weights(weights)
+    return model
+
+
+ARCHITECTURES = {"cnn": compact_cnn, "resnet": resnet_small, "mobilenetv2": mobilenet_v2, "mobilenetv3s": mobilenet_v3_small}
 
 
 def last_conv_layer(model: keras.Model) -> str:
     """Name of the last layer with a 4-D output before global pooling: where Grad-CAM looks."""
     for layer in reversed(model.layers):
         shape = getattr(layer, "output", None)
-        if shape is not None and len(layer.output.shape) == 4 and not layer.name.startswith(("scale", "aug_")):
+        if shape is not None and len(layer.output.shape) == 4 and not layer.name.startswith(("scale", "standardize", "aug_")):
             return layer.name
     raise ValueError(f"{model.name} has no convolutional feature map")

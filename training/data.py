@@ -65,8 +65,10 @@ def _read_folder_layout(root: Path) -> pd.DataFrame:
     if (root / "chest_xray").is_dir():
         root = root / "chest_xray"
     rows = []
-    for split in SPLITS:
-        for label_dir in sorted((root / split).glob("*")) if (root / split).is_dir() else []:
+    # A plain labelled folder ({NORMAL,PNEUMONIA}/ with no split level) is one "external" split.
+    layout = [(s, root / s) for s in SPLITS if (root / s).is_dir()] or [("external", root)]
+    for split, folder in layout:
+        for label_dir in sorted(folder.glob("*")):
             if not label_dir.is_dir():
                 continue
             label = label_dir.name.upper()

@@ -16,10 +16,9 @@ from scipy.optimize import minimize, minimize_scalar
 
 from model import metrics as M
 from model.ensemble import apply_temperature
+from model.metrics import DEFAULT_TARGETS, choose_operating_points  # noqa: F401  (shared with model.sites)
 from training import data as data_lib
 from training.train import encode_targets
-
-DEFAULT_TARGETS = {"screening": 0.95, "confirmatory": 0.95}
 
 
 def fit_calibration(prob: np.ndarray, y: np.ndarray, task: str) -> tuple[float, float]:
@@ -73,34 +72,16 @@ def binary_report(y, score, thresholds: dict, subtype=None) -> dict:
     return report
 
 
-def choose_operating_points(y_val, score_val, targets: dict | None = None) -> list[dict]:
-    """Balanced (Youden J), screening (sensitivity >= target) and confirmatory (specificity >= target), on val.
-
-    A strong model can meet both targets at once; the plain rules then put "screening" above the balanced
-    threshold and "confirmatory" below it, the opposite of what the names promise. So screening never sits above
-    balanced and confirmatory never below it (moving that way only raises the targeted rate)."""
-    targets = {**DEFAULT_TARGETS, **(targets or {})}
-    balanced = M.threshold_for(y_val, score_val, "youden")
-    chosen = {"balanced": ("youden", None, balanced),
-              "screening": ("sensitivity", targets["screening"],
-                            min(balanced, M.threshold_for(y_val, score_val, "sensitivity", targets["screening"]))),
-              "confirmatory": ("specificity", targets["confirmatory"],
-                               max(balanced, M.threshold_for(y_val, score_val, "specificity",
-                                                             targets["confirmatory"])))}
-    points = []
-    for name, (rule, target, t) in chosen.items():
-        r = M.rates(M.confusion(y_val, score_val, t))
-        points.append({"name": name, "rule": rule, "target": target, "threshold": t, "chosen_on": "val",
-                       "val_sensitivity": r["sensitivity"], "val_specificity": r["specificity"]})
-    return points
-
-
 def predict(model, images: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.asarray(model.predict(images, batch_size=batch, verbose=0), dtype="float64")
 
 
-def evaluate_run(run: str | Path, targets: dict | None = None) -> dict:
-    """`targets`: {"screening": min val sensitivity, "confirmatory": min val specificity} (default 0.95 each)."""
+def evaluate_run(run: str | Path, targets: dict | None = None, external: str | Path | None = None) -> dict:
+    """`targets`: {"screening": min val sensitivity, "confirmatory": min val specificity} (default 0.95 each).
+
+    `external`: a labelled folder from another collection (manifest.csv or class folders). It is scored once,
+    with the calibration and thresholds already chosen on val, into the `external` block of evaluation.json and
+    into scores-external.json; nothing is fitted or chosen on it."""
     run = Path(run)
     config = json.loads((run / "config.json").read_text())
     members = json.loads((run / "members.json").read_text())
@@ -112,17 +93,21 @@ def evaluate_run(run: str | Path, targets: dict | None = None) -> dict:
     va, te = (split["split"] == "val").to_numpy(), (split["split"] == "test").to_numpy()
     subtype_te = split.loc[te, "subtype"].to_numpy() if "subtype" in split else None
 
-    raw = {m["name"]: {"val": None, "test": None} for m in members}
+    sets = {"val": images[va], "test": images[te]}
+    if external is not None:
+        ext = external_table(external, task)
+        sets["external"] = data_lib.load_images(ext, config["input"], config.get("cache_dir", "cache"))
+    raw = {}
     for m in members:
         model = keras.saving.load_model(run / m["file"], compile=False, safe_mode=True)
-        raw[m["name"]] = {"val": predict(model, images[va]), "test": predict(model, images[te])}
+        raw[m["name"]] = {s: predict(model, x) for s, x in sets.items()}
         keras.backend.clear_session()
 
     calibrated, temps, biases = {}, {}, {}
     for name, p in raw.items():
         temps[name], biases[name] = fit_calibration(p["val"], y[va], task)
-        calibrated[name] = {s: apply_temperature(p[s], temps[name], task, biases[name]) for s in ("val", "test")}
-    ens = {s: np.mean([calibrated[n][s] for n in raw], axis=0) for s in ("val", "test")}
+        calibrated[name] = {s: apply_temperature(p[s], temps[name], task, biases[name]) for s in sets}
+    ens = {s: np.mean([calibrated[n][s] for n in raw], axis=0) for s in sets}
 
     evaluation = {"task": task, "classes": classes, "split": "internal-test", "n": int(te.sum()),
                   "n_val": int(va.sum()), "temperatures": temps, "biases": biases,
@@ -157,9 +142,64 @@ def evaluate_run(run: str | Path, targets: dict | None = None) -> dict:
     else:
         evaluation.update(per_class_report(task, classes, y[va], y[te], ens, calibrated))
 
+    evaluation["member_val_auc"] = {n: (M.roc_auc(y[va, 0], calibrated[n]["val"][:, 0]) if task == "binary" else
+                                        float(np.nanmean([M.roc_auc(y[va, k], calibrated[n]["val"][:, k])
+                                                          for k in range(len(classes))])))
+                                    for n in raw}
+    if task == "multiclass":
+        evaluation["ensemble"]["bacterial_vs_viral_auc"] = bacterial_vs_viral_auc(y[te], ens["test"], classes)
+    if external is not None:
+        y_ext = encode_targets(ext, task, classes)
+        evaluation["external"] = external_report(task, classes, evaluation, y_ext, ens["external"],
+                                                 {n: calibrated[n]["external"] for n in raw},
+                                                 ext["subtype"].to_numpy(), Path(external).name)
+        root = Path(external)
+        (run / "scores-external.json").write_text(json.dumps({
+            "task": task, "classes": classes, "split": "external", "dataset": root.name,
+            "path": [str(Path(p).relative_to(root)) for p in ext["path"]], "subtype": ext["subtype"].tolist(),
+            "y": y_ext.astype(int).tolist(), "ensemble": ens["external"].round(5).tolist(),
+            "members": {n: calibrated[n]["external"].round(5).tolist() for n in raw}}))
     (run / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
     (run / "scores.json").write_text(json.dumps(scores))
     return summary(evaluation)
+
+
+def external_table(folder: str | Path, task: str) -> pd.DataFrame:
+    """The external folder's images and labels, in the columns encode_targets reads."""
+    ext = data_lib.read_dataset(folder)
+    if task == "multiclass":
+        ext["class"] = ext["subtype"].map({"normal": "NORMAL", "bacteria": "BACTERIAL", "virus": "VIRAL"})
+    return ext
+
+
+def bacterial_vs_viral_auc(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> float:
+    """AUC for viral vs bacterial among pneumonia images only, scored by P(viral) / (P(bacterial) + P(viral))."""
+    b, v = classes.index("BACTERIAL"), classes.index("VIRAL")
+    keep = (y[:, b] + y[:, v]) > 0
+    score = prob[keep, v] / np.maximum(prob[keep, b] + prob[keep, v], 1e-9)
+    return M.roc_auc(y[keep, v], score)
+
+
+def external_report(task, classes, evaluation, y, ens, members, subtype, name) -> dict:
+    """The external block: the same report as the internal test, at the val-chosen thresholds, plus ECE."""
+    note = "scored once with calibration and thresholds chosen on val; never used to train or choose"
+    if task == "binary":
+        thresholds = {o["name"]: o["threshold"] for o in evaluation["operating_points"]}
+        report = binary_report(y[:, 0], ens[:, 0], thresholds, subtype)
+        ece, bins = M.expected_calibration_error(y[:, 0], ens[:, 0])
+        report["calibration"] = {"ece_after": ece, "bins_after": bins}
+        report["member_auc"] = {n: M.roc_auc(y[:, 0], p[:, 0]) for n, p in members.items()}
+        return {"dataset": name, "note": note, **report}
+    pred, true = ens.argmax(1), y.argmax(1)
+    out = {"dataset": name, "note": note, "n": int(len(y)),
+           "per_class_auc": {c: M.roc_auc(y[:, k], ens[:, k]) for k, c in enumerate(classes)},
+           "accuracy": float((pred == true).mean()),
+           "confusion_matrix": [[int(((true == i) & (pred == j)).sum()) for j in range(len(classes))]
+                                for i in range(len(classes))]}
+    out["macro_auc"] = float(np.nanmean(list(out["per_class_auc"].values())))
+    if task == "multiclass":
+        out["bacterial_vs_viral_auc"] = bacterial_vs_viral_auc(y, ens, classes)
+    return out
 
 
 def per_class_report(task, classes, y_val, y_test, ens, calibrated) -> dict:
@@ -190,9 +230,12 @@ def per_class_report(task, classes, y_val, y_test, ens, calibrated) -> dict:
 
 
 def summary(evaluation: dict) -> dict:
-    """The headline numbers, as recorded in the bundle manifest."""
+    """The headline numbers, as recorded in the bundle manifest (internal test, and the external set if scored)."""
     if evaluation["task"] != "binary":
-        return {"split": evaluation["split"], "n": evaluation["n"], **evaluation["ensemble"],
+        external = evaluation.get("external")
+        return {**({"external": {k: external[k] for k in ("dataset", "n", "accuracy", "macro_auc",
+                                                            "bacterial_vs_viral_auc") if k in external}}
+                   if external else {}),"split": evaluation["split"], "n": evaluation["n"], **evaluation["ensemble"],
                 "per_class_auc": {c: v["auc"] for c, v in evaluation["per_class"].items()}}
     e = evaluation["ensemble"]
     bal = e["operating_points"]["balanced"]
@@ -200,4 +243,12 @@ def summary(evaluation: dict) -> dict:
             "accuracy": bal["accuracy"], "sensitivity": bal["sensitivity"], "specificity": bal["specificity"],
             "ppv": bal["ppv"], "npv": bal["npv"], "f1": bal["f1"], "at": "balanced",
             "member_auc": {n: m["auc"] for n, m in evaluation["members"].items()},
-            "ensemble_beats_best_member": evaluation["ensemble_beats_best_member"]}
+            "ensemble_beats_best_member": evaluation["ensemble_beats_best_member"],
+            **({"external": _external_headline(evaluation["external"])} if "external" in evaluation else {})}
+
+
+def _external_headline(external: dict) -> dict:
+    bal = external["operating_points"]["balanced"]
+    return {"dataset": external["dataset"], "n": external["n"], "auc": external["auc"],
+            "auc_ci95": external["auc_ci95"], "accuracy": bal["accuracy"], "sensitivity": bal["sensitivity"],
+            "specificity": bal["specificity"], "ece": external["calibration"]["ece_after"], "at": "balanced"}

@@ -38,7 +38,9 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
         keras.saving.load_model(run / m["file"], compile=False, safe_mode=True).save(target)
         member_entries.append({"name": m["name"], "file": f"members/{target.name}", "sha256": sha256_file(target),
                                "arch": m["arch"], "params": m["params"], "cam_layer": m["cam_layer"],
-                               "val_auc": m["best_val_auc"], "epochs_run": m["epochs_run"],
+                               "val_auc": evaluation.get("member_val_auc", {}).get(m["name"], m["best_val_auc"]),
+                               "epochs_run": m["epochs_run"],
+                               **({"recipe": m["recipe"]} if "recipe" in m else {}),
                                "temperature": evaluation["temperatures"][m["name"]],
                                "bias": evaluation.get("biases", {}).get(m["name"], 0.0),
                                "train_seconds": m["train_seconds"], "code_commit": config["code_commit"]})
@@ -67,6 +69,8 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
     (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (bundle / "reports" / "evaluation.json").write_text((run / "evaluation.json").read_text())
     shutil.copyfile(run / "scores.json", bundle / "reports" / "scores.json")
+    if (run / "scores-external.json").exists():
+        shutil.copyfile(run / "scores-external.json", bundle / "reports" / "scores-external.json")
     (bundle / "reports" / "eda.json").write_text(json.dumps(eda_report(run, config)))
     for history in run.glob("history-*.csv"):
         shutil.copyfile(history, bundle / "reports" / history.name)

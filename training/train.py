@@ -19,8 +19,12 @@ import pandas as pd
 
 from training import data as data_lib
 from training.architectures import ARCHITECTURES, last_conv_layer
+from training.augment import Batches
 
 LABEL_COLUMNS = {"binary": "label", "multiclass": "subtype", "multilabel": "finding_labels"}
+# "multitask" trains one network with two heads on one split: `prediction` (pneumonia vs normal, sigmoid) and
+# `subtype` (normal / bacterial / viral, softmax). `training.heads` cuts it into a binary and a multiclass run.
+MULTITASK_CLASSES = {"prediction": ["NORMAL", "PNEUMONIA"], "subtype": ["NORMAL", "BACTERIAL", "VIRAL"]}
 
 
 def code_commit() -> str:
@@ -45,6 +49,9 @@ def encode_targets(df: pd.DataFrame, task: str, classes: list[str]) -> np.ndarra
     multi-hot from a pipe-separated column."""
     if task == "binary":
         return (df["label"].to_numpy() == classes[-1]).astype("float32")[:, None]
+    if task == "multitask":
+        return {"prediction": encode_targets(df, "binary", MULTITASK_CLASSES["prediction"]),
+                "subtype": encode_targets(df, "multiclass", MULTITASK_CLASSES["subtype"])}
     if task == "multiclass":
         col = df["class"].to_numpy()
         return np.stack([(col == c) for c in classes], axis=1).astype("float32")
@@ -111,7 +118,7 @@ def prepare(data_dir: str, out: Path, task: str, input_spec: dict, seed: int, ca
     df["dup_group"] = data_lib.duplicate_groups(images)
     df["split"] = data_lib.split_by_patient(df, seed=seed, dup_groups=df["dup_group"].to_numpy(),
                                             keep_official_test=keep_official_test)
-    if task == "multiclass":
+    if task in ("multiclass", "multitask"):
         df["class"] = df["subtype"].map({"normal": "NORMAL", "bacteria": "BACTERIAL", "virus": "VIRAL"})
     cols = [c for c in ("path", "label", "subtype", "class", "finding_labels", "patient_id", "source_split",
                         "source_kind", "dup_group", "split") if c in df]
@@ -119,43 +126,88 @@ def prepare(data_dir: str, out: Path, task: str, input_spec: dict, seed: int, ca
     return df, images
 
 
+def sample_weights(y, task: str) -> np.ndarray | None:
+    """Per-image weights that give each class equal total weight (the subtype's classes for multitask)."""
+    if task == "multitask":
+        y, task = y["subtype"], "multiclass"
+    weights = class_weights(y, task)
+    if weights is None:
+        return None
+    idx = y[:, 0].astype(int) if task == "binary" else y.argmax(1)
+    return np.array([weights[i] for i in idx], dtype="float32")
+
+
+def losses_and_metrics(task: str, y_train, label_smoothing: float):
+    """Loss and AUC metric per output, and the name of the validation AUC that the run reports per epoch."""
+    def auc(task_, n):
+        return keras.metrics.AUC(name="auc", multi_label=task_ == "multilabel",
+                                 num_labels=n if task_ == "multilabel" else None)
+    if task == "multitask":
+        loss = {"prediction": keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
+                "subtype": keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)}
+        return loss, {"prediction": [auc("binary", 1)], "subtype": [auc("multiclass", 3)]}, "val_prediction_auc"
+    loss = {"binary": keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
+            "multiclass": keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+            "multilabel": WeightedBinaryCrossentropy(positive_weights(y_train))}[task]
+    return loss, [auc(task, y_train.shape[1])], "val_auc"
+
+
 def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spec: dict, out: Path, *,
                  epochs: int, batch_size: int, lr: float, patience: int, minutes: float, weights: str | None,
-                 steps: int | None = None) -> dict:
-    model = ARCHITECTURES[arch](input_spec, n_outputs=y_train.shape[1], task=task, weights=weights)
-    loss = {"binary": "binary_crossentropy", "multiclass": "categorical_crossentropy",
-            "multilabel": WeightedBinaryCrossentropy(positive_weights(y_train))}[task]
-    auc = keras.metrics.AUC(name="auc", multi_label=task == "multilabel", num_labels=y_train.shape[1]
-                            if task == "multilabel" else None)
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=[auc])
+                 steps: int | None = None, seed: int = 42, label_smoothing: float = 0.05,
+                 weight_decay: float = 0.05, ema: float | None = 0.99) -> dict:
+    """One member: augmented batches (training.augment), AdamW with a one-epoch warm-up and cosine decay to zero,
+    an exponential moving average of the weights (the saved model), label smoothing, and a per-epoch backup so an
+    interrupted run resumes where it stopped. Early stopping on val AUC remains as a guard against divergence."""
+    n_outputs = 3 if task == "multitask" else y_train.shape[1]
+    model = ARCHITECTURES[arch](input_spec, n_outputs=n_outputs, task=task, weights=weights)
+    loss, metrics, monitor = losses_and_metrics(task, y_train, label_smoothing)
+    n_train = len(x_train)
+    steps_per_epoch = steps or -(-n_train // batch_size)
+    total = max(2, steps_per_epoch * epochs)
+    schedule = keras.optimizers.schedules.CosineDecay(lr / 10, decay_steps=total - min(steps_per_epoch, total // 2),
+                                                      warmup_target=lr, warmup_steps=min(steps_per_epoch, total // 2))
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=weight_decay, use_ema=ema is not None,
+                                                   ema_momentum=ema or 0.99), loss=loss, metrics=metrics)
     budget = TimeBudget(minutes)
+    backup = out / f"backup-{arch}"
     callbacks = [
-        keras.callbacks.EarlyStopping("val_auc", mode="max", patience=patience, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau("val_auc", mode="max", factor=0.5, patience=max(1, patience // 2),
-                                          min_lr=1e-5),
-        keras.callbacks.CSVLogger(str(out / f"history-{arch}.csv")),
+        keras.callbacks.BackupAndRestore(str(backup)),
+        keras.callbacks.EarlyStopping(monitor, mode="max", patience=patience),
+        keras.callbacks.CSVLogger(str(out / f"history-{arch}.csv"), append=backup.exists()),
         budget,
     ]
+    train_batches = Batches(x_train, y_train, batch_size, train=True, seed=seed,
+                            sample_weight=sample_weights(y_train, task))
+    val_batches = Batches(x_val, y_val, 64, train=False)
     started = time.time()
-    history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size,
-                        class_weight=class_weights(y_train, task), callbacks=callbacks, shuffle=True,
+    history = model.fit(train_batches, validation_data=val_batches, epochs=epochs, callbacks=callbacks,
                         steps_per_epoch=steps, verbose=0 if steps else (1 if sys.stdout.isatty() else 2))
     (out / "members").mkdir(exist_ok=True)
     path = out / "members" / f"{arch}.keras"
+    model.optimizer = None  # the bundle keeps the (averaged) weights, not the optimizer state
     model.save(path)
-    val_auc = history.history.get("val_auc", [float("nan")])
+    val_auc = history.history.get(monitor, [float("nan")])
     return {"name": arch, "file": f"members/{arch}.keras", "arch": model.name, "params": int(model.count_params()),
             "cam_layer": last_conv_layer(model), "epochs_run": len(val_auc),
+            "last_val_auc": float(val_auc[-1]) if len(val_auc) else float("nan"),
             "best_val_auc": float(np.nanmax(val_auc)), "stopped_by_time_budget": budget.stopped_early,
+            "recipe": {"augmentation": "training.augment (reframe, re-expose, JPEG, blur/noise, frame erasing)",
+                       "optimizer": f"AdamW wd={weight_decay}", "schedule": f"1-epoch warm-up + cosine to 0, peak lr={lr}",
+                       "ema": ema, "label_smoothing": label_smoothing, "epochs": epochs, "batch_size": batch_size,
+                       "class_balance": "sample weights"},
             "train_seconds": round(time.time() - started, 1)}
 
 
-def train(data_dir: str, out: str, *, task: str = "binary", members=("cnn", "mobilenetv2", "mobilenetv3s"),
-          size: int = 160, seed: int = 42, epochs: int = 20, batch_size: int = 32, lr: float = 1e-3,
-          patience: int = 5, minutes_per_member: float = 15.0, cache_dir: str | None = "cache",
+def train(data_dir: str, out: str, *, task: str = "binary", members=("cnn", "resnet", "mobilenetv2"),
+          size: int = 224, seed: int = 42, epochs: int = 30, batch_size: int = 32, lr: float = 2e-3,
+          patience: int = 10, minutes_per_member: float = 60.0, cache_dir: str | None = "cache",
           weights: dict | None = None, one_per_patient: bool = False, keep_official_test: bool = False,
           steps: int | None = None, classes: list[str] | None = None) -> Path:
-    """Prepare the data, train each member, and write the run folder. Returns its path."""
+    """Prepare the data, train each member, and write the run folder. Returns its path.
+
+    Run it again with the same `out` after an interruption: finished members are kept, and the member that was
+    training resumes from its last epoch backup."""
     started = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,6 +223,10 @@ def train(data_dir: str, out: str, *, task: str = "binary", members=("cnn", "mob
         raise ValueError(f"Too few patients to split: the {' and '.join(empty)} split would be empty.")
     classes = classes or default_classes(df, task)
     y = encode_targets(df, task, classes)
+
+    def rows(mask):
+        return {k: v[mask] for k, v in y.items()} if isinstance(y, dict) else y[mask]
+
     tr, va = (df["split"] == "train").to_numpy(), (df["split"] == "val").to_numpy()
     config = {"data": str(data_dir), "task": task, "classes": classes, "input": input_spec, "members": list(members),
               "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
@@ -181,12 +237,17 @@ def train(data_dir: str, out: str, *, task: str = "binary", members=("cnn", "mob
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "hardware.json").write_text(json.dumps(hardware(), indent=2))
-    results = []
+    done = json.loads((out / "members.json").read_text()) if (out / "members.json").exists() else []
+    results = [m for m in done if m["name"] in members and (out / m["file"]).exists()]
     for arch in members:
+        if any(m["name"] == arch for m in results):
+            print(f"== {arch} already trained in {out}", flush=True)
+            continue
         print(f"== training {arch} on {tr.sum()} images, validating on {va.sum()}", flush=True)
-        results.append(train_member(arch, images[tr], y[tr], images[va], y[va], task, input_spec, out,
+        results.append(train_member(arch, images[tr], rows(tr), images[va], rows(va), task, input_spec, out,
                                     epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
-                                    minutes=minutes_per_member, weights=(weights or {}).get(arch), steps=steps))
+                                    minutes=minutes_per_member, weights=(weights or {}).get(arch), steps=steps,
+                                    seed=seed))
         (out / "members.json").write_text(json.dumps(results, indent=2))
     (out / "timing.json").write_text(json.dumps({"wall_seconds": round(time.time() - started, 1)}))
     return out
@@ -198,5 +259,7 @@ def default_classes(df: pd.DataFrame, task: str) -> list[str]:
         return ["NORMAL", "PNEUMONIA"] if set(labels) <= {"NORMAL", "PNEUMONIA"} else labels
     if task == "multiclass":
         return ["NORMAL", "BACTERIAL", "VIRAL"]
+    if task == "multitask":
+        return MULTITASK_CLASSES["prediction"]
     found = sorted({f for s in df["finding_labels"].fillna("") for f in s.split("|") if f and f != "No Finding"})
     return found

@@ -1,0 +1,118 @@
+"""Training-time augmentation aimed at a change of collection, and the batch feeder that applies it.
+
+A later collection from the same hospital differs in framing, exposure, JPEG history and the markers burned into
+the corners; a network that reads those as evidence fails there. Each training image is therefore re-framed
+(rotation, scale, shift), re-exposed (brightness, contrast, gamma), re-encoded (JPEG 50–95), blurred or noised,
+and has its frame and corners randomly erased. All of it works on the uint8 model input, in numpy/OpenCV, so it
+runs the same under every Keras backend; nothing here is part of a saved model or of serving.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import keras
+import numpy as np
+
+
+def reframe(img: np.ndarray, rng: np.random.Generator, max_rotation: float = 10.0, scale=(0.88, 1.15),
+            max_shift: float = 0.12) -> np.ndarray:
+    """Random rotation (degrees), zoom and shift in one affine warp; the uncovered border is filled either by
+    reflection or by a random flat grey, so a black frame is not a class cue."""
+    h, w = img.shape
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-max_rotation, max_rotation), rng.uniform(*scale))
+    m[:, 2] += rng.uniform(-max_shift, max_shift, 2) * (w, h)
+    if rng.random() < 0.5:
+        return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=int(rng.integers(0, 256)))
+
+
+def reexpose(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Gamma 0.7–1.4, contrast ×0.75–1.3 around the mean, brightness ±10% of full scale."""
+    x = img.astype(np.float32) / 255.0
+    x = np.power(x, rng.uniform(0.7, 1.4))
+    x = (x - x.mean()) * rng.uniform(0.75, 1.3) + x.mean() + rng.uniform(-0.1, 0.1)
+    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def reencode(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A JPEG round trip at quality 50–95, as images pass through other archives."""
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(50, 96))])
+    return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if ok else img
+
+
+def degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Either a Gaussian blur (sigma 0.3–1.2) or additive noise (sigma 2–8 grey levels)."""
+    if rng.random() < 0.5:
+        return cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.2))
+    noisy = img.astype(np.float32) + rng.normal(0, rng.uniform(2, 8), img.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def erase_frame(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Blank one to four edge strips (3–12% wide) and/or a corner box (10–25%): where "R" markers, labels and
+    collimation edges sit. The fill is a flat random grey or noise."""
+    out = img.copy()
+    h, w = out.shape
+
+    def fill(region):
+        if rng.random() < 0.5:
+            region[...] = int(rng.integers(0, 256))
+        else:
+            region[...] = rng.integers(0, 256, region.shape, dtype=np.uint8)
+
+    for side in np.flatnonzero(rng.random(4) < 0.35):
+        k = max(1, int(rng.uniform(0.03, 0.12) * (h if side < 2 else w)))
+        fill([out[:k], out[-k:], out[:, :k], out[:, -k:]][side])
+    if rng.random() < 0.5:
+        bh, bw = (int(rng.uniform(0.10, 0.25) * s) for s in (h, w))
+        top, left = rng.integers(0, 2) * (h - bh), rng.integers(0, 2) * (w - bw)
+        fill(out[top:top + bh, left:left + bw])
+    return out
+
+
+def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random draw of the whole chain for a (H, W) or (H, W, 1) uint8 image; returns the same shape."""
+    gray = img[..., 0] if img.ndim == 3 else img
+    gray = reframe(gray, rng)
+    gray = reexpose(gray, rng)
+    if rng.random() < 0.5:
+        gray = reencode(gray, rng)
+    if rng.random() < 0.4:
+        gray = degrade(gray, rng)
+    if rng.random() < 0.6:
+        gray = erase_frame(gray, rng)
+    return gray[..., None] if img.ndim == 3 else gray
+
+
+class Batches(keras.utils.PyDataset):
+    """(images, targets[, sample weights]) in shuffled batches, augmented when `train` is true.
+
+    `targets` is an array or a dict of arrays (one per model output). Images stay uint8 until the batch is cut,
+    then become float32 pixel values, which is what the models take."""
+
+    def __init__(self, images: np.ndarray, targets, batch_size: int = 32, *, train: bool = True,
+                 sample_weight: np.ndarray | None = None, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.images, self.targets, self.batch_size = images, targets, batch_size
+        self.train, self.sample_weight = train, sample_weight
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(images)) if train else np.arange(len(images))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, i: int):
+        idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        x = self.images[idx]
+        if self.train:
+            x = np.stack([augment(im, self.rng) for im in x])
+        x = x.astype(np.float32)
+        y = ({k: v[idx] for k, v in self.targets.items()} if isinstance(self.targets, dict)
+             else self.targets[idx])
+        return (x, y) if self.sample_weight is None else (x, y, self.sample_weight[idx])
+
+    def on_epoch_end(self):
+        if self.train:
+            self.order = self.rng.permutation(len(self.images))
