@@ -81,12 +81,25 @@ def main(argv=None) -> int:
     g = sub.add_parser("guard", help="train and measure the input check (is it a chest X-ray? child or adult?)")
     g.add_argument("--kermany", required=True, help="pediatric radiographs: folder with manifest.csv")
     g.add_argument("--nih", required=True, help="adult radiographs: folder with labels.csv")
-    g.add_argument("--out", default="model/guard", help="folder for guard.npz and metrics.json")
+    g.add_argument("--out", default="model/guard_params", help="folder for guard.npz and metrics.json")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--negatives-per-family", type=int, default=400)
     g.add_argument("--no-loo", action="store_true", help="skip the leave-one-family-out measurement")
 
+    gp = sub.add_parser("guard-population", help="refit the child-or-adult check with a new site's children "
+                                                  "(cross-validated there); the radiograph check is kept")
+    gp.add_argument("--kermany", required=True)
+    gp.add_argument("--nih", required=True)
+    gp.add_argument("--site", required=True, help="labelled folder of the site's children (e.g. kermany_external)")
+    gp.add_argument("--out", default="model/guard_params", help="folder with guard.npz and metrics.json to update")
+    gp.add_argument("--seed", type=int, default=0)
+    gp.add_argument("--folds", type=int, default=5)
+
     args = parser.parse_args(argv)
+    if args.command == "guard-population":
+        from training.guard.population import refit_population
+        refit_population(args.kermany, args.nih, args.site, args.out, seed=args.seed, folds=args.folds)
+        return 0
     if args.command == "all" and args.task == "multitask":
         parser.error("a multitask run makes two bundles: run train, heads, then evaluate and export each")
     if args.command == "guard":
