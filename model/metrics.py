@@ -148,20 +148,34 @@ MIN_PLATT_SLOPE = 1e-3
 
 def fit_platt(y, z, iterations: int = 100) -> tuple[float, float]:
     """(a, b) so that sigmoid(a·z + b) is calibrated on (y, z): Platt's method, with his smoothed targets
-    (N₊+1)/(N₊+2) and 1/(N₋+2) so a perfectly separated sample still gives finite numbers. Newton's method."""
+    (N₊+1)/(N₊+2) and 1/(N₋+2) so a perfectly separated sample still gives finite numbers. Newton's method with
+    step halving (a plain Newton step can overshoot and run away when the start is far from the optimum)."""
     y, z = np.asarray(y, float).ravel(), np.asarray(z, float).ravel()
     pos, neg = y.sum(), len(y) - y.sum()
     t = np.where(y > 0, (pos + 1) / (pos + 2), 1 / (neg + 2))
+
+    def nll(a, b):
+        s = a * z + b
+        return float(np.sum(np.logaddexp(0.0, s) - t * s))
+
     a, b = 1.0, 0.0
+    loss = nll(a, b)
     for _ in range(iterations):
         p = sigmoid(a * z + b)
         w = np.maximum(p * (1 - p), 1e-12)
         g = np.array([np.sum((p - t) * z), np.sum(p - t)])
         h = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(h, g)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-10:
+        scale = 1.0
+        while scale > 1e-8 and nll(a - scale * step[0], b - scale * step[1]) > loss:
+            scale /= 2
+        if scale <= 1e-8:
             break
+        a, b = a - scale * step[0], b - scale * step[1]
+        new = nll(a, b)
+        if loss - new < 1e-12 * max(1.0, abs(loss)) and np.abs(scale * step).max() < 1e-8:
+            break
+        loss = new
     if not a > MIN_PLATT_SLOPE:  # never turn the ranking round (or flatten it): keep a small slope, refit b alone
         a = MIN_PLATT_SLOPE
         for _ in range(iterations):
