@@ -1,0 +1,117 @@
+"""`python -m model site {fit,validate,list}`: check a bundle on a site's own labelled images, and fit a site
+profile (recalibration + operating points, judged by cross-validation) from them. See model/sites.py."""
+from __future__ import annotations
+
+import json
+import sys
+
+from model import sites
+
+
+def add_cli(sub):
+    site = sub.add_parser("site", help="check the model on your own labelled images; fit a site profile")
+    commands = site.add_subparsers(dest="site_command", required=True)
+    labelled_help = ("a folder of class-named subfolders (other files ignored; names not case-sensitive), a CSV "
+                     "with path,label columns, or a ZIP of either")
+    fit = commands.add_parser("fit", help="fit and save a site profile from a labelled sample")
+    fit.add_argument("labelled", help=labelled_help)
+    fit.add_argument("--name", required=True, help="site name (letters, digits, '.', '_', '-')")
+    fit.add_argument("--bundle", default=None)
+    fit.add_argument("--force", action="store_true", help="replace an existing profile of the same name")
+    fit.add_argument("--folds", type=int, default=sites.FOLDS)
+    fit.add_argument("--repeats", type=int, default=sites.REPEATS)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--json", action="store_true", help="print the saved profile instead of a summary")
+    validate = commands.add_parser("validate", help="AUC, ECE and the operating points on a labelled sample")
+    validate.add_argument("labelled", help=labelled_help)
+    validate.add_argument("--bundle", default=None)
+    validate.add_argument("--site", default=None, help="apply this site profile's calibration and thresholds")
+    validate.add_argument("--json", action="store_true")
+    listing = commands.add_parser("list", help="the site profiles in the sites folder ($TORAX_SITES)")
+    listing.add_argument("--bundle", default=None)
+    listing.add_argument("--json", action="store_true")
+
+
+def _bundle(name: str | None):
+    from model.bundle import default_bundle_name, load_all
+
+    bundles, errors = load_all()
+    for message in errors.values():
+        print(f"warning: {message}", file=sys.stderr)
+    name = name or default_bundle_name(bundles)
+    if name not in bundles:
+        raise SystemExit(f"error: no usable model bundle named {name!r} (available: {', '.join(bundles) or 'none'})")
+    return bundles[name]
+
+
+def _progress(done: int, total: int):
+    if sys.stderr.isatty() and done % 25 == 0:
+        print(f"\r{done}/{total} images", end="", file=sys.stderr, flush=True)
+
+
+def scored_sample(path: str, bundle) -> sites.Scored:
+    from model.ensemble import Ensemble
+    from model.guard import for_bundle
+
+    labelled = sites.labelled_from_path(path, bundle.classes)
+    return sites.score(labelled, Ensemble(bundle), guard=for_bundle(bundle), progress=_progress)
+
+
+def cli(args) -> int:
+    try:
+        return {"fit": _fit, "validate": _validate, "list": _list}[args.site_command](args)
+    except sites.SiteError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+
+
+def _fit(args) -> int:
+    bundle = _bundle(args.bundle)
+    sites.check_name(args.name)
+    path = sites.profile_path(args.name)
+    if path.exists() and not args.force:  # say so before minutes of scoring, not after
+        raise sites.SiteError("exists", f"A site profile named '{args.name}' already exists ({path}). Use --force "
+                                        "to replace it.")
+    scored = scored_sample(args.labelled, bundle)
+    profile = sites.fit(scored, bundle, args.name, folds=args.folds, repeats=args.repeats, seed=args.seed)
+    path = sites.save(profile, force=args.force)
+    if args.json:
+        print(json.dumps(profile))
+    else:
+        print("\n".join(sites.summary_lines(profile, path)))
+    return 0
+
+
+def _validate(args) -> int:
+    bundle = _bundle(args.bundle)
+    site = sites.load(args.site, bundle) if args.site else None
+    report = sites.validate(scored_sample(args.labelled, bundle), bundle, site)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{bundle.name}{' with site profile ' + site.name if site else ' as shipped'}: {report['n']} images "
+          f"({', '.join(f'{c} {n}' for c, n in report['per_class'].items())})")
+    lo, hi = report["auc_ci95"]
+    print(f"AUC {report['auc']:.3f} (95% CI {lo:.3f}–{hi:.3f}), ECE {report['ece']:.3f}")
+    for name, p in report["points"].items():
+        print(f"  {name:<12} threshold {p['threshold']:.3f}: sensitivity {p['sensitivity']:.3f}, specificity "
+              f"{p['specificity']:.3f}, PPV {p['ppv']:.3f}, NPV {p['npv']:.3f}, accuracy {p['accuracy']:.3f}")
+    if report["warnings"]:
+        print("warnings: " + ", ".join(f"{k} ×{n}" for k, n in report["warnings"].items()))
+    for s in report["skipped"]:
+        print(f"  skipped {s['file']}: {s['code']}")
+    for note in report["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+def _list(args) -> int:
+    bundle = _bundle(args.bundle) if args.bundle else None
+    found = sites.list_profiles(bundle=bundle)
+    if args.json:
+        print(json.dumps({"folder": str(sites.sites_dir()), "profiles": found}))
+        return 0
+    print(f"site profiles in {sites.sites_dir()}:" if found else f"no site profiles in {sites.sites_dir()}")
+    for p in found:
+        print(f"  {p['name']}" + ("" if p["ok"] else f" (refused: {p['message']})"))
+    return 0
