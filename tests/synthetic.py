@@ -30,6 +30,19 @@ def phantom(size=(256, 224), pneumonia: bool = False, seed: int = 0, blob_at: tu
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def radiograph(size=(256, 224), pneumonia: bool = False, seed: int = 0) -> np.ndarray:
+    """A drawn frontal chest radiograph that the input guard accepts (tests/test_guard.py's `chest_phantom`), with a
+    bright consolidation in one lung when `pneumonia`. Use it where a test needs a decision: a `phantom` is not a
+    chest X-ray to the guard, so it is "not assessed" (no label)."""
+    from test_guard import chest_phantom
+
+    img = chest_phantom(size=size, seed=seed)
+    if pneumonia:
+        h, w = size
+        cv2.circle(img, (int(0.3 * w), int(0.55 * h)), int(0.08 * min(h, w)), 235, -1)
+    return img
+
+
 def make_kermany_folder(root: Path, n_per_class: int = 12, size=(96, 80)) -> Path:
     """The public layout: chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/ with Kermany-style names; several
     images per patient and one byte-identical duplicate, so splitting and de-duplication have work to do."""

@@ -10,7 +10,7 @@ import cv2
 import pytest
 
 from live_app import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
-from synthetic import phantom
+from synthetic import radiograph
 
 pytestmark = pytest.mark.browser
 
@@ -27,7 +27,7 @@ def test_upload_threshold_and_overlay_in_chromium(server, tmp_path):
 
     expect.set_options(timeout=60_000)  # the first inference compiles the ensemble
     image = tmp_path / "phantom.png"
-    cv2.imwrite(str(image), phantom((320, 280), pneumonia=True, seed=11))
+    cv2.imwrite(str(image), radiograph((320, 280), pneumonia=True, seed=11))
     started = time.time()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
