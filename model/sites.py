@@ -536,7 +536,7 @@ def fit(scored: Scored, bundle, name: str, folds: int = FOLDS, repeats: int = RE
         "kind": KIND, "schema": SCHEMA, "site": name,
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "bundle": bundle_identity(bundle),
-        "sample": {"source": scored.source, "n": scored.n, "per_class": scored.per_class,
+        "sample": {"source": scored.source.strip("'"), "n": scored.n, "per_class": scored.per_class,
                    "skipped": dict(Counter(s["code"] for s in scored.skipped)), "sha256": sample_fingerprint(scored)},
         "calibration": {"method": "platt on the ensemble logit: p_site = sigmoid(a * logit(p) + b)",
                         "a": a, "b": b},
@@ -597,6 +597,7 @@ def save(profile: dict, folder: Path | None = None, force: bool = False) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(fd, 0o644)  # mkstemp makes it private; a profile is meant to be read by the app's user too
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(_pretty(profile))
             f.flush()
