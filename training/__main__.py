@@ -95,7 +95,22 @@ def main(argv=None) -> int:
     gp.add_argument("--seed", type=int, default=0)
     gp.add_argument("--folds", type=int, default=5)
 
+    sg = sub.add_parser("sign", help="sign a bundle's manifest (Ed25519) for servers that set TORAX_TRUSTED_KEYS")
+    sg.add_argument("--bundle", required=True, help="bundle folder")
+    sg.add_argument("--key", required=True, help="Ed25519 private key, PEM (e.g. from `keygen`)")
+    kg = sub.add_parser("keygen", help="write a new Ed25519 signing key pair (PEM)")
+    kg.add_argument("--private", required=True, help="private key file to write (keep off serving machines)")
+    kg.add_argument("--public", required=True, help="public key file to write (list it in TORAX_TRUSTED_KEYS)")
+
     args = parser.parse_args(argv)
+    if args.command in ("sign", "keygen"):
+        from training.export import new_signing_key, sign_bundle
+        if args.command == "keygen":
+            new_signing_key(args.private, args.public)
+            print(f"key pair written: {args.private} (private), {args.public} (public)")
+        else:
+            print(f"signature written to {sign_bundle(args.bundle, args.key)}")
+        return 0
     if args.command == "guard-population":
         from training.guard.population import refit_population
         refit_population(args.kermany, args.nih, args.site, args.out, seed=args.seed, folds=args.folds)

@@ -22,7 +22,10 @@ TITLES = {"binary": "Pediatric pneumonia (normal vs pneumonia)",
 
 
 def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
-                  population: str | None = None, research_use_only: bool = False) -> Path:
+                  population: str | None = None, research_use_only: bool = False,
+                  sign_key: str | Path | None = None) -> Path:
+    """`sign_key`: an Ed25519 private key (PEM) to sign the manifest with (sign_bundle), for servers that set
+    TORAX_TRUSTED_KEYS."""
     run, bundle = Path(run), Path(bundle)
     config = json.loads((run / "config.json").read_text())
     members = json.loads((run / "members.json").read_text())
@@ -74,7 +77,37 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
     (bundle / "reports" / "eda.json").write_text(json.dumps(eda_report(run, config)))
     for history in run.glob("history-*.csv"):
         shutil.copyfile(history, bundle / "reports" / history.name)
+    if sign_key is not None:
+        sign_bundle(bundle, sign_key)
     return bundle
+
+
+def sign_bundle(bundle: str | Path, key: str | Path) -> Path:
+    """Sign `bundle/manifest.json`'s exact bytes with the Ed25519 private key in PEM file `key`; writes the raw
+    64-byte signature to `bundle/manifest.sig` and returns its path. The manifest carries every member's sha256,
+    so the signature covers the members too. Re-sign after any change to the manifest."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    bundle = Path(bundle)
+    private = load_pem_private_key(Path(key).read_bytes(), password=None)
+    if not isinstance(private, Ed25519PrivateKey):
+        raise ValueError("the signing key must be an Ed25519 private key (PEM)")
+    out = bundle / "manifest.sig"  # model.bundle.SIGNATURE_FILE
+    out.write_bytes(private.sign((bundle / "manifest.json").read_bytes()))
+    return out
+
+
+def new_signing_key(private_path: str | Path, public_path: str | Path) -> None:
+    """Write a new Ed25519 key pair as PEM files (the private one unencrypted: keep it off serving machines)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = Ed25519PrivateKey.generate()
+    Path(private_path).write_bytes(private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    Path(public_path).write_bytes(private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def eda_report(run: Path, config: dict) -> dict:

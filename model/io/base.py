@@ -16,6 +16,23 @@ MAX_PIXELS = 50_000_000
 MAX_FRAMES_SCANNED = 64
 """In a multi-frame file, at most this many frames are decoded (one at a time) looking for a non-blank one."""
 
+MAX_TOTAL_PIXELS = 64_000_000
+"""Pixel budget across all the frames decoded from one file: a multi-frame file of large blank frames (a cheap
+upload that would cost seconds of decoding) is scanned only as far as this allows, then refused."""
+
+
+def frames_to_scan(n_frames: int, width: int, height: int, budget: int = MAX_TOTAL_PIXELS) -> int:
+    """How many frames of `width` × `height` a multi-frame file may have decoded, looking for a non-blank one:
+    at most MAX_FRAMES_SCANNED and within the pixel budget, and always the first."""
+    return max(1, min(int(n_frames), MAX_FRAMES_SCANNED, budget // max(1, int(width) * int(height))))
+
+
+def all_blank_message(n_frames: int, scanned: int, what: str = "this file") -> str:
+    if scanned >= n_frames:
+        return f"None of the {n_frames} frames in {what} contains an image: they are all blank."
+    return (f"None of the {n_frames} frames in {what} that were checked contains an image: the first "
+            f"{scanned} are all blank, and no more are decoded (a limit on the work done per upload).")
+
 SUPPORTED = "PNG, JPEG, TIFF, BMP, WebP, GIF or DICOM"
 
 

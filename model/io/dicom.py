@@ -29,14 +29,15 @@ from pydicom.uid import (
 
 from model.io import gdcm_child
 from model.io.base import (
-    MAX_FRAMES_SCANNED,
-    DecodeError,
     Decoded,
+    DecodeError,
     ImageReader,
     NoUsableFrame,
     TruncatedImage,
     UnreadableImage,
+    all_blank_message,
     check_pixels,
+    frames_to_scan,
     not_an_image,
     too_large_unknown,
 )
@@ -44,6 +45,7 @@ from model.io.dicom_values import (
     DICOM_DAMAGED,
     PYDICOM_ERRORS,
     code_string,
+    defined_term,
     dicom_colour,
     dicom_gray,
     identifier_tokens,
@@ -157,7 +159,7 @@ class _Layout:
 
     @property
     def scan(self) -> int:
-        return min(self.n_frames, MAX_FRAMES_SCANNED)
+        return frames_to_scan(self.n_frames, self.cols, self.rows)
 
 
 def decode_dataset(ds, max_pixels: int, source: bytes | None = None, has_preamble: bool = True) -> Decoded:
@@ -196,7 +198,7 @@ def decode_dataset(ds, max_pixels: int, source: bytes | None = None, has_preambl
     if chosen is None:
         if fallback is None or layout.n_frames > 1:
             raise NoUsableFrame(
-                f"None of the {layout.n_frames} frames in this DICOM file contains an image: they are all blank."
+                all_blank_message(layout.n_frames, layout.scan, "this DICOM file")
                 if layout.n_frames > 1 else "This DICOM file's image could not be found in its pixel data."
             )
         chosen = fallback
@@ -286,7 +288,7 @@ def _meta(ds, pixels: np.ndarray, layout: _Layout, ts_name: str, info: dict) -> 
     identifiers = identifier_tokens(ds)
     for key, keyword in (("modality", "Modality"), ("view_position", "ViewPosition"),
                          ("body_part", "BodyPartExamined")):
-        value = code_string(ds, keyword)
+        value = defined_term(ds, keyword)  # an allowlist of defined terms; the token check stays as a second net
         if value and not identifiers.intersection(words(value)):
             meta[key] = value
     spacing = pixel_spacing(ds)

@@ -68,6 +68,31 @@ def code_string(ds, keyword: str) -> str | None:
     return text
 
 
+DEFINED_TERMS: dict[str, frozenset[str]] = {
+    # PS3.3 C.7.3.1.1.1 Modality
+    "Modality": frozenset(
+        "AR ASMT AU BDUS BI BMD CR CT CTPROTOCOL DG DOC DX ECG EPS ES FID GM HC HD IO IOL IVOCT IVUS KER KO LEN LS "
+        "MG MR M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PLAN PR PT PX REG RESP RF RG RTDOSE RTIMAGE "
+        "RTINTENT RTPLAN RTRAD RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG US VA XA XC"
+        .split()),
+    # PS3.3 C.8.11.5 (DX) and C.8.19 View Position; LATERAL/LAT/OBLIQUE as modalities commonly write them
+    "ViewPosition": frozenset("AP PA LL RL RLD LLD RLO LLO LAO RAO LPO RPO LATERAL LAT OBLIQUE".split()),
+    # PS3.16 Annex L (CID 4031) body parts a radiograph names
+    "BodyPartExamined": frozenset(
+        "ABDOMEN ABDOMENPELVIS ANKLE ARM BREAST CHEST CHESTABDOMEN CHESTABDPELVIS CLAVICLE COCCYX CSPINE ELBOW "
+        "EXTREMITY FACE FINGER FOOT FOREARM HAND HEAD HEADNECK HEART HIP HUMERUS JAW KNEE LEG LSPINE LUNG NECK "
+        "PELVIS RIB SCAPULA SHOULDER SKULL SPINE SSPINE STERNUM THORAX TSPINE WHOLEBODY WRIST".split()),
+}
+"""The values these attributes may carry forward into the result: anything else (a name typed into Body Part
+Examined, say) is dropped, whatever it looks like."""
+
+
+def defined_term(ds, keyword: str) -> str | None:
+    """The attribute's code string when it is one of the standard's defined terms (DEFINED_TERMS), else None."""
+    value = code_string(ds, keyword)
+    return value if value is not None and value in DEFINED_TERMS[keyword] else None
+
+
 _IDENTIFYING_KEYWORDS = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "AccessionNumber",
                          "InstitutionName", "ReferringPhysicianName", "StudyID", "OperatorsName")
 

@@ -12,13 +12,14 @@ import numpy as np
 from PIL import Image
 
 from model.io.base import (
-    MAX_FRAMES_SCANNED,
-    DecodeError,
     Decoded,
+    DecodeError,
     ImageReader,
     NoUsableFrame,
+    all_blank_message,
     check_pixels,
     damaged,
+    frames_to_scan,
     too_large_unknown,
     truncated,
 )
@@ -204,6 +205,14 @@ def _pil_frame_to_gray(im: Image.Image, bit_depth: int) -> tuple[np.ndarray, lis
     return gray, warns, bool(gray.min() == gray.max())
 
 
+def _blank_palette_frame(im: Image.Image) -> bool:
+    """Whether a loaded P or L frame is one flat colour, judged from its indices (no RGB copy is made)."""
+    if im.mode not in ("P", "L") or "transparency" in im.info:
+        return False
+    index = np.asarray(im)
+    return bool(index.size and index.min() == index.max())
+
+
 def _high_depth_colour_frame(data: bytes, size: tuple[int, int]) -> tuple[np.ndarray, list[dict], bool] | None:
     """16-bit colour PNG/TIFF: Pillow would drop to 8 bits per channel, so read the full depth with OpenCV."""
     try:
@@ -255,7 +264,8 @@ def decode_pillow(data: bytes, fmt: str, max_pixels: int) -> Decoded:
         chosen: tuple[np.ndarray, list[dict]] | None = None
         fallback: tuple[np.ndarray, list[dict]] | None = None
         shown = 0
-        for index in range(min(n_frames, MAX_FRAMES_SCANNED)):
+        scan = frames_to_scan(n_frames, width, height)  # early stop: the pixel budget across frames
+        for index in range(scan):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -263,6 +273,8 @@ def decode_pillow(data: bytes, fmt: str, max_pixels: int) -> Decoded:
                         im.seek(index)
                     check_pixels(im.size[0], im.size[1], max_pixels)
                     im.load()
+                    if n_frames > 1 and _blank_palette_frame(im):
+                        continue  # blank, seen without converting it (a multi-frame file never falls back to one)
                     frame = None
                     if index == 0 and fmt in ("png", "tiff") and bit_depth > 8 and im.mode in ("RGB", "RGBA"):
                         frame = _high_depth_colour_frame(data, im.size)
@@ -288,11 +300,7 @@ def decode_pillow(data: bytes, fmt: str, max_pixels: int) -> Decoded:
     warns: list[dict] = []
     if chosen is None:
         if n_frames > 1:
-            raise NoUsableFrame(
-                f"None of the {n_frames} frames in this file contains an image: "
-                + ("they are all blank." if n_frames <= MAX_FRAMES_SCANNED
-                   else f"the first {MAX_FRAMES_SCANNED} are all blank.")
-            )
+            raise NoUsableFrame(all_blank_message(n_frames, scan))
         chosen = fallback
         assert chosen is not None
     gray, frame_warnings = chosen
