@@ -6,7 +6,8 @@ from pages.common import sidebar, tr
 st.set_page_config(page_title="Tórax", page_icon=":material/pulmonology:", layout="wide")
 t = tr("common")
 navigation = st.navigation([
-    st.Page("pages/diagnose.py", title=t("nav_diagnose"), icon=":material/radiology:", default=True, url_path="diagnose"),
+    st.Page("pages/diagnose.py", title=t("nav_diagnose"), icon=":material/radiology:", default=True,
+            url_path="diagnose"),
     st.Page("pages/worklist.py", title=t("nav_worklist"), icon=":material/checklist:", url_path="worklist"),
     st.Page("pages/dataset.py", title=t("nav_dataset"), icon=":material/bar_chart:", url_path="dataset"),
     st.Page("pages/evaluation.py", title=t("nav_evaluation"), icon=":material/monitoring:", url_path="evaluation"),

@@ -1,4 +1,4 @@
-"""Command line for the serving core: `python -m model {info,predict,bench,serve}`."""
+"""Command line for the serving core: `python -m model {info,predict,bench,serve,pacs,site}`."""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +6,50 @@ import json
 import sys
 from pathlib import Path
 
+from model.types import CamMethod
+
+OPERATING_POINTS = ("screening", "balanced", "confirmatory", "per-class")
+"""The operating point names bundles and site profiles use (training.evaluate, model.sites)."""
+
+
+def unit_interval(text: str) -> float:
+    """argparse type: a finite number in [0, 1] (a clean usage error otherwise, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 1")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not at least 1")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port")
+    return value
+
 
 def _load(bundle_name: str | None):
-    from model.bundle import default_bundle_name, load_all
+    from model.bundle import default_bundle_name, default_problem, load_all
 
     bundles, errors = load_all()
-    for folder, message in errors.items():
+    for message in errors.values():
         print(f"warning: {message}", file=sys.stderr)
+    if not bundle_name:
+        problem = default_problem(bundles, errors)
+        if problem:  # fail closed: no other bundle answers in the default's place
+            raise SystemExit(f"error: {problem}")
     name = bundle_name or default_bundle_name(bundles)
     if name not in bundles:
         known = ", ".join(bundles) or "none"
@@ -21,10 +58,11 @@ def _load(bundle_name: str | None):
 
 
 def cmd_info(args) -> int:
-    from model.bundle import default_bundle_name, load_all
+    from model.bundle import default_bundle_name, default_problem, load_all
 
     bundles, errors = load_all()
-    out = {"default": default_bundle_name(bundles), "bundles": [], "refused": errors}
+    out = {"default": default_bundle_name(bundles), "default_problem": default_problem(bundles, errors),
+           "bundles": [], "refused": errors}
     for b in bundles.values():
         out["bundles"].append({"name": b.name, "title": b.title, "task": b.task, "classes": b.classes,
                                "version": b.version, "input": b.input_spec,
@@ -37,7 +75,8 @@ def cmd_info(args) -> int:
         return 0
     for b in out["bundles"]:
         star = " (default)" if b["name"] == out["default"] else ""
-        print(f"{b['name']}{star}: {b['title']} — {b['task']}, classes {', '.join(b['classes'])}, version {b['version']}")
+        print(f"{b['name']}{star}: {b['title']} — {b['task']}, classes {', '.join(b['classes'])}, "
+              f"version {b['version']}")
         for m in b["members"]:
             print(f"  member {m['name']}: {m['arch']}, {m['params']:,} parameters, T={m['temperature']:.2f}")
         for p in b["operating_points"]:
@@ -50,59 +89,74 @@ def cmd_info(args) -> int:
                   f"{ev['auc_ci95'][1]:.3f}], accuracy {ev['accuracy']:.3f} at {ev['at']}")
     for folder, message in errors.items():
         print(f"refused {folder}: {message}")
+    if out["default_problem"]:
+        print(f"error: {out['default_problem']}")
+        return 1
     return 0
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
-
-    from model.analysis import analyse
+    from model.analysis import analyse, failed, resolve_threshold
     from model.ensemble import Ensemble
     from model.explain import Explainer, overlay
     from model.guard import for_bundle
 
     _, bundle = _load(args.bundle)
+    site = _site(args.site, bundle)
+    try:
+        resolve_threshold(bundle, args.threshold, args.operating_point, site)
+    except (KeyError, ValueError) as e:
+        print(f"python -m model predict: error: {e.args[0]}", file=sys.stderr)
+        return 2
     ensemble = Ensemble(bundle)
     guard = for_bundle(bundle)
     explainer = Explainer(bundle) if args.cam_dir or args.pdf_dir else None
-    failed = False
+    any_failed = False
     for i, file in enumerate(args.files):
         path = Path(file)
         try:
             data = path.read_bytes()
         except OSError as e:
-            data, read_error = None, {"code": "unreadable_file", "message": f"Could not read this file ({e.strerror})."}
-        if data is None:
-            from model.analysis import empty_result
-            result, decoded = empty_result(path.name, bundle), None
-            result["error"] = read_error
+            result, decoded = failed(path.name, bundle, "unreadable_file",
+                                     f"Could not read this file ({e.strerror})."), None
         else:
-            result, decoded = analyse(data, path.name, ensemble, args.threshold, args.operating_point,
-                                      guard=guard)
-        result["file"] = str(file)
+            result, decoded = analyse(data, path.name, ensemble, args.threshold, args.operating_point, guard=guard,
+                                      site=site)
+        result.file = str(file)
         if decoded is not None and args.cam_dir:
             cam = explainer.cams(decoded.pixels, args.cam_method)["ensemble"]
             out = Path(args.cam_dir) / f"{i:04d}-{path.stem}-cam.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             import cv2
             cv2.imwrite(str(out), cv2.cvtColor(overlay(decoded.pixels, cam), cv2.COLOR_RGB2BGR))
-            result["cam"] = str(out)
+            result.cam = str(out)
         if args.pdf_dir:
             from model.pdf_report import write_pdf
             write_pdf(Path(args.pdf_dir) / f"{i:04d}-{path.stem}-report.pdf", result, bundle, decoded, explainer)
-        failed |= result["error"] is not None
-        result.pop("meta", None) if not args.json else None
+        any_failed |= result.failed
         if args.json:
-            print(json.dumps(result, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o)),
-                  flush=True)
-        elif result["error"]:
-            print(f"{file}: ERROR {result['error']['message']}")
+            print(json.dumps(result.to_json()), flush=True)
+        elif result.error:
+            print(f"{file}: ERROR {result.error['message']}")
         else:
-            p = result["probability"]
-            shown = f"p({bundle.classes[-1]})={p:.3f}" if p is not None else json.dumps(result["probabilities"])
-            warn = "; ".join(w["message"] for w in result["warnings"])
-            print(f"{file}: {result['label']} {shown} (threshold {result['threshold']}){'  ⚠ ' + warn if warn else ''}")
-    return 1 if failed else 0
+            p = result.probability
+            shown = f"p({bundle.classes[-1]})={p:.3f}" if p is not None else json.dumps(result.probabilities)
+            warn = "; ".join(w["message"] for w in result.warnings)
+            label = result.label if result.label is not None else "not assessed"
+            print(f"{file}: {label} {shown} (threshold {result.threshold}){'  ⚠ ' + warn if warn else ''}")
+    return 1 if any_failed else 0
+
+
+def _site(name: str | None, bundle):
+    """The verified site profile `name` for this bundle, or None; exits with the reason when it is refused."""
+    if not name:
+        return None
+    from model.sites import SiteError, load
+
+    try:
+        return load(name, bundle)
+    except SiteError as e:
+        raise SystemExit(f"error: {e.message}") from None
 
 
 def cmd_bench(args) -> int:
@@ -125,12 +179,23 @@ def cmd_serve(args) -> int:
     from uvicorn.config import LOGGING_CONFIG
 
     from model.api import create_app
+    from model.http_guard import KEEP_ALIVE_S, MAX_HEADER_BYTES, HeaderTimeoutH11Protocol, is_loopback, tokens_from_env
 
+    if not is_loopback(args.host) and not tokens_from_env():
+        print(f"python -m model serve: error: binding {args.host} (not loopback) needs bearer tokens: set "
+              "TORAX_API_TOKENS (docs/SECURITY.md), or serve on 127.0.0.1 behind a reverse proxy", file=sys.stderr)
+        return 2
     # uvicorn's access log would print each request line with its query string; model.api logs method, path,
     # status and time instead, and never a body or a file name. Its lines go out through uvicorn's handler.
     log_config = copy.deepcopy(LOGGING_CONFIG)
     log_config["loggers"]["model"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    uvicorn.run(create_app(), host=args.host, port=args.port, access_log=False, log_config=log_config)
+    # Header deadline (HeaderTimeoutH11Protocol), header size cap, short keep-alive; the body has its own deadline
+    # in model.api (UPLOAD_TIMEOUT_S) and the analysis its own (REQUEST_TIMEOUT_S).
+    uvicorn.run(create_app(max_inflight=args.max_inflight), host=args.host, port=args.port, access_log=False,
+                log_config=log_config,
+                http=HeaderTimeoutH11Protocol, timeout_keep_alive=KEEP_ALIVE_S,
+                h11_max_incomplete_event_size=MAX_HEADER_BYTES, limit_concurrency=args.max_connections,
+                server_header=False)
     return 0
 
 
@@ -143,24 +208,33 @@ def main(argv=None) -> int:
     p.add_argument("files", nargs="+")
     p.add_argument("--bundle", default=None, help="bundle name (default: the default bundle)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--threshold", type=float, default=None)
-    g.add_argument("--operating-point", default=None, help="screening, balanced or confirmatory")
+    g.add_argument("--threshold", type=unit_interval, default=None, help="decision threshold in [0, 1]")
+    g.add_argument("--operating-point", default=None, choices=OPERATING_POINTS,
+                   help="the bundle's (or site profile's) operating point; default: the bundle's default")
     p.add_argument("--cam-dir", default=None, help="write an ensemble Grad-CAM overlay PNG per file here")
-    p.add_argument("--cam-method", default="gradcam", choices=["gradcam", "gradcam++", "scorecam"])
+    p.add_argument("--cam-method", default=CamMethod.GRADCAM.value, choices=[m.value for m in CamMethod])
     p.add_argument("--pdf-dir", default=None, help="write a PDF report per file here")
+    p.add_argument("--site", default=None, help="apply this site profile (python -m model site fit)")
     p.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="speed of the installed bundle on generated images (JSON with --json)")
     b.add_argument("--bundle", default=None)
-    b.add_argument("--repeats", type=int, default=20)
+    b.add_argument("--repeats", type=positive_int, default=20)
     b.add_argument("--json", action="store_true")
     s = sub.add_parser("serve", help="REST API: POST /v1/predict, GET /v1/bundles, GET /healthz (docs/API.md)")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    from model.pacs import add_cli, cli as cmd_pacs
+    s.add_argument("--port", type=port_number, default=8000)
+    s.add_argument("--max-inflight", type=positive_int, default=16,
+                   help="analyses admitted at once; more are answered 503 busy with Retry-After")
+    s.add_argument("--max-connections", type=positive_int, default=64,
+                   help="open connections beyond this are answered 503 by uvicorn")
+    from model.pacs import add_cli
+    from model.pacs import cli as cmd_pacs
     add_cli(sub)  # pacs watch
+    from model import site_cli
+    site_cli.add_cli(sub)  # site fit / validate / list
     args = parser.parse_args(argv)
     return {"info": cmd_info, "predict": cmd_predict, "bench": cmd_bench, "serve": cmd_serve,
-            "pacs": cmd_pacs}[args.command](args)
+            "pacs": cmd_pacs, "site": site_cli.cli}[args.command](args)
 
 
 if __name__ == "__main__":

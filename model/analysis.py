@@ -1,57 +1,179 @@
-"""One upload in, one result out: the JSON object shared by the CLI, the REST API and the worklist.
+"""Uploads in, `Result`s out: decode → check (guard) → preprocess → ensemble → decision, for one file (`analyse`)
+or many in batches (`analyse_batch`), and the same result re-decided at another threshold without inference
+(`decide`). Shared by the CLI, the REST API and the pages.
 
-    {"file", "bundle", "task", "probability", "probabilities", "members", "spread", "threshold",
-     "operating_point", "label", "warnings", "error", "meta"}
-
-Bad input becomes an `error` object with a code and a human message; it never raises.
+Bad input becomes a result with an `error` ({"code", "message"}); nothing here raises on a bad file. Never imports
+Streamlit or training/.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
+
+from model.ensemble import Ensemble, Prediction
 from model.io import DecodeError, decode
+from model.preprocess import to_model_input
+from model.types import Result, Task
+
+BATCH = 32  # images per forward pass in a batch: enough to keep the CPU busy, small enough for memory
 
 
-def resolve_threshold(bundle, threshold: float | None = None, operating_point: str | None = None):
+# ---------------------------------------------------------------------------------------------------------------
+# Thresholds and decisions
+# ---------------------------------------------------------------------------------------------------------------
+NOT_ASSESSED = "not_chest_xray"  # a guard warning that withholds the decision: the model only knows chest X-rays
+
+
+def resolve_threshold(bundle, threshold: float | None = None, operating_point: str | None = None, site=None):
     """(threshold, operating point name) for a bundle: an explicit number wins; else the named (or default)
-    operating point. Multiclass bundles decide by the most probable class and have no threshold."""
-    if bundle.task == "multiclass":
+    operating point, the site profile's when one is given (`model.sites.SiteProfile`). Multiclass bundles decide
+    by the most probable class and have no threshold."""
+    if bundle.task == Task.MULTICLASS:
         return None, None
     if threshold is not None:
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError("The threshold must be between 0 and 1.")
         return float(threshold), None
+    if site is not None:
+        point = site.operating_point(operating_point)
+        return point["threshold"], point["name"]
     if not bundle.operating_points:
         return 0.5, None
     point = bundle.operating_point(operating_point)
     return (point.get("thresholds") or point["threshold"]), point["name"]
 
 
-def empty_result(name: str | None, bundle) -> dict:
-    return {"file": name, "bundle": bundle.name, "task": bundle.task, "probability": None, "probabilities": None,
-            "members": None, "spread": None, "threshold": None, "operating_point": None, "label": None,
-            "warnings": [], "error": None, "meta": None}
+def point_at(bundle, threshold, site=None) -> dict | None:
+    """The operating point whose threshold this is, if any (a slider left on a preset still names it)."""
+    for point in (site.operating_points if site is not None else bundle.operating_points):
+        if "threshold" in point and threshold is not None and not isinstance(threshold, dict) \
+                and abs(float(point["threshold"]) - float(threshold)) < 1e-9:
+            return point
+        if isinstance(threshold, dict) and point.get("thresholds") == threshold:
+            return point
+    return None
 
 
-def analyse(data: bytes, name: str | None, ensemble, threshold: float | None = None,
-            operating_point: str | None = None, guard=None) -> tuple[dict, object | None]:
-    """Decode, check and predict one file. Returns (result dict, Decoded or None)."""
-    bundle = ensemble.bundle
-    result = empty_result(name, bundle)
+def describe(prediction: Prediction, bundle, threshold=None, operating_point=None, site=None) -> dict:
+    """The prediction fields of a result, at a threshold or operating point; with a site profile, its
+    recalibration and operating points."""
+    if site is not None:
+        prediction = site.apply(prediction)
+    t, point = resolve_threshold(bundle, threshold, operating_point, site)
+    members = prediction.members
+    if bundle.task == Task.BINARY:
+        members = {name: p[bundle.classes[-1]] for name, p in members.items()}
+    return {"probability": prediction.probability, "probabilities": prediction.probabilities, "members": members,
+            "spread": prediction.spread, "threshold": t, "operating_point": point, "label": prediction.label(t),
+            "site": site.name if site is not None else None}
+
+
+def assessed(result: Result) -> bool:
+    """Whether the result may carry a decision: not when the guard says the upload is not a chest radiograph (the
+    probability may stay, but no label is given)."""
+    return not any(w.get("code") == NOT_ASSESSED for w in result.warnings)
+
+
+def _withhold(result: Result) -> Result:
+    return result if assessed(result) else replace(result, label=None)
+
+
+def apply_site(result: Result, site) -> Result:
+    """A result analysed as shipped, recalibrated with a site profile (no inference; binary bundles). Decide it
+    afterwards with `decide(..., site=site)`."""
+    if site is None or result.site == site.name or result.error or result.probability is None:
+        return replace(result)
+    neg, pos = list(result.probabilities)
+    prediction = site.apply(Prediction([neg, pos], result.task, result.probabilities,
+                                       {m: {neg: 1 - p, pos: p} for m, p in (result.members or {}).items()}))
+    return replace(result, probability=prediction.probability, probabilities=prediction.probabilities,
+                   members={m: p[pos] for m, p in prediction.members.items()},
+                   spread=prediction.spread if prediction.members else result.spread, site=site.name)
+
+
+def decide(result: Result, bundle, threshold=None, site=None) -> Result:
+    """The same result decided at `threshold` (binary: a number; multilabel: {class: number}; None: the bundle's
+    default operating point, or the site profile's). No inference runs: the stored probabilities are re-read."""
+    if result.error or result.probabilities is None:
+        return replace(result)
+    if isinstance(threshold, dict):
+        t = threshold
+    elif threshold is None or bundle.task == Task.MULTICLASS:
+        t, _ = resolve_threshold(bundle, site=site)
+    else:
+        t, _ = resolve_threshold(bundle, threshold)
+    prediction = Prediction(bundle.classes, bundle.task, result.probabilities, {})
+    point = point_at(bundle, t, site)
+    return _withhold(replace(result, threshold=t, operating_point=point["name"] if point else None,
+                             label=prediction.label(t)))
+
+
+def disagree(result: Result) -> bool:
+    """Whether the members disagree enough on this image to say so to the reader."""
+    return result.spread is not None and result.spread >= Ensemble.DISAGREEMENT
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Analysis
+# ---------------------------------------------------------------------------------------------------------------
+def failed(name: str | None, bundle, code: str, message: str) -> Result:
+    """The result of a file that could not be analysed."""
+    return Result(name, bundle.name, bundle.task, error={"code": code, "message": message})
+
+
+def read(data: bytes, name: str | None, bundle, guard=None) -> tuple[Result, object | None]:
+    """The per-file step before inference: decode, then check with `guard(decoded)` (a list of warnings; see
+    `model.guard.for_bundle`). Returns (result without a prediction, Decoded or None when unreadable)."""
     try:
         decoded = decode(data, name)
     except DecodeError as e:
-        result["error"] = {"code": e.code, "message": e.message}
+        return failed(name, bundle, e.code, e.message), None
+    warnings = list(decoded.warnings) + (guard(decoded) if guard else [])
+    return Result(name, bundle.name, bundle.task, warnings=warnings, meta=decoded.meta), decoded
+
+
+def analyse(data: bytes, name: str | None, ensemble, threshold: float | None = None,
+            operating_point: str | None = None, guard=None, site=None) -> tuple[Result, object | None]:
+    """Decode, check and predict one file (with a site profile's calibration and thresholds when given).
+    Returns (Result, Decoded or None)."""
+    result, decoded = read(data, name, ensemble.bundle, guard)
+    if decoded is None:
         return result, None
     prediction = ensemble.predict(decoded.pixels)
-    result.update(describe(prediction, bundle, threshold, operating_point))
-    result["warnings"] = list(decoded.warnings) + (guard(decoded) if guard else [])
-    result["meta"] = decoded.meta
-    return result, decoded
+    return _withhold(replace(result, **describe(prediction, ensemble.bundle, threshold, operating_point, site))), \
+        decoded
 
 
-def describe(prediction, bundle, threshold=None, operating_point=None) -> dict:
-    """The prediction part of a result, at a threshold or operating point."""
-    t, point = resolve_threshold(bundle, threshold, operating_point)
-    return {"probability": prediction.probability, "probabilities": prediction.probabilities,
-            "members": ({n: p[bundle.classes[-1]] for n, p in prediction.members.items()} if bundle.task == "binary"
-                        else prediction.members),
-            "spread": prediction.spread, "threshold": t, "operating_point": point, "label": prediction.label(t)}
+def analyse_batch(files, ensemble, threshold=None, progress=None, batch: int = BATCH, guard=None,
+                  site=None) -> list[Result]:
+    """Results for many uploads [(name, bytes)], in order. Every file is read first (a bad file becomes an error
+    result, never an exception), then the good ones go through the ensemble `batch` at a time.
+    `progress(done, total)` is called after each read and each forward pass."""
+    bundle = ensemble.bundle
+    files = list(files)
+    total = len(files) * 2
+    results, inputs = [], []
+    for i, (name, data) in enumerate(files):
+        result, decoded = read(data, name, bundle, guard)
+        if decoded is not None:
+            inputs.append((i, to_model_input(decoded.pixels, bundle.input_spec)))
+        results.append(result)
+        if progress:
+            progress(i + 1, total)
+    done = len(files) + (len(files) - len(inputs))
+    for start in range(0, len(inputs), batch):
+        chunk = inputs[start:start + batch]
+        for (i, _), prediction in zip(chunk, ensemble.predict_batch(np.stack([x for _, x in chunk]))):
+            results[i] = _withhold(replace(results[i], **describe(prediction, bundle, threshold, site=site)))
+        done += len(chunk)
+        if progress:
+            progress(done, total)
+    return results
+
+
+def cam_class(result: Result, bundle) -> str:
+    """The class an overlay explains: the positive class of a binary bundle, else the most probable class."""
+    if bundle.task == Task.BINARY:
+        return bundle.classes[-1]
+    return max(result.probabilities, key=result.probabilities.get)

@@ -4,14 +4,20 @@
 Uploads are parsed from the request stream into memory (never spooled to disk), capped in size while they arrive,
 and never logged; nor is the uploaded file's name. Models are loaded once, at startup. Never imports training/ or
 Streamlit.
+
+Bounded work (docs/SECURITY.md): at most `max_inflight` analyses are admitted at once (queued or running, an
+abandoned one included until its thread ends); beyond that a request is answered at once with 503 `busy` and a
+Retry-After. A request that times out sets its analysis' cancel flag, checked between steps, and decoding itself
+is bounded by model.io's pixel budget. CAM overlays are downscaled to MAX_OVERLAY_SIDE. With no `bundle=` the
+configured default answers, or nobody: when it was refused the request gets 503 `default_bundle_unavailable`.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import logging
-import math
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -30,6 +36,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from model.http_guard import BearerAuth, tokens_from_env
+from model.safe_text import log_safe
+from model.types import CamMethod, Task, plain
+
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
@@ -41,10 +51,23 @@ REQUEST_TIMEOUT_S = 60.0
 UPLOAD_TIMEOUT_S = 120.0
 """Longest the upload itself may take to arrive before the request is answered with 408."""
 
+MAX_OVERLAY_SIDE = 1024
+"""Longest side, in pixels, of a CAM overlay in an answer (a larger upload's overlay is downscaled)."""
+
+MAX_INFLIGHT = 16
+"""Analyses admitted at once by default (queued or running, each on its own thread); more get 503 `busy`. Worst
+case memory is about this many 50-megapixel decodes: lower it (create_app / `serve --max-inflight`) on small
+machines."""
+
+RETRY_AFTER_S = 5
+"""Retry-After (seconds) sent with 503 `busy`."""
+
 MAX_PARTS = 16
 """Multipart parts accepted in one request: the `file` field and a few stray ones (some clients add their own)."""
 
-CAM_METHODS = ("none", "gradcam", "gradcam++", "scorecam")
+CAM_CHOICES = ("none", *(m.value for m in CamMethod))
+CamChoice = Literal[CAM_CHOICES]  # type: ignore[valid-type]  # "none" or a CamMethod, as the schema lists them
+TaskName = Literal[tuple(t.value for t in Task)]  # type: ignore[valid-type]
 
 # Which HTTP status answers each model.io.DecodeError code: 400 for a request with nothing in it, 415 for bytes
 # that are not an image this service reads, 422 for an image that is there but can't be used.
@@ -72,7 +95,7 @@ class UploadWarning(BaseModel):
 class PredictResult(BaseModel):
     file: str | None = Field(description="The uploaded file's name, as the client sent it.")
     bundle: str
-    task: Literal["binary", "multiclass", "multilabel"]
+    task: TaskName
     probability: float | None = Field(
         description="Binary bundles: calibrated ensemble probability of the positive (last) class; else null.")
     probabilities: dict[str, float] = Field(description="Calibrated ensemble probability per class.")
@@ -82,14 +105,19 @@ class PredictResult(BaseModel):
     threshold: float | dict[str, float] | None = Field(
         description="The threshold applied (one per class for multilabel bundles; null for multiclass).")
     operating_point: str | None = Field(description="The operating point used, or null for an explicit threshold.")
-    label: str | list[str]
+    label: str | list[str] | None = Field(
+        description="The decision; null when the upload is not a chest radiograph (`not_chest_xray`: not assessed, "
+                    "the probability is kept for reference only).")
+    site: str | None = Field(None, description="The site profile whose calibration and thresholds were used, or "
+                                               "null for the bundle as shipped.")
     warnings: list[UploadWarning]
     error: Problem | None = Field(None, description="Always null here: failures are answered with a 4xx instead.")
     meta: dict[str, Any] | None = Field(description="Non-identifying facts about the file: format, size, bit depth...")
     cam: str | None = Field(None, description="The CAM method of the overlay, when one was asked for.")
     cam_class: str | None = Field(None, description="The class the overlay explains.")
     overlay_png_base64: str | None = Field(
-        None, description="The ensemble CAM blended over the image, at the upload's own size, as a base64 PNG.")
+        None, description="The ensemble CAM blended over the image, at most 1024 px on its longest side, as a "
+                          "base64 PNG.")
 
 
 class MemberInfo(BaseModel):
@@ -113,7 +141,7 @@ class OperatingPoint(BaseModel):
 class BundleInfo(BaseModel):
     name: str
     title: str
-    task: Literal["binary", "multiclass", "multilabel"]
+    task: TaskName
     classes: list[str]
     version: str
     input: dict[str, Any]
@@ -131,8 +159,11 @@ class BundlesResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="`degraded`: some bundles serve, but the default bundle was refused or is missing.")
     bundles: list[str]
+    default: str | None = None
+    problem: str | None = Field(None, description="Why the default bundle is unavailable, when it is.")
 
 
 def _errors(*statuses: int) -> dict:
@@ -152,9 +183,9 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 class ApiError(Exception):
     """Answered as `{"error": {"code", "message"}}` with `status`."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
 def _error_response(status: int, code: str, message: str, headers=None) -> JSONResponse:
@@ -162,7 +193,7 @@ def _error_response(status: int, code: str, message: str, headers=None) -> JSONR
 
 
 async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return _error_response(exc.status, exc.code, exc.message)
+    return _error_response(exc.status, exc.code, exc.message, headers=exc.headers)
 
 
 async def _on_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -288,50 +319,53 @@ class Served:
     explainer: Any
 
 
-def _plain(value):
-    """JSON-ready: numpy scalars and arrays as Python values, NaN and infinities as null."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _cam_class(result: dict, bundle) -> str:
-    """The class an overlay explains: the positive class of a binary bundle, else the most probable class."""
-    if bundle.task == "binary":
-        return bundle.classes[-1]
-    return max(result["probabilities"], key=result["probabilities"].get)
+class Cancelled(Exception):
+    """The request that asked for this analysis has been answered already (timeout): stop working on it."""
 
 
 def analyse_upload(served: Served, data: bytes, filename: str | None, threshold: float | None,
-                   operating_point: str | None, cam: str) -> dict:
+                   operating_point: str | None, cam: str, site=None, cancel: threading.Event | None = None) -> dict:
+    """`Result.to_json()` of one upload, with the CAM overlay fields when a method was asked for. `cancel`, when
+    set, stops the work between steps."""
+    def check():
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+
     import cv2
 
-    from model.analysis import analyse
+    from model.analysis import analyse, cam_class
     from model.explain import overlay
     from model.guard import for_bundle
 
+    check()
     result, decoded = analyse(data, filename, served.ensemble, threshold, operating_point,
-                              guard=for_bundle(served.bundle))
+                              guard=for_bundle(served.bundle), site=site)
     if decoded is not None and cam != "none":
-        target = _cam_class(result, served.bundle)
+        check()
+        target = cam_class(result, served.bundle)
         heat = served.explainer.cams(decoded.pixels, cam, target)["ensemble"]
-        ok, png = cv2.imencode(".png", cv2.cvtColor(overlay(decoded.pixels, heat), cv2.COLOR_RGB2BGR))
+        check()
+        ok, png = cv2.imencode(".png", cv2.cvtColor(overlay(downscale(decoded.pixels), heat), cv2.COLOR_RGB2BGR))
         if not ok:
             raise RuntimeError("PNG encoding of the overlay failed")
-        result.update(cam=cam, cam_class=target, overlay_png_base64=base64.b64encode(png.tobytes()).decode("ascii"))
-    return _plain(result)
+        result.cam, result.cam_class = cam, target
+        result.overlay_png_base64 = base64.b64encode(png.tobytes()).decode("ascii")
+    return result.to_json()
+
+
+def downscale(gray: np.ndarray, side: int = MAX_OVERLAY_SIDE) -> np.ndarray:
+    """`gray` with its longest side at most `side` pixels (aspect ratio kept)."""
+    import cv2
+
+    h, w = gray.shape[:2]
+    if max(h, w) <= side:
+        return gray
+    scale = side / max(h, w)
+    return cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 def describe_bundle(bundle) -> dict:
-    return _plain({
+    return plain({
         "name": bundle.name, "title": bundle.title, "task": bundle.task, "classes": bundle.classes,
         "version": bundle.version, "input": bundle.input_spec,
         "members": [{"name": m.name, "arch": m.info.get("arch"), "params": m.info.get("params"),
@@ -374,7 +408,7 @@ class _AccessLog:
         def write():
             if not logged[0]:
                 logged[0] = True
-                log.info("%s %s %d %.0f ms", scope["method"], scope["path"], status[0],
+                log.info("%s %s %d %.0f ms", log_safe(scope["method"], 16), log_safe(scope["path"]), status[0],
                          (time.perf_counter() - start) * 1000)
 
         async def send_logged(message):
@@ -394,17 +428,32 @@ class _AccessLog:
 # The app
 # --------------------------------------------------------------------------------------------------------------------
 def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               timeout_s: float = REQUEST_TIMEOUT_S, workers: int | None = None) -> FastAPI:
+               timeout_s: float = REQUEST_TIMEOUT_S, workers: int | None = None,
+               max_inflight: int = MAX_INFLIGHT,
+               tokens=None, docs: bool | None = None) -> FastAPI:
     """The ASGI app. Bundles are loaded from `bundles_root` (default: $TORAX_BUNDLES, else model/bundles) when
-    the app starts, once; `workers` threads run the analyses (default: up to 4, one per CPU)."""
+    the app starts, once; at most `max_inflight` analyses are admitted at once, each on its own thread (so a
+    cheap request never waits for a thread behind slow ones); `workers` is kept for compatibility, unused.
+    `tokens`: bearer tokens required on every path but /healthz (default: $TORAX_API_TOKENS; empty: none).
+    `docs`: serve /docs and /redoc (default: only with $TORAX_API_DOCS=1, as Swagger UI loads its scripts from a
+    CDN); /openapi.json is always served."""
+    if docs is None:
+        docs = os.environ.get("TORAX_API_DOCS", "") == "1"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.served, app.state.refused = _load(bundles_root)
-        from model.bundle import default_bundle_name
+        from model.bundle import default_bundle_name, default_problem
 
         app.state.default = default_bundle_name(app.state.served)
-        app.state.pool = ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1), thread_name_prefix="torax-api")
+        app.state.default_problem = default_problem(app.state.served, app.state.refused)
+        if app.state.default_problem:
+            log.error("%s", log_safe(app.state.default_problem, 1000))
+        app.state.inflight = 0
+        app.state.max_inflight = max(1, int(max_inflight))
+        # A thread for every admitted analysis: a cheap request never queues behind slow ones for a thread (they
+        # share the CPU instead), and the admission limit is the only queue.
+        app.state.pool = ThreadPoolExecutor(app.state.max_inflight, thread_name_prefix="torax-api")
         try:
             yield
         finally:
@@ -416,7 +465,9 @@ def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int 
                     f"Uploads up to {max_upload_bytes / 2**20:g} MiB; errors are `{{\"error\": {{\"code\", "
                     "\"message\"}}}`. A decision-support aid, not a diagnosis.",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
     )
+    app.add_middleware(BearerAuth, tokens=tokens_from_env() if tokens is None else tokens)
     app.add_middleware(_AccessLog)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_invalid_request)
@@ -427,10 +478,13 @@ def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int 
         served = request.app.state.served
         if not served:
             raise ApiError(503, "no_bundles", "No model bundle is available on this server.")
+        if not name and request.app.state.default is None:
+            raise ApiError(503, "default_bundle_unavailable", request.app.state.default_problem)
         name = name or request.app.state.default
         if name not in served:
             raise ApiError(404, "unknown_bundle",
-                           f"There is no model bundle named {name!r} here (available: {', '.join(served)}).")
+                           f"There is no model bundle named {log_safe(name, 80)!r} here "
+                           f"(available: {', '.join(served)}).")
         return served[name]
 
     @app.post("/v1/predict", response_model=PredictResult, openapi_extra=UPLOAD_BODY,
@@ -443,30 +497,59 @@ def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int 
                                         description="Decision threshold in [0, 1]; not with operating_point."),
         operating_point: str | None = Query(None, description="A bundle operating point, e.g. screening, "
                                                               "balanced or confirmatory; default: the bundle's."),
-        cam: Literal["none", "gradcam", "gradcam++", "scorecam"] = Query(
+        cam: CamChoice = Query(
             "none", description="Add `overlay_png_base64`: where the models looked, by this method."),
+        site: str | None = Query(None, description="A site profile (python -m model site fit) for this bundle: its "
+                                                   "recalibration and operating points are used."),
     ):
         from model.analysis import resolve_threshold
+        from model.sites import SiteError, load
 
         served = served_bundle(request, bundle)
         if threshold is not None and operating_point is not None:
             raise ApiError(422, "invalid_parameter", "Give either threshold or operating_point, not both.")
         try:
-            resolve_threshold(served.bundle, threshold, operating_point)
+            profile = load(site, served.bundle) if site else None
+        except SiteError as e:
+            raise ApiError(404 if e.code == "not_found" else 422,
+                           "unknown_site" if e.code == "not_found" else f"site_{e.code}", e.message) from None
+        try:
+            resolve_threshold(served.bundle, threshold, operating_point, profile)
         except KeyError as e:
             raise ApiError(422, "unknown_operating_point", e.args[0]) from None
-        data, filename = await read_upload(request, max_upload_bytes)
-        work = partial(analyse_upload, served, data, filename, threshold, operating_point, cam)
-        future = asyncio.get_running_loop().run_in_executor(request.app.state.pool, work)
+        state = request.app.state
+        if state.inflight >= state.max_inflight:  # answered at once, before the upload is read
+            raise ApiError(503, "busy", "The server is busy with other analyses. Please try again shortly.",
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
+        state.inflight += 1  # released when the analysis' thread is done, not when the request gives up on it
+        loop, submitted = asyncio.get_running_loop(), False
+
+        def release(_=None):
+            state.inflight -= 1
+
+        cancel = threading.Event()
         try:
-            result = await asyncio.wait_for(future, timeout_s)
+            data, filename = await read_upload(request, max_upload_bytes)
+            work = partial(analyse_upload, served, data, filename, threshold, operating_point, cam, profile, cancel)
+            job = state.pool.submit(work)
+            submitted = True
+            job.add_done_callback(lambda _: loop.call_soon_threadsafe(release))
+            result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job)), timeout_s)
         except TimeoutError:
-            # The thread can't be stopped; its result is dropped when it finishes.
+            cancel.set()  # the analysis stops at its next step; it counts as in flight until it has
+            job.cancel()
             raise ApiError(504, "timeout", f"The analysis took longer than {timeout_s:g} s and was abandoned. "
                                            "Please try again later.") from None
+        except ApiError:
+            raise
+        except Cancelled:
+            raise ApiError(504, "timeout", "The analysis was abandoned.") from None
         except Exception as exc:  # noqa: BLE001 - only the type is logged: messages may quote data
             log.error("analysis failed with %s", type(exc).__name__)
             raise ApiError(500, "internal_error", "The analysis failed on the server.") from None
+        finally:
+            if not submitted:
+                release()
         if result["error"]:
             code = result["error"]["code"]
             raise ApiError(DECODE_STATUS.get(code, 422), code, result["error"]["message"])
@@ -476,13 +559,19 @@ def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int 
     async def bundles(request: Request):
         state = request.app.state
         return {"default": state.default, "bundles": [describe_bundle(s.bundle) for s in state.served.values()],
-                "refused": state.refused}
+                "refused": state.refused}  # bundle.py's messages name the bundle and a code, never a path
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}}, summary="Liveness")
     async def healthz(request: Request):
-        names = list(request.app.state.served)
+        state = request.app.state
+        names = list(state.served)
+        if names and state.default is not None:
+            return JSONResponse({"status": "ok", "bundles": names})
         if not names:
-            return JSONResponse({"status": "unavailable", "bundles": []}, status_code=503)
-        return {"status": "ok", "bundles": names}
+            return JSONResponse({"status": "unavailable", "bundles": [], "default": None,
+                                 "problem": state.default_problem}, status_code=503)
+        # fail closed: some bundles load, but not the one answering by default
+        return JSONResponse({"status": "degraded", "bundles": names, "default": None,
+                             "problem": state.default_problem}, status_code=503)
 
     return app

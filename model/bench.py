@@ -38,7 +38,8 @@ def cold_start_seconds(bundle_name: str) -> float:
     """A fresh Python process: import, load and verify the bundle, predict one image."""
     code = ("import time; t=time.perf_counter(); from model.bundle import load_bundle, bundles_dir; "
             "from model.ensemble import Ensemble; from model.io import decode; import sys; "
-            f"e=Ensemble(load_bundle(bundles_dir() / {bundle_name!r})); e.predict(decode(sys.stdin.buffer.read()).pixels); "
+            f"e=Ensemble(load_bundle(bundles_dir() / {bundle_name!r})); "
+            "e.predict(decode(sys.stdin.buffer.read()).pixels); "
             "print(time.perf_counter()-t)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], input=_png(99), capture_output=True, cwd=root,
@@ -53,6 +54,7 @@ def bench(bundle, repeats: int = 20) -> dict:
     from model.explain import Explainer
     from model.io import decode
     from model.preprocess import to_model_input
+    from model.types import CamMethod
 
     ensemble, explainer = Ensemble(bundle), Explainer(bundle)
     images = [_png(i) for i in range(8)]
@@ -66,7 +68,7 @@ def bench(bundle, repeats: int = 20) -> dict:
     def predict_and_cam():
         pixels = decode(next_image()).pixels
         ensemble.predict(pixels)
-        explainer.cams(pixels, "gradcam")
+        explainer.cams(pixels, CamMethod.GRADCAM)
     predict_cam_ms = _median_ms(predict_and_cam, max(5, repeats // 2))
 
     def naive():  # the origin documents' way: model.predict once per member per image

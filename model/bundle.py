@@ -3,15 +3,25 @@
 Every member's sha256 is checked before Keras sees the file, and models are loaded with `safe_mode=True`
 (no Lambda layers or arbitrary code). A bundle that fails any check is refused whole, with a message that says
 which file; the other bundles still load.
+
+Provenance (docs/SECURITY.md): member paths must stay inside their bundle folder (relative, no `..`, no symlink
+that leads out). Where `$TORAX_TRUSTED_KEYS` names Ed25519 public keys (PEM files, separated by the OS path
+separator or commas), a bundle loads only when `manifest.sig` is a valid signature of its exact `manifest.json`
+bytes by one of them, so the member checksums can't be edited along with the members. Messages name the bundle and
+a code, never a server path. The default bundle fails closed: when it is refused or missing, nothing answers in its
+place unless the operator names another (`--bundle`, `$TORAX_DEFAULT_BUNDLE`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+
+from model.types import Task
 
 BUNDLES_DIR = Path(__file__).parent / "bundles"
 
@@ -19,8 +29,12 @@ BUNDLES_DIR = Path(__file__).parent / "bundles"
 def bundles_dir() -> Path:
     """Where bundles live: $TORAX_BUNDLES if set (tests point it at temporary folders), else model/bundles."""
     return Path(os.environ.get("TORAX_BUNDLES") or BUNDLES_DIR)
+
+
 DEFAULT_BUNDLE = "pneumonia-kermany"
-TASKS = ("binary", "multiclass", "multilabel")
+SIGNATURE_FILE = "manifest.sig"
+
+log = logging.getLogger(__name__)
 
 
 class BundleError(Exception):
@@ -45,6 +59,22 @@ class ChecksumMismatch(BundleError):
 
 class UnsafeModel(BundleError):
     code = "unsafe_model"
+
+
+class UnsafePath(BundleError):
+    code = "unsafe_path"
+
+
+class UnsignedBundle(BundleError):
+    code = "unsigned_bundle"
+
+
+class BadSignature(BundleError):
+    code = "bad_signature"
+
+
+class TrustedKeysUnreadable(BundleError):
+    code = "trusted_keys_unreadable"
 
 
 @dataclass
@@ -75,7 +105,7 @@ class Bundle:
 
     name = property(lambda self: self.manifest["name"])
     title = property(lambda self: self.manifest.get("title", self.manifest["name"]))
-    task = property(lambda self: self.manifest["task"])
+    task = property(lambda self: Task(self.manifest["task"]))
     classes = property(lambda self: list(self.manifest["classes"]))
     input_spec = property(lambda self: self.manifest["input"])
     operating_points = property(lambda self: self.manifest.get("operating_points", []))
@@ -88,7 +118,7 @@ class Bundle:
         known = ", ".join(p["name"] for p in self.operating_points) or "none"
         raise KeyError(f"Bundle {self.name} has no operating point {name!r} (it has: {known}).")
 
-    def report(self, name: str) -> dict | None:
+    def read_report(self, name: str) -> dict | None:
         """A bundle report (`reports/<name>.json`), or None when the bundle has none."""
         path = self.path / "reports" / f"{name}.json"
         return json.loads(path.read_text()) if path.exists() else None
@@ -106,25 +136,85 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def trusted_keys() -> list | None:
+    """The Ed25519 public keys named by $TORAX_TRUSTED_KEYS, or None when it is unset (unsigned bundles load).
+    Raises TrustedKeysUnreadable when it is set but a key can't be read: then no bundle loads (fail closed)."""
+    value = os.environ.get("TORAX_TRUSTED_KEYS", "").strip()
+    if not value:
+        return None
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    keys = []
+    for i, item in enumerate(p for p in value.replace(",", os.pathsep).split(os.pathsep) if p.strip()):
+        try:
+            key = load_pem_public_key(Path(item.strip()).read_bytes())
+        except (OSError, ValueError, TypeError):
+            key = None
+        if not isinstance(key, Ed25519PublicKey):
+            log.error("trusted key %d in TORAX_TRUSTED_KEYS is not a readable Ed25519 PEM public key", i + 1)
+            raise TrustedKeysUnreadable(f"Trusted key {i + 1} in TORAX_TRUSTED_KEYS is not a readable Ed25519 "
+                                        "public key, so no bundle is trusted (code trusted_keys_unreadable).")
+        keys.append(key)
+    return keys
+
+
+def check_signature(path: Path, raw: bytes, keys: list) -> None:
+    """Refuse the bundle unless `manifest.sig` (raw 64-byte Ed25519 signature, or its base64) signs `raw`."""
+    from cryptography.exceptions import InvalidSignature
+
+    sig_file = path / SIGNATURE_FILE
+    if not sig_file.is_file():
+        raise UnsignedBundle(f"Model bundle '{path.name}' was refused: it is not signed, and this server only "
+                             "loads bundles signed by a trusted key (code unsigned_bundle).")
+    signature = sig_file.read_bytes()
+    if len(signature) != 64:
+        import base64
+        import binascii
+
+        try:
+            signature = base64.b64decode(signature.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            signature = b""
+    for key in keys:
+        try:
+            key.verify(signature, raw)
+            return
+        except (InvalidSignature, ValueError):
+            continue
+    raise BadSignature(f"Model bundle '{path.name}' was refused: its signature does not match its manifest or no "
+                       "trusted key made it (code bad_signature).")
+
+
 def read_manifest(path: Path) -> dict:
     try:
-        manifest = json.loads((path / "manifest.json").read_text())
+        raw = (path / "manifest.json").read_bytes()
     except FileNotFoundError:
         raise InvalidManifest(f"Model bundle '{path.name}' has no manifest.json.") from None
+    except OSError:
+        raise InvalidManifest(f"Model bundle '{path.name}' has an unreadable manifest.json.") from None
+    keys = trusted_keys()
+    if keys is not None:
+        check_signature(path, raw, keys)
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidManifest(f"Model bundle '{path.name}' has an unreadable manifest.json ({e}).") from None
+        raise InvalidManifest(f"Model bundle '{path.name}' has an unreadable manifest.json "
+                              f"(line {getattr(e, 'lineno', '?')}).") from None
+    if not isinstance(manifest, dict):
+        raise InvalidManifest(f"Model bundle '{path.name}' has an incomplete manifest (not an object).")
     missing = [k for k in ("name", "task", "classes", "input", "members") if k not in manifest]
-    if missing or manifest.get("task") not in TASKS or not manifest.get("members"):
+    if missing or manifest.get("task") not in {t.value for t in Task} or not manifest.get("members"):
         raise InvalidManifest(f"Model bundle '{path.name}' has an incomplete manifest "
                               f"(missing or invalid: {', '.join(missing) or 'task/members'}).")
     return manifest
 
 
 def verify(path: Path, manifest: dict) -> list[Member]:
-    """Check that every member file exists and matches its recorded sha256."""
+    """Check that every member file lies inside the bundle folder, exists and matches its recorded sha256."""
     members = []
     for info in manifest["members"]:
-        file = path / info["file"]
+        file = member_path(path, manifest, info)
         if not file.is_file():
             raise MissingMember(f"Model bundle '{manifest['name']}' is missing its member file {info['file']}.")
         if sha256_file(file) != info.get("sha256"):
@@ -132,6 +222,24 @@ def verify(path: Path, manifest: dict) -> list[Member]:
                                    "its recorded checksum (the file was changed or damaged).")
         members.append(Member(info["name"], file, info))
     return members
+
+
+def member_path(path: Path, manifest: dict, info) -> Path:
+    """`info["file"]` resolved inside the bundle folder; UnsafePath when it is absolute, has `..`, or leads out
+    of the folder (symlinks included)."""
+    rel = info.get("file") if isinstance(info, dict) else None
+    refused = UnsafePath(f"Model bundle '{manifest.get('name', path.name)}' was refused: a member file path is not "
+                         "inside the bundle folder (code unsafe_path).")
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+        raise refused
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or rel.startswith(("/", "~")) or ".." in parts or (parts and ":" in parts[0]):
+        raise refused
+    root = path.resolve()
+    file = (path / rel).resolve()
+    if not file.is_relative_to(root) or file == root:
+        raise refused
+    return file
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -148,9 +256,14 @@ def load_bundle(path: str | Path) -> Bundle:
             if "safe_mode" in str(e) or "lambda" in str(e).lower():
                 raise UnsafeModel(f"Model bundle '{bundle.name}' was refused: {member.path.name} contains code "
                                   "that is not allowed to run (a Lambda layer).") from None
-            raise BundleError(f"Model bundle '{bundle.name}': {member.path.name} could not be loaded ({e}).") from None
+            log.warning("bundle %s member %s: %s", bundle.name, member.name, type(e).__name__)
+            raise BundleError(f"Model bundle '{bundle.name}': {member.path.name} could not be loaded "
+                              "(code bundle_error).") from None
         except Exception as e:  # noqa: BLE001 - keras raises many types for a corrupt archive
-            raise BundleError(f"Model bundle '{bundle.name}': {member.path.name} could not be loaded ({e}).") from None
+            # Keras messages quote absolute paths: only the type goes to the log, nothing to the user.
+            log.warning("bundle %s member %s: %s", bundle.name, member.name, type(e).__name__)
+            raise BundleError(f"Model bundle '{bundle.name}': {member.path.name} could not be loaded "
+                              "(code bundle_error).") from None
     return bundle
 
 
@@ -164,12 +277,36 @@ def load_all(root: str | Path | None = None) -> tuple[dict[str, Bundle], dict[st
     for path in discover(root):
         try:
             bundle = load_bundle(path)
-            bundles[bundle.name] = bundle
         except BundleError as e:
             errors[path.name] = e.message
+            continue
+        if bundle.name != path.name or bundle.name in bundles:
+            # A manifest may not take another bundle's name (e.g. stand in for a refused default).
+            errors[path.name] = (f"Model bundle '{path.name}' was refused: its manifest names it "
+                                 f"'{bundle.name}' (code name_mismatch).")
+            continue
+        bundles[bundle.name] = bundle
     return bundles, errors
 
 
+def configured_default() -> str:
+    """The bundle used when a request names none: $TORAX_DEFAULT_BUNDLE, else DEFAULT_BUNDLE."""
+    return os.environ.get("TORAX_DEFAULT_BUNDLE", "").strip() or DEFAULT_BUNDLE
+
+
 def default_bundle_name(names) -> str | None:
-    names = list(names)
-    return DEFAULT_BUNDLE if DEFAULT_BUNDLE in names else (names[0] if names else None)
+    """The configured default bundle when it loaded, else None: never another bundle in its place (fail closed)."""
+    wanted = configured_default()
+    return wanted if wanted in list(names) else None
+
+
+def default_problem(names, refused: dict[str, str]) -> str | None:
+    """Why there is no default bundle (None when there is one), naming the bundle and the reason."""
+    wanted = configured_default()
+    if wanted in list(names):
+        return None
+    if wanted in refused:
+        return (f"The default model bundle '{wanted}' was refused, and no other bundle answers in its place: "
+                f"{refused[wanted]} Name a bundle explicitly (--bundle, TORAX_DEFAULT_BUNDLE) to use another.")
+    return (f"The default model bundle '{wanted}' is not installed, and no other bundle answers in its place. "
+            "Name a bundle explicitly (--bundle, TORAX_DEFAULT_BUNDLE) to use another.")

@@ -7,15 +7,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.preprocess import to_model_input
+from model.types import Task
 
 _EPS = 1e-7
 
 
-def apply_temperature(prob: np.ndarray, temperature: float, task: str, bias: float = 0.0) -> np.ndarray:
+def apply_temperature(prob: np.ndarray, temperature: float, task: Task | str, bias: float = 0.0) -> np.ndarray:
     """Calibrate probabilities: sigmoid(logit / T + bias) per output (bias > 0 undoes the shift that class
     weighting puts into a binary model), or softmax(log p / T) for multiclass."""
     p = np.clip(np.asarray(prob, dtype="float64"), _EPS, 1 - _EPS)
-    if task == "multiclass":
+    if task == Task.MULTICLASS:
         z = np.log(p) / temperature
         z -= z.max(axis=-1, keepdims=True)
         e = np.exp(z)
@@ -26,28 +27,28 @@ def apply_temperature(prob: np.ndarray, temperature: float, task: str, bias: flo
 @dataclass
 class Prediction:
     classes: list[str]
-    task: str
+    task: Task
     probabilities: dict[str, float]            # ensemble, calibrated
     members: dict[str, dict[str, float]]       # member → class → calibrated probability
 
     @property
     def probability(self) -> float | None:
         """The positive class's probability (binary bundles)."""
-        return self.probabilities[self.classes[-1]] if self.task == "binary" else None
+        return self.probabilities[self.classes[-1]] if self.task == Task.BINARY else None
 
     @property
     def spread(self) -> float:
         """Member disagreement: the largest range of member probabilities over the classes scored."""
-        classes = self.classes[-1:] if self.task == "binary" else self.classes
+        classes = self.classes[-1:] if self.task == Task.BINARY else self.classes
         return max(max(m[c] for m in self.members.values()) - min(m[c] for m in self.members.values())
                    for c in classes)
 
     def label(self, threshold: float | dict | None = None) -> str | list[str]:
         """Binary: the positive class when p >= threshold. Multiclass: the most probable class.
         Multilabel: every class at or above its threshold (a dict per class, or one number)."""
-        if self.task == "binary":
+        if self.task == Task.BINARY:
             return self.classes[-1] if self.probability >= float(threshold) else self.classes[0]
-        if self.task == "multiclass":
+        if self.task == Task.MULTICLASS:
             return max(self.probabilities, key=self.probabilities.get)
         thresholds = threshold if isinstance(threshold, dict) else {c: threshold or 0.5 for c in self.classes}
         return [c for c in self.classes if self.probabilities[c] >= thresholds[c]]
@@ -93,6 +94,6 @@ class Ensemble:
         return self.predict_batch(to_model_input(gray, self.spec)[None])[0]
 
     def _named(self, row: np.ndarray) -> dict[str, float]:
-        if self.task == "binary":
+        if self.task == Task.BINARY:
             return {self.classes[0]: float(1 - row[0]), self.classes[1]: float(row[0])}
         return {c: float(v) for c, v in zip(self.classes, row)}

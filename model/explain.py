@@ -8,9 +8,8 @@ import cv2
 import numpy as np
 
 from model.preprocess import to_model_input
+from model.types import CamMethod, Task, look_up_option
 
-METHODS = ("gradcam", "gradcam++", "scorecam")
-METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
 SCORECAM_MAX_N = 32  # Score-CAM masks with the 32 strongest channels: close to the full method, ~10× cheaper
 
 
@@ -24,7 +23,7 @@ class Explainer:
         self._cams: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()
 
-    def _cam(self, member, method: str):
+    def _cam(self, member, method: CamMethod):
         from tf_keras_vis.gradcam import Gradcam
         from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
         from tf_keras_vis.scorecam import Scorecam
@@ -32,27 +31,27 @@ class Explainer:
 
         key = (member.name, method)
         if key not in self._cams:
-            cls = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "scorecam": Scorecam}[method]
+            cls = {CamMethod.GRADCAM: Gradcam, CamMethod.GRADCAM_PLUS_PLUS: GradcamPlusPlus,
+                   CamMethod.SCORECAM: Scorecam}[method]
             # Score-CAM reads the output probability itself; the gradient methods use the pre-activation score.
-            modifier = None if method == "scorecam" else ReplaceToLinear()
+            modifier = None if method == CamMethod.SCORECAM else ReplaceToLinear()
             self._cams[key] = cls(member.model, model_modifier=modifier, clone=True)
         return self._cams[key]
 
     def score_fn(self, class_name: str):
         """The scalar each CAM explains: the class's output (for a binary bundle's negative class, its negation)."""
         classes, task = self.bundle.classes, self.bundle.task
-        if task == "binary":
+        if task == Task.BINARY:
             sign = 1.0 if class_name == classes[-1] else -1.0
             return lambda out: sign * out[:, 0]
         k = classes.index(class_name)
         return lambda out: out[:, k]
 
-    def member_cam(self, model_input: np.ndarray, member, method: str, class_name: str) -> np.ndarray:
+    def member_cam(self, model_input: np.ndarray, member, method: CamMethod | str, class_name: str) -> np.ndarray:
         """One member's CAM at model-input resolution, float32 in [0, 1]."""
-        if method not in METHODS:
-            raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+        method = look_up_option(method, CamMethod)
         channels = member.model.get_layer(member.cam_layer).output.shape[-1]
-        kwargs = {"max_N": min(SCORECAM_MAX_N, channels)} if method == "scorecam" else {}
+        kwargs = {"max_N": min(SCORECAM_MAX_N, channels)} if method == CamMethod.SCORECAM else {}
         seed = model_input[None].astype(np.float32)  # a float seed keeps the gradient tape recording
         with self._lock:
             cam = self._cam(member, method)(self.score_fn(class_name), seed, penultimate_layer=member.cam_layer,
@@ -90,7 +89,8 @@ class Explainer:
                 grads = tape.gradient(score, features)
                 weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
                 cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
-                cam = tf.image.resize(cam, (h, w), method="bilinear")[0, ..., 0]
+                # Corner-aligned, as scipy.ndimage.zoom(order=1) upsamples in tf-keras-vis.
+                cam = tf.compat.v1.image.resize_bilinear(cam, (h, w), align_corners=True)[0, ..., 0]
                 lo, hi = tf.reduce_min(cam), tf.reduce_max(cam)
                 cams.append(tf.math.divide_no_nan(cam - lo, hi - lo))
             return tf.stack(cams)
@@ -98,13 +98,15 @@ class Explainer:
         self._cams["compiled"] = run
         return run
 
-    def cams(self, gray: np.ndarray, method: str = "gradcam", class_name: str | None = None) -> dict[str, np.ndarray]:
+    def cams(self, gray: np.ndarray, method: CamMethod | str = CamMethod.GRADCAM,
+             class_name: str | None = None) -> dict[str, np.ndarray]:
         """{member name: CAM, "ensemble": mean of member CAMs}, each at model-input resolution in [0, 1]."""
+        method = look_up_option(method, CamMethod)
         class_name = class_name or self.bundle.classes[-1]
         x = to_model_input(gray, self.spec)
-        fast = self._compiled_gradcam() if method == "gradcam" else None
+        fast = self._compiled_gradcam() if method == CamMethod.GRADCAM else None
         if fast is not None:
-            binary = self.bundle.task == "binary"
+            binary = self.bundle.task == Task.BINARY
             k = 0 if binary else self.bundle.classes.index(class_name)
             sign = -1.0 if binary and class_name == self.bundle.classes[0] else 1.0
             stacked = fast(x[None].astype(np.float32), np.int32(k), np.float32(sign)).numpy()

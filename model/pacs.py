@@ -406,6 +406,12 @@ def cli(args) -> int:
     bundles, errors = load_all()
     for message in errors.values():
         print(f"warning: {message}", file=sys.stderr)
+    if not args.bundle:
+        from model.bundle import default_problem
+
+        problem = default_problem(bundles, errors)
+        if problem:  # fail closed: no other bundle files results in the default's place
+            return fail(2, problem)
     name = args.bundle or default_bundle_name(bundles)
     if name not in bundles:
         return fail(2, f"no usable model bundle named {name!r} (available: {', '.join(bundles) or 'none'})")

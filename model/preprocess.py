@@ -1,7 +1,8 @@
 """The one function that turns a decoded radiograph into model input.
 
 Training builds its cache with `to_model_input` and serving calls it on every upload, so the two can never drift.
-Scaling to [0, 1] and any normalisation live inside the saved models: the input stays raw uint8.
+Scaling to [-1, 1] (a Rescaling layer, x / 127.5 - 1) and any normalisation live inside the saved models: the input
+stays raw uint8 pixel values.
 """
 from __future__ import annotations
 

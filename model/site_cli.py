@@ -38,6 +38,12 @@ def _bundle(name: str | None):
     bundles, errors = load_all()
     for message in errors.values():
         print(f"warning: {message}", file=sys.stderr)
+    if not name:
+        from model.bundle import default_problem
+
+        problem = default_problem(bundles, errors)
+        if problem:  # fail closed: no other bundle in the default's place
+            raise SystemExit(f"error: {problem}")
     name = name or default_bundle_name(bundles)
     if name not in bundles:
         raise SystemExit(f"error: no usable model bundle named {name!r} (available: {', '.join(bundles) or 'none'})")

@@ -1,4 +1,5 @@
-"""What every page shares: cached models and reports, the UI strings, and cross-page state.
+"""What every page shares: cached models and bundle reports, the selected bundle, and cross-page state. (The UI
+strings and drawing helpers are in pages/ui.py.)
 
 Session-state keys (the only cross-page state):
 - "lang": "en" | "es"                         UI language
@@ -7,17 +8,15 @@ Session-state keys (the only cross-page state):
                                               Diagnose and Evaluation)
 - "prevalence": float                         prevalence used for PPV/NPV
 - "current_upload": {"name": str, "data": bytes}  image opened from the worklist into Diagnose
+- "data_dir": str                             the dataset folder on this computer (Dataset and Evaluation)
+- "site": str | None                          the active site profile (sidebar); pages/sites_view.py has the rest
 Nothing here writes uploads to disk.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import streamlit as st
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-LANGUAGES = {"en": "English", "es": "Español"}
+from pages.ui import LANGUAGES, tr
 
 
 @st.cache_resource(show_spinner=False)
@@ -43,56 +42,49 @@ def get_explainer(name: str):
 
 
 @st.cache_data(show_spinner=False)
-def report(bundle_name: str, report_name: str) -> dict | None:
+def bundle_report(bundle_name: str, report_name: str) -> dict | None:
     """A bundle report (reports/<name>.json), read once."""
-    return load_bundles()[0][bundle_name].report(report_name)
-
-
-@st.cache_data(show_spinner=False)
-def _strings(page: str) -> dict:
-    return json.loads((ASSETS / "strings" / f"{page}.json").read_text(encoding="utf-8"))
-
-
-def tr(page: str):
-    """A translator for one page's strings file: `t = tr("diagnose"); t("title", n=3)`. Falls back to English,
-    then to the key itself, so a missing translation never breaks a page."""
-    strings = _strings(page)
-    lang = st.session_state.get("lang", "en")
-
-    def t(key: str, **kwargs) -> str:
-        text = strings.get(lang, {}).get(key) or strings.get("en", {}).get(key) or key
-        return text.format(**kwargs) if kwargs else text
-
-    return t
+    return load_bundles()[0][bundle_name].read_report(report_name)
 
 
 def current_bundle():
     """The selected Bundle, or None (with an explanation drawn) when no bundle could be loaded."""
-    from model.bundle import default_bundle_name
+    from model.bundle import configured_default, default_bundle_name
+    from model.safe_text import md_escape
 
     bundles, errors = load_bundles()
     t = tr("common")
     for folder, message in errors.items():
-        st.error(t("bundle_refused", folder=folder, message=message))
+        st.error(t("bundle_refused", folder=md_escape(folder), message=md_escape(message)))
     if not bundles:
         st.error(t("no_bundles"))
         return None
     if st.session_state.get("bundle") not in bundles:
-        st.session_state["bundle"] = default_bundle_name(bundles)
+        default = default_bundle_name(bundles)
+        if default is None:  # fail closed: no other task answers in the refused default's place by surprise
+            st.error(t("default_unavailable", name=md_escape(configured_default())))
+            return None
+        st.session_state["bundle"] = default
     return bundles[st.session_state["bundle"]]
 
 
-def default_threshold(bundle) -> float:
+def default_threshold(bundle, site=None) -> float:
+    if site is not None:
+        return float(site.operating_point()["threshold"])
     point = next((p for p in bundle.operating_points if p["name"] == bundle.manifest.get("default_operating_point")),
                  None)
     return float(point["threshold"]) if point and "threshold" in point else 0.5
 
 
-def threshold_for(bundle) -> float:
-    """The shared threshold for this bundle, reset to its default operating point when the bundle changes."""
-    if st.session_state.get("threshold_bundle") != bundle.name or "threshold" not in st.session_state:
-        st.session_state["threshold"] = default_threshold(bundle)
+def threshold_for(bundle, site=None) -> float:
+    """The shared threshold for this bundle, reset to its default operating point when the bundle or the site
+    profile changes (a profile's probabilities are on its own scale)."""
+    site_name = site.name if site is not None else None
+    if (st.session_state.get("threshold_bundle") != bundle.name or "threshold" not in st.session_state
+            or st.session_state.get("threshold_site") != site_name):
+        st.session_state["threshold"] = default_threshold(bundle, site)
         st.session_state["threshold_bundle"] = bundle.name
+        st.session_state["threshold_site"] = site_name
     return float(st.session_state["threshold"])
 
 
@@ -105,5 +97,15 @@ def sidebar():
     if len(bundles) > 1:
         names = list(bundles)
         current_bundle()
-        st.sidebar.selectbox(t("model"), names, key="bundle", format_func=lambda n: bundles[n].title)
+        from model.bundle import default_bundle_name as _default
+
+        # No preselection when the default bundle is unavailable: the user names another model explicitly.
+        st.sidebar.selectbox(t("model"), names, key="bundle", format_func=lambda n: bundles[n].title,
+                             index=0 if _default(bundles) else None, placeholder=t("choose_model"))
+    from model.bundle import default_bundle_name
+    from pages.sites_view import sidebar_site
+
+    name = st.session_state.get("bundle") if st.session_state.get("bundle") in bundles else \
+        default_bundle_name(bundles)
+    sidebar_site(bundles.get(name) if name else None)
     st.sidebar.caption(t("disclaimer"))

@@ -2,29 +2,21 @@
 never at page load), plus a few example images when the dataset folder is on this computer."""
 from pathlib import Path
 
-import cv2
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from model import reports as R
-from pages.common import current_bundle, report, tr
+from model import bundle_tables as tables
+from model import data_folder
+from model import formatting as F
+from pages.charts import PALETTE
+from pages.common import bundle_report, current_bundle
+from pages.ui import data_dir_input, fmt_int, tr
 
-PALETTE = ["#4C78A8", "#E45756", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#EECA3B", "#9D755D"]
 SUBTYPE_COLOURS = {"normal": "#4C78A8", "bacteria": "#E45756", "virus": "#F58518", "unknown": "#9D755D"}
 
 t = tr("dataset")
-
-
-def fmt_int(x) -> str:
-    return R.fmt_int(x, st.session_state.get("lang", "en"))
-
-
-def name(prefix: str, value) -> str:
-    """A translated display name for a split or subtype, or the value itself when there is none."""
-    text = t(f"{prefix}_{value}")
-    return str(value) if text == f"{prefix}_{value}" else text
 
 
 def style(fig: go.Figure, title: str | None, height: int = 340) -> go.Figure:
@@ -34,39 +26,16 @@ def style(fig: go.Figure, title: str | None, height: int = 340) -> go.Figure:
     return fig
 
 
-def data_dir_input() -> str:
-    """The dataset folder (shared with the Evaluation page under session key "data_dir")."""
-    st.session_state.setdefault("data_dir", R.default_data_dir())
-    st.session_state["dataset_data_dir"] = st.session_state["data_dir"]
-    st.text_input(t("data_dir"), key="dataset_data_dir", help=t("data_dir_help"),
-                  on_change=lambda: st.session_state.update(data_dir=st.session_state["dataset_data_dir"].strip()))
-    return st.session_state["data_dir"]
-
-
 @st.cache_data(show_spinner=False, max_entries=8)
 def examples(data_dir: str, classes: tuple, per_class: int, seed: int) -> dict:
-    """{class: [(file name, downsized uint8 image or None)]} read with model.io.decode, as any upload is."""
-    from model.io import DecodeError, decode
-
-    out = {}
-    for cls, paths in R.sample_paths(data_dir, list(classes), per_class, seed).items():
-        out[cls] = []
-        for path in paths:
-            try:
-                gray = decode(Path(path).read_bytes(), Path(path).name).pixels
-                scale = 320 / max(gray.shape)
-                if scale < 1:
-                    gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-            except (OSError, DecodeError):
-                gray = None
-            out[cls].append((Path(path).name, gray))
-    return out
+    """{class: [(file name, downsized uint8 image or None)]}, decoded as any upload is."""
+    return data_folder.examples(data_dir, list(classes), per_class, seed)
 
 
 bundle = current_bundle()
 if bundle is None:
     st.stop()
-eda = report(bundle.name, "eda")
+eda = bundle_report(bundle.name, "eda")
 st.title(t("title"))
 if not eda:
     st.info(t("no_report"))
@@ -77,23 +46,23 @@ colour = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(classes)}
 st.markdown(t("intro", model=bundle.title, dataset=eda.get("dataset", "?"), images=fmt_int(eda.get("n_images")),
               patients=fmt_int(eda.get("n_patients"))))
 
-balance = R.balance_frame(eda)
+balance = tables.balance_frame(eda)
 before = balance[balance["stage"] == "before"].set_index("label")["share"]
 after = balance[balance["stage"] == "after"].set_index("label")["share"]
 positive = classes[-1]
 cols = st.columns(4)
 cols[0].metric(t("m_images"), fmt_int(eda.get("n_images")))
 cols[1].metric(t("m_patients"), fmt_int(eda.get("n_patients")))
-cols[2].metric(t("m_positive_share", cls=positive), R.fmt_pct(before.get(positive)))
+cols[2].metric(t("m_positive_share", cls=positive), F.fmt_pct(before.get(positive)))
 cols[3].metric(t("m_duplicates"), fmt_int(eda.get("duplicates_removed_if_deduplicated")), help=t("m_duplicates_help"))
 
 # --- splits ---------------------------------------------------------------------------------------------------------
 st.header(t("h_splits"))
 st.caption(t("splits_caption"))
-counts = R.counts_frame(eda)
-counts["group"] = [label if str(sub).lower() == str(label).lower() else f"{label} · {name('subtype', sub)}"
+counts = tables.counts_frame(eda)
+counts["group"] = [label if str(sub).lower() == str(label).lower() else f"{label} · {t.name('subtype', sub)}"
                    for label, sub in zip(counts["label"], counts["subtype"])]
-counts["split_name"] = counts["split"].map(lambda s: name("split", s))
+counts["split_name"] = counts["split"].map(lambda s: t.name("split", s))
 group_colour = {g: SUBTYPE_COLOURS.get(sub, colour.get(label, PALETTE[0]))
                 for g, label, sub in zip(counts["group"], counts["label"], counts["subtype"])}
 left, right = st.columns([1, 1])
@@ -103,21 +72,21 @@ with left:
     fig.update_traces(textposition="inside", insidetextanchor="middle")
     st.plotly_chart(style(fig, t("fig_counts")), key="counts_chart")
 with right:
-    pivot = R.counts_pivot(eda)
+    pivot = tables.counts_pivot(eda)
     pivot["label"] = pivot["label"].replace({"all": t("all")})
-    pivot["subtype"] = [t("all") if s == "all" else name("subtype", s) for s in pivot["subtype"]]
+    pivot["subtype"] = [t("all") if s == "all" else t.name("subtype", s) for s in pivot["subtype"]]
     pivot = pivot.rename(columns={"label": t("col_label"), "subtype": t("col_subtype"), "total": t("col_total"),
-                                  **{s: name("split", s) for s in R.SPLIT_ORDER}})
+                                  **{s: t.name("split", s) for s in tables.SPLIT_ORDER}})
     st.dataframe(pivot, hide_index=True, key="counts_table")
-    patients = R.patients_frame(eda)
-    patients["split"] = patients["split"].map(lambda s: name("split", s))
+    patients = tables.patients_frame(eda)
+    patients["split"] = patients["split"].map(lambda s: t.name("split", s))
     st.dataframe(patients.rename(columns={"split": t("col_split"), "images": t("col_images"),
                                           "patients": t("col_patients"),
                                           "images_per_patient": t("col_images_per_patient")}),
                  hide_index=True, key="patients_table",
                  column_config={t("col_images_per_patient"): st.column_config.NumberColumn(format="%.2f"),
                                 t("col_patients"): st.column_config.NumberColumn(format="%d")})
-per_patient = R.images_per_patient_frame(eda)
+per_patient = tables.images_per_patient_frame(eda)
 if len(per_patient):
     fig = px.bar(per_patient, x="images", y="patients", color_discrete_sequence=[PALETTE[0]],
                  labels={"images": t("x_images_per_patient"), "patients": t("y_patients")})
@@ -133,18 +102,18 @@ fig.update_yaxes(tickformat=".0%", range=[0, 1])
 left, right = st.columns([3, 2], vertical_alignment="center")
 left.plotly_chart(style(fig, None, 320), key="balance_chart")
 right.markdown(t("balance_caption", dupes=fmt_int(eda.get("duplicates_removed_if_deduplicated")), pos=positive,
-                 before=R.fmt_pct(before.get(positive)), after=R.fmt_pct(after.get(positive))))
+                 before=F.fmt_pct(before.get(positive)), after=F.fmt_pct(after.get(positive))))
 
 # --- size and shape -------------------------------------------------------------------------------------------------
 st.header(t("h_size"))
 spec = eda.get("input") or bundle.input_spec
 st.caption(t("size_caption", w=spec.get("width"), h=spec.get("height")))
-source = R.source_summary(eda)
+source = tables.source_summary(eda)
 if source and source["low_resolution"]:
     st.warning(t("source_caption", original=fmt_int(source["original"]), total=fmt_int(source["total"]),
                  long_side=source["original_long_side"], low=fmt_int(source["low_resolution"]),
                  side=source["low_resolution_side"]))
-sizes = R.sizes_frame(eda)
+sizes = tables.sizes_frame(eda)
 if len(sizes):
     c1, c2, c3 = st.columns([2, 2, 1])
     with c1:
@@ -162,11 +131,11 @@ if len(sizes):
         st.plotly_chart(style(fig, t("fig_aspect")), key="aspect_chart")
     with c3:
         st.markdown(f"**{t('fig_common_sizes')}**")
-        st.dataframe(R.size_counts(eda).rename(columns={"size": t("col_size"), "images": t("col_images")}),
+        st.dataframe(tables.size_counts(eda).rename(columns={"size": t("col_size"), "images": t("col_images")}),
                      hide_index=True, key="sizes_table")
 
 # --- intensity ------------------------------------------------------------------------------------------------------
-hist = R.histogram_frame(eda)
+hist = tables.histogram_frame(eda)
 if len(hist):
     st.header(t("h_intensity"))
     fig = px.line(hist, x="intensity", y="density", color="label", markers=True, color_discrete_map=colour,
@@ -176,7 +145,7 @@ if len(hist):
     st.caption(t("intensity_caption"))
 
 # --- mean image -----------------------------------------------------------------------------------------------------
-means = R.mean_images(eda)
+means = tables.mean_images(eda)
 if means:
     st.header(t("h_mean"))
     panels = [(label, img, "gray", 0, 255) for label, img in means.items()]
@@ -197,8 +166,8 @@ if means:
 # --- examples -------------------------------------------------------------------------------------------------------
 st.header(t("h_examples"))
 st.caption(t("examples_caption"))
-data_dir = data_dir_input()
-if not R.data_dir_ok(data_dir):
+data_dir = data_dir_input(t, "dataset_data_dir")
+if not data_folder.data_dir_ok(data_dir):
     st.info(t("data_dir_missing"))
 else:
     seed = st.session_state.setdefault("dataset_example_seed", 0)

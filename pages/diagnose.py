@@ -13,15 +13,18 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from model.report import decide, disagree, png_bytes, report_html, report_json
+from model.analysis import analyse, apply_site, decide, disagree
+from model.downloads import png_bytes, report_html, report_json
+from model.explain import overlay
 from model.guard import for_bundle
-from model.analysis import analyse
-from model.explain import METHOD_LABELS, METHODS, overlay
-from model.metrics import confusion, rates
-from pages.common import current_bundle, get_ensemble, get_explainer, report, threshold_for, tr
+from model.metrics import confusion, rates, roc_curve
+from model.safe_text import md_escape
+from model.types import CamMethod, Result, Task
+from pages.common import current_bundle, get_ensemble, get_explainer, threshold_for
 from pages.outputs import draw_outputs
+from pages.sites_view import active_site, evidence_choice, site_caption
+from pages.ui import UPLOAD_TYPES, tr
 
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "gif", "dcm", "dicom"]
 DISPLAY_SIDE = 1024  # longest side sent to the browser; downloads keep the full resolution
 POINT_ORDER = ("screening", "balanced", "confirmatory")
 POSITIVE, NEGATIVE = "#c0392b", "#2e6da4"
@@ -52,19 +55,6 @@ def for_display(gray: np.ndarray) -> np.ndarray:
     if scale >= 1:
         return gray
     return cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-
-
-def in_language(item: dict) -> str:
-    """A decoder error or warning in the UI language: Spanish by its code where known, else the decoder's own
-    (English, more specific) message."""
-    text = t(f"msg_{item.get('code')}")
-    return item["message"] if text == f"msg_{item.get('code')}" else text
-
-
-def class_label(name: str) -> str:
-    key = f"class_{name}"
-    text = t(key)
-    return name if text == key else text
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -101,98 +91,108 @@ def draw_meta(meta: dict):
             continue
         if isinstance(value, (list, tuple)):
             value = " / ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-        label = t(f"meta_{key}")
-        rows[key if label == f"meta_{key}" else label] = str(value)
+        rows[t(f"meta_{key}", default=key)] = str(value)
     with st.expander(t("image_details")):
-        st.markdown("\n".join(f"- **{k}:** {v}" for k, v in rows.items()))
+        st.markdown("\n".join(f"- **{k}:** {md_escape(v)}" for k, v in rows.items()))  # values come from the file
 
 
-def draw_decision(result: dict, bundle):
+def draw_decision(result: Result, bundle):
     classes = bundle.classes
     st.caption(t("decision_heading"))
-    if bundle.task == "binary":
-        positive = result["label"] == classes[-1]
-        st.markdown(f"## :{'red' if positive else 'blue'}[{class_label(result['label'])}]")
-        point = result["operating_point"]
-        st.markdown(t("decision_binary", cls=class_label(classes[-1]), p=result["probability"],
-                      cmp=t("at_or_above") if positive else t("below"), t=result["threshold"],
+    if result.label is None:  # the guard says this is not a chest radiograph: no decision, probability for reference
+        ts = tr("sites")
+        st.markdown(f"## :gray[{ts('not_assessed_decision')}]")
+        st.caption(ts("not_assessed_note"))
+        if result.probability is not None:
+            st.markdown(f":gray[{t.class_label(classes[-1])}: {result.probability:.1%} — "
+                        f"{ts('not_assessed')}]")
+    elif bundle.task == Task.BINARY:
+        positive = result.label == classes[-1]
+        st.markdown(f"## :{'red' if positive else 'blue'}[{t.class_label(result.label)}]")
+        point = result.operating_point
+        st.markdown(t("decision_binary", cls=t.class_label(classes[-1]), p=result.probability,
+                      cmp=t("at_or_above") if positive else t("below"), t=result.threshold,
                       point=t(f"op_{point}") if point else t("custom_point")))
-    elif bundle.task == "multiclass":
-        label = result["label"]
-        st.markdown(f"## {class_label(label)}")
-        st.markdown(t("decision_multiclass", cls=class_label(label), p=result["probabilities"][label]))
+    elif bundle.task == Task.MULTICLASS:
+        label = result.label
+        st.markdown(f"## {t.class_label(label)}")
+        st.markdown(t("decision_multiclass", cls=t.class_label(label), p=result.probabilities[label]))
     else:
-        found = ", ".join(class_label(c) for c in result["label"]) or t("none_found")
+        found = ", ".join(t.class_label(c) for c in result.label) or t("none_found")
         st.markdown(f"## {found}")
         st.markdown(t("decision_multilabel", found=found))
     if disagree(result):
-        st.warning(t("disagree", spread=result["spread"]), icon=":material/warning:")
-    elif result["spread"] is not None:
-        st.caption(t("agree", spread=result["spread"]))
+        st.warning(t("disagree", spread=result.spread), icon=":material/warning:")
+    elif result.spread is not None:
+        st.caption(t("agree", spread=result.spread))
 
 
-def members_figure(result: dict, bundle) -> go.Figure:
+def members_figure(result: Result, bundle) -> go.Figure:
     """Each member's probability beside the ensemble's, with the threshold drawn across (binary), or grouped by
     class (multiclass / multilabel)."""
     fig = go.Figure()
-    if bundle.task == "binary":
-        names = list(result["members"]) + [f"<b>{t('ensemble')}</b>"]
-        values = list(result["members"].values()) + [result["probability"]]
-        colours = [POSITIVE if v >= result["threshold"] else NEGATIVE for v in values]
+    if bundle.task == Task.BINARY:
+        names = list(result.members) + [f"<b>{t('ensemble')}</b>"]
+        values = list(result.members.values()) + [result.probability]
+        colours = [POSITIVE if v >= result.threshold else NEGATIVE for v in values]
         fig.add_bar(y=names, x=values, orientation="h", marker_color=colours, text=[f"{v:.1%}" for v in values],
                     marker_opacity=[0.55] * (len(names) - 1) + [1.0],
                     textposition="outside", cliponaxis=False, hovertemplate="%{y}: %{x:.3f}<extra></extra>")
-        fig.add_vline(x=result["threshold"], line_dash="dash", line_color="#444")
+        fig.add_vline(x=result.threshold, line_dash="dash", line_color="#444")
         fig.update_yaxes(autorange="reversed")
         fig.update_xaxes(range=[0, 1], tickformat=".0%", title=t("member_axis"))
         height = 80 + 32 * len(names)
     else:
-        for member, probs in list(result["members"].items()) + [(t("ensemble"), result["probabilities"])]:
-            fig.add_bar(name=member, x=[class_label(c) for c in bundle.classes],
+        for member, probs in list(result.members.items()) + [(t("ensemble"), result.probabilities)]:
+            fig.add_bar(name=member, x=[t.class_label(c) for c in bundle.classes],
                         y=[probs[c] for c in bundle.classes], hovertemplate="%{x}: %{y:.3f}<extra></extra>")
         fig.update_layout(barmode="group")
         fig.update_yaxes(range=[0, 1], tickformat=".0%", title=t("member_axis"))
         height = 300
-    fig.update_layout(height=height, margin=dict(l=0, r=45, t=10, b=0), showlegend=bundle.task != "binary")
+    fig.update_layout(height=height, margin=dict(l=0, r=45, t=10, b=0), showlegend=bundle.task != Task.BINARY)
     return fig
 
 
-def draw_threshold(bundle, threshold: float):
-    """The slider and the operating-point presets (binary bundles)."""
-    cls = class_label(bundle.classes[-1])
+def draw_threshold(bundle, threshold: float, site=None):
+    """The slider and the operating-point presets (binary bundles; a site profile's own presets when active)."""
+    cls = t.class_label(bundle.classes[-1])
     st.session_state["dx_threshold"] = threshold  # mirror the shared value into this page's widget
     st.slider(t("threshold"), 0.0, 1.0, step=0.001, format="%.3f", key="dx_threshold",
               on_change=_keep_threshold, help=t("threshold_help", cls=cls))
-    points = sorted((p for p in bundle.operating_points if "threshold" in p),
+    points = sorted((p for p in (site.operating_points if site else bundle.operating_points) if "threshold" in p),
                     key=lambda p: POINT_ORDER.index(p["name"]) if p["name"] in POINT_ORDER else len(POINT_ORDER))
     if points:
         st.caption(t("presets"))
         for column, point in zip(st.columns(len(points), gap="small"), points):
-            label = t(f"op_{point['name']}")
-            column.button(label if label != f"op_{point['name']}" else point["name"], key=f"op_{point['name']}",
+            column.button(t.name("op", point["name"]), key=f"op_{point['name']}",
                           on_click=_use_threshold, args=(point["threshold"],), width="stretch",
                           type="primary" if abs(point["threshold"] - threshold) < 1e-9 else "secondary",
-                          help=t("op_help", t=point["threshold"], sens=point.get("val_sensitivity", float("nan")),
-                                 spec=point.get("val_specificity", float("nan"))))
+                          help=t("op_help", t=point["threshold"],
+                                 sens=point.get("val_sensitivity", point.get("site_sensitivity", float("nan"))),
+                                 spec=point.get("val_specificity", point.get("site_specificity", float("nan")))))
 
 
-def evaluation_at(bundle, threshold: float) -> dict | None:
-    """Confusion counts and rates of the bundle's evaluation scores at this threshold (None without scores)."""
-    scores = report(bundle.name, "scores")
-    if not scores or scores.get("task") != "binary":
+def evaluation_at(evidence: dict | None, threshold: float) -> dict | None:
+    """Confusion counts and rates at this threshold on the chosen evidence set (pages.sites_view.evidence_choice:
+    internal test, external, or the site profile's cross-validated scores); None without scores."""
+    if evidence is None:
         return None
-    counts = confusion(np.asarray(scores["y"]).ravel(), np.asarray(scores["ensemble"]).ravel(), threshold)
+    counts = confusion(evidence["y"], evidence["score"], threshold)
     pos, neg = counts["tp"] + counts["fn"], counts["tn"] + counts["fp"]
     sample = pos / max(pos + neg, 1)
     if "prevalence" not in st.session_state:
         st.session_state["prevalence"] = sample
-    return {"counts": counts, "pos": pos, "neg": neg, "sample": sample, "split": scores.get("split", "evaluation"),
-            "rates": rates(counts), "at_prevalence": rates(counts, float(st.session_state["prevalence"]))}
+    name = tr("sites")(f"set_{evidence['key']}")
+    if evidence["key"] == "external":
+        name += f" ({evidence['dataset']})"
+    return {"counts": counts, "pos": pos, "neg": neg, "sample": sample, "split": name,
+            "roc": roc_curve(evidence["y"], evidence["score"])[:2], "rates": rates(counts),
+            "at_prevalence": rates(counts, float(st.session_state["prevalence"]))}
 
 
 def draw_meaning(bundle, ev: dict | None):
     """Sensitivity, specificity, PPV and NPV at the current threshold, and the prevalence they assume."""
-    cls, neg = class_label(bundle.classes[-1]), class_label(bundle.classes[0])
+    cls, neg = t.class_label(bundle.classes[-1]), t.class_label(bundle.classes[0])
     st.markdown(f"**{t('meaning_heading')}**")
     if ev is None:
         st.info(t("no_scores"))
@@ -203,8 +203,7 @@ def draw_meaning(bundle, ev: dict | None):
     m[1].metric(t("specificity"), _pct(r["specificity"]), help=t("specificity_help", cls=cls, neg=neg))
     m[2].metric(t("ppv"), _pct(rp["ppv"]), help=t("ppv_help", cls=cls))
     m[3].metric(t("npv"), _pct(rp["npv"]), help=t("npv_help", cls=cls, neg=neg))
-    split_key = f"split_{ev['split']}"
-    st.caption(t("meaning_caption", split=t(split_key) if t(split_key) != split_key else ev["split"],
+    st.caption(t("meaning_caption", split=t.name("split", ev["split"]),
                  n=ev["pos"] + ev["neg"], pos=ev["pos"], cls=cls, tp=c["tp"], fp=c["fp"], neg=ev["neg"]))
     st.session_state["dx_prevalence"] = round(100.0 * float(st.session_state["prevalence"]), 2)
     st.number_input(t("prevalence"), min_value=0.1, max_value=99.9, step=0.5, format="%.1f", key="dx_prevalence",
@@ -212,8 +211,9 @@ def draw_meaning(bundle, ev: dict | None):
 
 
 def roc_figure(bundle, threshold: float, ev: dict) -> go.Figure:
-    """The ensemble's ROC on the evaluation data with the current threshold marked."""
-    roc = ((report(bundle.name, "evaluation") or {}).get("ensemble") or {}).get("roc")
+    """The ensemble's ROC on the chosen evidence set with the current threshold marked."""
+    fpr, tpr = ev["roc"]
+    roc = {"fpr": fpr, "tpr": tpr}
     r = ev["rates"]
     fig = go.Figure()
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#aaa"), hoverinfo="skip",
@@ -240,7 +240,7 @@ def draw_cam(digest: str, bundle, decoded, shown: np.ndarray):
     """Original and overlay side by side, with the CAM controls above. Returns a maker of the full-resolution
     overlay PNG, or None while the CAM is off."""
     members = ["ensemble"] + [m.name for m in bundle.members]
-    row = st.columns([1.3, 2.4, 1.1, 1.1, 1.4] if bundle.task != "binary" else [1.3, 2.4, 1.1, 1.4], gap="medium",
+    row = st.columns([1.3, 2.4, 1.1, 1.1, 1.4] if bundle.task != Task.BINARY else [1.3, 2.4, 1.1, 1.4], gap="medium",
                      vertical_alignment="bottom")
     on = row[0].toggle(t("show_cam"), key="dx_cam", help=t("show_cam_help"))
     images = st.columns(2, gap="medium")
@@ -249,20 +249,21 @@ def draw_cam(digest: str, bundle, decoded, shown: np.ndarray):
     if not on:
         images[1].info(t("cam_off"), icon=":material/visibility:")
         return None
-    method = row[1].segmented_control(t("cam_method"), METHODS, format_func=METHOD_LABELS.get, default=METHODS[0],
-                                      required=True, key="dx_cam_method")
+    methods = [m.value for m in CamMethod]  # plain strings: they key the CAM cache
+    method = row[1].segmented_control(t("cam_method"), methods, format_func=lambda m: CamMethod(m).label,
+                                      default=methods[0], required=True, key="dx_cam_method")
     member = row[2].selectbox(t("cam_member"), members, key="dx_cam_member",
                               format_func=lambda m: t("ensemble") if m == "ensemble" else m)
-    class_name = (row[3].selectbox(t("cam_class"), bundle.classes, format_func=class_label, key="dx_cam_class")
-                  if bundle.task != "binary" else bundle.classes[-1])
+    class_name = (row[3].selectbox(t("cam_class"), bundle.classes, format_func=t.class_label, key="dx_cam_class")
+                  if bundle.task != Task.BINARY else bundle.classes[-1])
     opacity = row[-1].slider(t("cam_opacity"), 0.0, 1.0, 0.4, 0.05, key="dx_cam_opacity")
-    with images[1], st.spinner(t("cam_running", method=METHOD_LABELS[method])):
+    with images[1], st.spinner(t("cam_running", method=CamMethod(method).label)):
         maps = cams(digest, bundle.name, method, class_name, decoded.pixels)
     cam = maps[member]
     images[1].image(overlay(shown, cam, opacity), width="stretch",
-                    caption=t("cam_caption", method=METHOD_LABELS[method],
-                              member=t("ensemble") if member == "ensemble" else member, cls=class_label(class_name)))
-    st.caption(t("cam_note", cls=class_label(class_name)))
+                    caption=t("cam_caption", method=CamMethod(method).label,
+                              member=t("ensemble") if member == "ensemble" else member, cls=t.class_label(class_name)))
+    st.caption(t("cam_note", cls=t.class_label(class_name)))
     return lambda: png_bytes(overlay(decoded.pixels, cam, opacity))
 
 
@@ -281,42 +282,45 @@ if not upload:
     st.stop()
 if st.session_state.get("dx_upload") is None:
     note, back = st.columns([4, 1], vertical_alignment="center")
-    note.caption(t("from_worklist", name=upload["name"]))
+    note.caption(t("from_worklist", name=md_escape(upload["name"])))  # the uploader's text, shown as text
     if st.session_state.get("worklist_entries"):
         back.page_link("pages/worklist.py", label=t("back_to_worklist"), icon=":material/arrow_back:")
 
 digest = hashlib.sha256(upload["data"]).hexdigest()
 with st.spinner(t("analysing")):
     base, decoded = analysed(digest, bundle.name, upload["name"], upload["data"])
-if base["error"]:
-    st.error(t("decode_error", message=in_language(base["error"])), icon=":material/error:")
+if base.error:
+    st.error(t("decode_error", message=t.message(base.error)), icon=":material/error:")
     st.stop()
-if base["warnings"]:
-    st.warning(t("warnings_heading") + "\n" + "\n".join(f"- {in_language(w)}" for w in base["warnings"]),
+if base.warnings:
+    st.warning(t("warnings_heading") + "\n" + "\n".join(f"- {t.message(w)}" for w in base.warnings),
                icon=":material/warning:")
 
-if bundle.task == "binary":
-    threshold = threshold_for(bundle)
-elif bundle.task == "multilabel":
+site = active_site(bundle)
+if bundle.task == Task.BINARY:
+    threshold = threshold_for(bundle, site)
+elif bundle.task == Task.MULTILABEL:
     threshold = next((p.get("thresholds") for p in bundle.operating_points if p.get("thresholds")), None)
 else:
     threshold = None
-result = decide(base, bundle, threshold)
-ev = evaluation_at(bundle, threshold) if bundle.task == "binary" else None
+result = decide(apply_site(base, site), bundle, threshold, site)
+ev = None
 
 # 1. The answer, and the threshold that makes it.
 answer, tuning = st.columns([5, 6], gap="large")
 with answer, st.container(border=True):
     draw_decision(result, bundle)
+    site_caption(site)
     st.markdown(f"**{t('members_heading')}**")
     st.plotly_chart(members_figure(result, bundle), key="dx_members", config={"displayModeBar": False})
 with tuning:
-    if bundle.task == "binary":
-        draw_threshold(bundle, threshold)
+    if bundle.task == Task.BINARY:
+        draw_threshold(bundle, threshold, site)
+        ev = evaluation_at(evidence_choice(bundle, site, key="dx_evidence"), threshold)
         draw_meaning(bundle, ev)
-    elif bundle.task == "multilabel" and isinstance(threshold, dict):
+    elif bundle.task == Task.MULTILABEL and isinstance(threshold, dict):
         st.markdown(f"**{t('class_thresholds')}**")
-        st.markdown("\n".join(f"- {class_label(c)}: {v:.3f}" for c, v in threshold.items()))
+        st.markdown("\n".join(f"- {t.class_label(c)}: {v:.3f}" for c, v in threshold.items()))
 
 # 2. The image, and where the models looked.
 st.subheader(t("cam_heading"), divider="gray")
@@ -330,16 +334,14 @@ if ev is not None:
 with details:
     draw_meta(decoded.meta)
     st.markdown(f"**{t('downloads')}**")
-    lang = st.session_state.get("lang", "en")
     if overlay_png:
         st.download_button(t("download_overlay"), overlay_png, file_name="torax-overlay.png", mime="image/png",
                            icon=":material/image:", on_click="ignore")
-    st.download_button(t("download_json"), lambda: report_json(result, bundle),
+    st.download_button(t("download_json"), lambda: report_json(result, bundle, site=site),
                        file_name="torax-report.json", mime="application/json", icon=":material/data_object:",
                        on_click="ignore")
     st.download_button(t("download_html"),
-                       lambda: report_html({**result, "warnings": [{**w, "message": in_language(w)}
-                                                                   for w in result["warnings"]]},
-                                           bundle, overlay_png() if overlay_png else None, lang),
+                       lambda: report_html(t.localised(result), bundle, overlay_png() if overlay_png else None, t.lang,
+                                           site=site),
                        file_name="torax-report.html", mime="text/html", icon=":material/print:", on_click="ignore")
     draw_outputs(upload, result, bundle, decoded, digest)  # PDF; for DICOM also SR / SC and the PACS

@@ -4,26 +4,19 @@ every figure is formatted from the bundle."""
 import pandas as pd
 import streamlit as st
 
-from model import reports as R
-from pages.common import current_bundle, report, tr
+from model import bundle_tables as tables
+from model import formatting as F
+from model.types import Task
+from pages.common import bundle_report, current_bundle, threshold_for
+from pages.sites_view import active_site, side_by_side
+from pages.ui import fmt_int, tr
 
 t = tr("model_card")
 
 
-def fmt_int(x) -> str:
-    return R.fmt_int(x, st.session_state.get("lang", "en"))
-
-
-def name(prefix: str, value) -> str:
-    """A translated display name, or the value itself when there is none."""
-    text = t(f"{prefix}_{value}")
-    return str(value) if text == f"{prefix}_{value}" else text
-
-
 def per_dataset(key: str, dataset: str, **kwargs) -> str:
     """The dataset-specific text `key_<dataset>`, else the generic `key_other`."""
-    text = t(f"{key}_{dataset}", **kwargs)
-    return text if text != f"{key}_{dataset}" else t(f"{key}_other", **kwargs)
+    return t(f"{key}_{dataset}", default=t(f"{key}_other", **kwargs), **kwargs)
 
 
 bundle = current_bundle()
@@ -32,36 +25,36 @@ if bundle is None:
 manifest = bundle.manifest
 training = manifest.get("training") or {}
 summary = manifest.get("evaluation") or {}
-evaluation = report(bundle.name, "evaluation") or {}
-eda = report(bundle.name, "eda") or {}
-dataset = R.dataset_key(manifest)
+evaluation = bundle_report(bundle.name, "evaluation") or {}
+eda = bundle_report(bundle.name, "eda") or {}
+dataset = tables.dataset_key(manifest)
 classes = bundle.classes
 positive = classes[-1]
 
 st.title(t("title", title=bundle.title))
 st.caption(t("subtitle", version=manifest.get("version", bundle.version),
-             created=R.fmt_datetime(training.get("created")),
-             task=name("task", bundle.task), classes=", ".join(classes)))
-if R.is_small_training_set(manifest):
+             created=F.fmt_datetime(training.get("created")),
+             task=t.name("task", bundle.task.value), classes=", ".join(classes)))
+if tables.is_small_training_set(manifest):
     explanation = t("research_only_text", n=fmt_int(training.get("counts", {}).get("train")),
-                    limit=fmt_int(R.SMALL_TRAINING_SET))
+                    limit=fmt_int(tables.SMALL_TRAINING_SET))
     st.error(f"### {t('research_only')}\n{explanation}",
              icon="⚠️")
 
 # --- headline -------------------------------------------------------------------------------------------------------
-if bundle.task == "binary" and "auc" in summary:
+if bundle.task == Task.BINARY and "auc" in summary:
     cols = st.columns(5)
-    cols[0].metric(t("m_auc", ci=R.fmt_ci(summary.get("auc_ci95"))), R.fmt_num(summary.get("auc")),
+    cols[0].metric(t("m_auc", ci=F.fmt_ci(summary.get("auc_ci95"))), F.fmt_num(summary.get("auc")),
                    help=t("m_auc_help"))
     for col, key in zip(cols[1:], ("sensitivity", "specificity", "ppv", "npv")):
-        col.metric(t(key), R.fmt_pct(summary.get(key)))
-    st.caption(t("headline_caption", n=fmt_int(summary.get("n")), split=name("split", summary.get("split")),
-                 point=name("op", summary.get("at"))))
+        col.metric(t(key), F.fmt_pct(summary.get(key)))
+    st.caption(t("headline_caption", n=fmt_int(summary.get("n")), split=t.name("split", summary.get("split")),
+                 point=t.name("op", summary.get("at"))))
 elif "macro_auc" in summary:
     cols = st.columns(3)
-    cols[0].metric(t("m_macro_auc"), R.fmt_num(summary.get("macro_auc")))
+    cols[0].metric(t("m_macro_auc"), F.fmt_num(summary.get("macro_auc")))
     if "accuracy" in summary:
-        cols[1].metric(t("m_accuracy"), R.fmt_pct(summary.get("accuracy")))
+        cols[1].metric(t("m_accuracy"), F.fmt_pct(summary.get("accuracy")))
     cols[2].metric(t("m_n"), fmt_int(summary.get("n")))
 
 # --- intended use ---------------------------------------------------------------------------------------------------
@@ -76,7 +69,7 @@ st.markdown(t("intended_not"))
 # --- data -----------------------------------------------------------------------------------------------------------
 st.header(t("h_data"))
 st.markdown(per_dataset("provenance", dataset, data=training.get("data", "?")))
-source = R.source_summary(eda) if eda else None
+source = tables.source_summary(eda) if eda else None
 if source and source["low_resolution"]:
     st.markdown(t("source_kinds", original=fmt_int(source["original"]), total=fmt_int(source["total"]),
                   long_side=source["original_long_side"], low=fmt_int(source["low_resolution"]),
@@ -87,75 +80,77 @@ if eda:
 
 st.subheader(t("h_split"))
 st.markdown(t("split_procedure", procedure=training.get("split", "—"), seed=training.get("split_seed", "—")))
-splits = R.split_table(manifest)
+splits = tables.split_table(manifest)
 if len(splits):
-    splits["split"] = splits["split"].map(lambda s: name("split", s))
+    splits["split"] = splits["split"].map(lambda s: t.name("split", s))
     st.table(splits.rename(columns={"split": t("col_split"), "images": t("col_images"),
                                         "patients": t("col_patients")}),
                  hide_index=True, width="content")
 spec = bundle.input_spec
 st.markdown(t("training_setup", w=spec.get("width"), h=spec.get("height"), resize=spec.get("resize", "—"),
               epochs=training.get("epochs_max", "—"), batch=training.get("batch_size", "—"),
-              lr=training.get("lr", "—"), minutes=R.fmt_num(training.get("minutes_per_member"), 0),
+              lr=training.get("lr", "—"), minutes=F.fmt_num(training.get("minutes_per_member"), 0),
               members=len(manifest.get("members", []))))
 
 # --- performance ----------------------------------------------------------------------------------------------------
 st.header(t("h_performance"))
-if bundle.task == "binary" and "auc" in summary:
-    rows = [(t("auc"), f"{R.fmt_num(summary.get('auc'))} ({t('ci')} {R.fmt_ci(summary.get('auc_ci95'))})")]
-    rows += [(t(k), R.fmt_pct(summary.get(k))) for k in ("accuracy", "sensitivity", "specificity", "ppv", "npv")]
-    rows += [(t("f1"), R.fmt_num(summary.get("f1")))]
+if bundle.task == Task.BINARY and "auc" in summary:
+    rows = [(t("auc"), f"{F.fmt_num(summary.get('auc'))} ({t('ci')} {F.fmt_ci(summary.get('auc_ci95'))})")]
+    rows += [(t(k), F.fmt_pct(summary.get(k))) for k in ("accuracy", "sensitivity", "specificity", "ppv", "npv")]
+    rows += [(t("f1"), F.fmt_num(summary.get("f1")))]
     st.table(pd.DataFrame(rows, columns=[t("col_metric"), t("col_value")]), hide_index=True, width="content")
-    st.caption(t("performance_caption", n=fmt_int(summary.get("n")), split=name("split", summary.get("split")),
-                 point=name("op", summary.get("at"))))
+    st.caption(t("performance_caption", n=fmt_int(summary.get("n")), split=t.name("split", summary.get("split")),
+                 point=t.name("op", summary.get("at"))))
     member_auc = summary.get("member_auc") or {}
     if member_auc:
         members = evaluation.get("members", {})
-        st.table(pd.DataFrame([{t("col_model"): m, t("col_auc"): R.fmt_num(a),
-                                    t("col_ci"): R.fmt_ci(members.get(m, {}).get("auc_ci95"))}
+        st.table(pd.DataFrame([{t("col_model"): m, t("col_auc"): F.fmt_num(a),
+                                    t("col_ci"): F.fmt_ci(members.get(m, {}).get("auc_ci95"))}
                                    for m, a in member_auc.items()]),
                      hide_index=True, width="content")
         st.markdown(t("ensemble_beats" if summary.get("ensemble_beats_best_member") else "ensemble_not_better"))
+    site = active_site(bundle)
+    side_by_side(bundle, threshold_for(bundle, site), site, key="mc_sbs")
 else:
     per_class = summary.get("per_class_auc") or {}
     cis = {c: v.get("auc_ci95") for c, v in evaluation.get("per_class", {}).items()}
-    st.table(pd.DataFrame([{t("col_class"): c, t("col_auc"): R.fmt_num(a), t("col_ci"): R.fmt_ci(cis.get(c))}
+    st.table(pd.DataFrame([{t("col_class"): c, t("col_auc"): F.fmt_num(a), t("col_ci"): F.fmt_ci(cis.get(c))}
                                for c, a in per_class.items()]), hide_index=True,
                  width="content")
     st.caption(t("performance_caption_per_class", n=fmt_int(summary.get("n")),
-                 split=name("split", summary.get("split"))))
+                 split=t.name("split", summary.get("split"))))
 
 # --- calibration ----------------------------------------------------------------------------------------------------
 calibration = manifest.get("calibration") or {}
 if calibration:
     st.subheader(t("h_calibration"))
     method = str(calibration.get("method") or "")
-    st.markdown(t("calibration_text", method=name("calibration", method.split(" ")[0]) if method else "—",
-                  fitted_on=name("split", calibration.get("fitted_on")),
-                  values=R.calibration_text(calibration) or "—"))
+    st.markdown(t("calibration_text", method=t.name("calibration", method.split(" ")[0]) if method else "—",
+                  fitted_on=t.name("split", calibration.get("fitted_on")),
+                  values=tables.calibration_text(calibration) or "—"))
     cal = (evaluation.get("ensemble") or {}).get("calibration")
     if cal:
-        st.markdown(t("calibration_ece", before=R.fmt_num(cal.get("ece_before")),
-                      after=R.fmt_num(cal.get("ece_after"))))
+        st.markdown(t("calibration_ece", before=F.fmt_num(cal.get("ece_before")),
+                      after=F.fmt_num(cal.get("ece_after"))))
 
 # --- operating points -----------------------------------------------------------------------------------------------
-points = R.operating_point_table(manifest, evaluation)
+points = tables.operating_point_table(manifest, evaluation)
 if len(points):
     st.subheader(t("h_operating_points"))
-    st.markdown(t("operating_points_text", default=name("op", manifest.get("default_operating_point"))))
+    st.markdown(t("operating_points_text", default=t.name("op", manifest.get("default_operating_point"))))
     st.table(pd.DataFrame({
-        t("col_point"): points["name"].map(lambda n: name("op", n)),
-        t("col_threshold"): points["threshold"].map(R.fmt_num),
-        t("col_val_sens"): points["val_sensitivity"].map(R.fmt_pct),
-        t("col_val_spec"): points["val_specificity"].map(R.fmt_pct),
-        t("col_test_sens"): points["test_sensitivity"].map(R.fmt_pct),
-        t("col_test_spec"): points["test_specificity"].map(R.fmt_pct),
+        t("col_point"): points["name"].map(lambda n: t.name("op", n)),
+        t("col_threshold"): points["threshold"].map(F.fmt_num),
+        t("col_val_sens"): points["val_sensitivity"].map(F.fmt_pct),
+        t("col_val_spec"): points["val_specificity"].map(F.fmt_pct),
+        t("col_test_sens"): points["test_sensitivity"].map(F.fmt_pct),
+        t("col_test_spec"): points["test_specificity"].map(F.fmt_pct),
     }), hide_index=True)
 else:
     per_class_points = [p for p in manifest.get("operating_points", []) if p.get("thresholds")]
     if per_class_points:
         st.subheader(t("h_operating_points"))
-        st.table(pd.DataFrame([{t("col_class"): c, t("col_threshold"): R.fmt_num(v)}
+        st.table(pd.DataFrame([{t("col_class"): c, t("col_threshold"): F.fmt_num(v)}
                                    for c, v in per_class_points[0]["thresholds"].items()]),
                      hide_index=True, width="content")
 
@@ -169,7 +164,7 @@ if source and source["low_resolution"]:
                     side=source["low_resolution_side"]))
 limits.append(t("lim_input", w=spec.get("width"), h=spec.get("height")))
 limits.append(t("lim_calibration"))
-if R.is_small_training_set(manifest):
+if tables.is_small_training_set(manifest):
     limits.append(t("lim_small", n=fmt_int(training.get("counts", {}).get("train"))))
 st.markdown("\n".join(f"- {item}" for item in limits))
 
@@ -177,18 +172,18 @@ st.markdown("\n".join(f"- {item}" for item in limits))
 st.header(t("h_versions"))
 commit = str(training.get("code_commit") or "—")
 st.markdown(t("versions_text", version=manifest.get("version", bundle.version), commit=commit,
-              created=R.fmt_datetime(training.get("created")), hardware=R.hardware_text(training.get("hardware")),
-              wall=R.fmt_duration(training.get("wall_seconds"))))
+              created=F.fmt_datetime(training.get("created")), hardware=tables.hardware_text(training.get("hardware")),
+              wall=F.fmt_duration(training.get("wall_seconds"))))
 if commit.endswith("-dirty"):
     st.caption(t("dirty_commit"))
-versions = R.version_table(manifest)
+versions = tables.version_table(manifest)
 if len(versions):
-    versions["train_seconds"] = versions["train_seconds"].map(R.fmt_duration)
-    versions["params"] = versions["params"].map(R.fmt_int)
-    versions["val_auc"] = versions["val_auc"].map(R.fmt_num)
+    versions["train_seconds"] = versions["train_seconds"].map(F.fmt_duration)
+    versions["params"] = versions["params"].map(F.fmt_int)
+    versions["val_auc"] = versions["val_auc"].map(F.fmt_num)
     for column in ("temperature", "bias"):
         if column in versions:
-            versions[column] = versions[column].map(lambda v: R.fmt_num(v, 2))
+            versions[column] = versions[column].map(lambda v: F.fmt_num(v, 2))
     st.table(versions.rename(columns={
         "name": t("col_model"), "arch": t("col_arch"), "params": t("col_params"), "epochs_run": t("col_epochs"),
         "val_auc": t("col_val_auc"), "temperature": t("col_temperature"), "bias": t("col_bias"),

@@ -11,31 +11,17 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from model.report import analyse_batch, decide, point_at, worklist_rows
-from model.guard import for_bundle
+from model.analysis import analyse_batch, apply_site, decide, point_at
+from model.downloads import NOT_ASSESSED, worklist_rows
 from model.ensemble import Ensemble
-from pages.common import current_bundle, get_ensemble, threshold_for, tr
-
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "gif", "dcm", "dicom"]
+from model.guard import for_bundle
+from model.safe_text import csv_text, md_escape
+from model.types import Task
+from pages.common import current_bundle, get_ensemble, threshold_for
+from pages.sites_view import active_site, site_caption
+from pages.ui import UPLOAD_TYPES, tr
 
 t = tr("worklist")
-
-
-def in_language(item: dict) -> str:
-    """A decoder error or warning in the UI language: Spanish by its code where known, else the decoder's own
-    (English, more specific) message."""
-    text = t(f"msg_{item.get('code')}")
-    return item["message"] if text == f"msg_{item.get('code')}" else text
-
-
-def localised(result: dict) -> dict:
-    return {**result, "warnings": [{**w, "message": in_language(w)} for w in result.get("warnings") or []],
-            "error": result["error"] and {**result["error"], "message": in_language(result["error"])}}
-
-
-def class_label(name: str) -> str:
-    key = f"class_{name}"
-    return name if t(key) == key else t(key)
 
 
 def _take_uploads():
@@ -83,26 +69,29 @@ if todo:
 keys = [(bundle.name, e["digest"], e["name"]) for e in entries]
 st.session_state["worklist_results"] = {k: done[k] for k in keys}
 
-threshold = threshold_for(bundle) if bundle.task == "binary" else None
-results = [localised(decide(done[k], bundle, threshold)) for k in keys]
+site = active_site(bundle)
+threshold = threshold_for(bundle, site) if bundle.task == Task.BINARY else None
+results = [t.localised(decide(apply_site(done[k], site), bundle, threshold, site)) for k in keys]
 rows = worklist_rows(results)
 
 errors = sum(1 for r in rows if r["error"])
-if bundle.task == "binary":
-    point = point_at(bundle, threshold)
+if bundle.task == Task.BINARY:
+    point = point_at(bundle, threshold, site)
     st.markdown(t("summary", n=len(rows), positive=sum(r["decision"] == bundle.classes[-1] for r in rows),
-                  cls=class_label(bundle.classes[-1]), disagree=sum(bool(r["disagreement"]) for r in rows),
+                  cls=t.class_label(bundle.classes[-1]), disagree=sum(bool(r["disagreement"]) for r in rows),
                   errors=errors))
     st.caption(t("at_threshold", t=threshold, point=t(f"op_{point['name']}") if point else t("custom_point")))
 else:
     st.markdown(t("summary_multiclass", n=len(rows), errors=errors))
+site_caption(site)
 
 # Most probable first, unreadable files last; the index still points at the entry, for opening a row.
 rows = pd.DataFrame(rows).sort_values("probability", ascending=False, na_position="last", kind="stable")
 table = rows.assign(
-    decision=[class_label(d) if isinstance(d, str) else t("unreadable") for d in rows["decision"]],
+    decision=[tr("sites")("not_assessed") if d == NOT_ASSESSED else t.class_label(d) if isinstance(d, str)
+              else t("unreadable") for d in rows["decision"]],
     probability=rows["probability"] * 100)
-shown = [c for c in table.columns if c not in ("warnings", "error") or table[c].astype(bool).any()]
+shown = [c for c in table.columns if c != "site" and (c not in ("warnings", "error") or table[c].astype(bool).any())]
 event = st.dataframe(
     table, key="wl_table", on_select="rerun", selection_mode="single-row", hide_index=True, width="stretch",
     column_order=shown, placeholder="", column_config={
@@ -110,7 +99,7 @@ event = st.dataframe(
         "decision": st.column_config.TextColumn(t("col_decision"), width=110),
         "probability": st.column_config.ProgressColumn(
             t("col_probability"), min_value=0.0, max_value=100.0, format="%.1f%%", width=150,
-            help=t("help_probability", cls=class_label(bundle.classes[-1]))),
+            help=t("help_probability", cls=t.class_label(bundle.classes[-1]))),
         "spread": st.column_config.NumberColumn(t("col_spread"), format="%.2f", width=110,
                                                 help=t("help_spread", limit=Ensemble.DISAGREEMENT)),
         "disagreement": st.column_config.CheckboxColumn(t("col_disagreement"), width=100),
@@ -120,10 +109,13 @@ event = st.dataframe(
 st.caption(t("select_hint"))
 failed = rows[rows["error"].astype(bool)]
 if len(failed):
-    st.error("\n".join(f"- **{name}**: {message}" for name, message in zip(failed["file"], failed["error"])),
+    # File names are the uploader's text: escaped, so that none becomes a link or an image fetched by the browser.
+    st.error("\n".join(f"- **{md_escape(name)}**: {message}"
+                       for name, message in zip(failed["file"], failed["error"])),
              icon=":material/error:")
-st.download_button(t("download_csv"), rows.to_csv(index=False), file_name="torax-worklist.csv", mime="text/csv",
-                   icon=":material/download:", on_click="ignore")
+# Cells starting with = + - @ tab or CR get a leading quote (a file name must not run as a spreadsheet formula).
+st.download_button(t("download_csv"), csv_text(rows), file_name="torax-worklist.csv",
+                   mime="text/csv", icon=":material/download:", on_click="ignore")
 
 if event.selection.rows:
     entry = entries[table.index[event.selection.rows[0]]]

@@ -1,16 +1,14 @@
 """The committed bundles, served by the app: each loads (checksums verified) and the Diagnose page shows the right
 widgets for its task — a threshold slider for the binary bundle, three class probabilities and a per-class CAM for
 the multiclass one, per-finding probabilities for the multi-label one. Uses the repo's own model/bundles."""
-import os
 from pathlib import Path
 
 import cv2
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest import serve_bundles
-from synthetic import phantom
+from synthetic import radiograph
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLES = ROOT / "model" / "bundles"
@@ -47,7 +45,7 @@ def test_diagnose_shows_the_widgets_of_each_task(name, expected, slider):
     at.session_state["bundle"] = name
     at.run()
     assert not at.exception
-    data = cv2.imencode(".png", phantom((256, 224), pneumonia=True, seed=3))[1].tobytes()
+    data = cv2.imencode(".png", radiograph((256, 224), pneumonia=True, seed=3))[1].tobytes()
     at.file_uploader(key="dx_upload").set_value(("chest.png", data, "image/png")).run()
     assert not at.exception, at.exception
     text = " ".join(str(e.value) for kind in ("markdown", "caption", "subheader", "warning", "error")

@@ -5,17 +5,15 @@ Uploads are simulated with AppTest's own file_uploader support (`at.file_uploade
 runs the uploader's on_change callback exactly as a browser upload does.
 """
 import json
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest import serve_bundles
-from synthetic import phantom
+from synthetic import radiograph
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -68,7 +66,7 @@ def decision(at: AppTest) -> str:
 @pytest.fixture
 def diagnosed():
     at = open_app()
-    return upload(at, "chest.png", png(phantom((256, 200), pneumonia=True, seed=3)))
+    return upload(at, "chest.png", png(radiograph((256, 200), pneumonia=True, seed=3)))
 
 
 def test_the_landing_page_asks_for_a_radiograph():
@@ -155,7 +153,7 @@ def test_sliders_and_selectors_reuse_the_prediction_and_the_cam(monkeypatch):
 
     monkeypatch.setattr(Ensemble, "predict", counting("predict", Ensemble.predict))
     monkeypatch.setattr(Explainer, "cams", counting("cams", Explainer.cams))
-    at = upload(open_app(), "fresh.png", png(phantom((210, 190), pneumonia=True, seed=123)))
+    at = upload(open_app(), "fresh.png", png(radiograph((210, 190), pneumonia=True, seed=123)))
     at.toggle(key="dx_cam").set_value(True).run()
     assert calls == {"predict": 1, "cams": 1}
 
@@ -187,13 +185,13 @@ def test_switching_the_language_shows_the_page_in_spanish(diagnosed):
 def test_a_file_that_is_not_an_image_is_explained_and_the_page_keeps_working():
     at = upload(open_app(), "notes.png", b"these are notes, not pixels")
     assert at.error and "could not be analysed" in at.error[0].value
-    upload(at, "chest.png", png(phantom((240, 240), seed=5)))
+    upload(at, "chest.png", png(radiograph((240, 240), seed=5)))
     assert not at.error
     assert "Probability of PNEUMONIA" in seen(at)
 
 
 def test_decoder_warnings_are_shown_prominently():
-    colour = cv2.cvtColor(phantom((200, 180), seed=7), cv2.COLOR_GRAY2BGR)
+    colour = cv2.cvtColor(radiograph((200, 180), seed=7), cv2.COLOR_GRAY2BGR)
     colour[..., 2] = 255 - colour[..., 2]  # clearly not gray
     at = upload(open_app(), "colour.png", png(colour))
     assert at.warning and "colour image" in at.warning[0].value
@@ -223,7 +221,7 @@ def dicom(pixels: np.ndarray, **elements) -> bytes:
 
 
 def test_a_dicom_is_shown_windowed_with_its_non_identifying_details_only():
-    pixels = phantom((240, 200), pneumonia=True, seed=4).astype(np.uint16) * 16
+    pixels = radiograph((240, 200), pneumonia=True, seed=4).astype(np.uint16) * 16
     data = dicom(pixels, Modality="CR", ViewPosition="PA", WindowCenter=2048, WindowWidth=4096,
                  PatientName="Doe^Jane", PatientID="HOSP-123456", InstitutionName="Saint Example")
     at = upload(open_app(), "study.dcm", data)
@@ -238,7 +236,7 @@ def test_a_dicom_is_shown_windowed_with_its_non_identifying_details_only():
 
 def test_an_image_opened_from_the_worklist_is_shown_without_a_new_upload():
     at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["current_upload"] = {"name": "from-list.png", "data": png(phantom((300, 260), True, seed=9))}
+    at.session_state["current_upload"] = {"name": "from-list.png", "data": png(radiograph((300, 260), True, seed=9))}
     at.run()
     assert not at.exception
     text = seen(at)
@@ -247,17 +245,17 @@ def test_an_image_opened_from_the_worklist_is_shown_without_a_new_upload():
     assert "Probability of PNEUMONIA" in text
 
 
-# --- the report the page hands out (model/report.py) ------------------------------------------------------------
+# --- the report the page hands out (model/downloads.py) ---------------------------------------------------------
 
 
 def test_reports_carry_the_result_and_model_but_no_file_name(tiny_bundles):
-    from model.analysis import analyse
+    from model.analysis import analyse, decide
     from model.bundle import load_all
+    from model.downloads import report_html, report_json
     from model.ensemble import Ensemble
-    from model.report import decide, report_html, report_json
 
     bundle = load_all(tiny_bundles)[0]["pneumonia-kermany"]
-    result, _ = analyse(png(phantom((120, 100), True, seed=2)), "Doe^Jane_<script>.png", Ensemble(bundle))
+    result, _ = analyse(png(radiograph((120, 100), True, seed=2)), "Doe^Jane_<script>.png", Ensemble(bundle))
     result = decide(result, bundle, 0.0)
     data = json.loads(report_json(result, bundle))
     assert data["model"]["version"] == bundle.version
@@ -270,14 +268,17 @@ def test_reports_carry_the_result_and_model_but_no_file_name(tiny_bundles):
     page = report_html(result, bundle, overlay, lang="es")
     assert "Doe" not in page and "Doe" not in json.dumps(data)
     assert "data:image/png;base64," in page and "Informe de Tórax" in page
-    result["warnings"] = [{"code": "x", "message": "<b>bold</b> & more"}]
+    result.warnings = [{"code": "x", "message": "<b>bold</b> & more"}]
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; more" in report_html(result, bundle)
 
 
 def test_results_are_re_decided_for_every_task_without_inference():
+    from dataclasses import replace
     from types import SimpleNamespace
 
-    from model.report import decide, worklist_rows
+    from model.analysis import decide
+    from model.downloads import worklist_rows
+    from model.types import Result, Task
 
     def bundle(task, classes, points):
         return SimpleNamespace(task=task, classes=classes, operating_points=points,
@@ -285,26 +286,26 @@ def test_results_are_re_decided_for_every_task_without_inference():
                                operating_point=lambda name=None: points[0])
 
     binary = bundle("binary", ["NORMAL", "PNEUMONIA"], [{"name": "balanced", "threshold": 0.6}])
-    result = {"probability": 0.7, "probabilities": {"NORMAL": 0.3, "PNEUMONIA": 0.7}, "spread": 0.3,
-              "error": None, "warnings": [], "file": "a.png"}
-    assert decide(result, binary, 0.6)["label"] == "PNEUMONIA"
-    assert decide(result, binary, 0.6)["operating_point"] == "balanced"
+    result = Result(probability=0.7, probabilities={"NORMAL": 0.3, "PNEUMONIA": 0.7}, spread=0.3,
+                    error=None, warnings=[], file="a.png", bundle="b", task=Task.BINARY)
+    assert decide(result, binary, 0.6).label == "PNEUMONIA"
+    assert decide(result, binary, 0.6).operating_point == "balanced"
     low = decide(result, binary, 0.71)
-    assert low["label"] == "NORMAL" and low["operating_point"] is None and low["probability"] == 0.7
+    assert low.label == "NORMAL" and low.operating_point is None and low.probability == 0.7
 
     multiclass = bundle("multiclass", ["NORMAL", "BACTERIAL", "VIRAL"], [])
-    three = {"probability": None, "probabilities": {"NORMAL": 0.2, "BACTERIAL": 0.5, "VIRAL": 0.3}, "spread": 0.1,
-             "error": None, "warnings": [], "file": "b.png"}
-    assert decide(three, multiclass, 0.99)["label"] == "BACTERIAL"
-    assert decide(three, multiclass)["threshold"] is None
+    three = Result(probability=None, probabilities={"NORMAL": 0.2, "BACTERIAL": 0.5, "VIRAL": 0.3}, spread=0.1,
+                   error=None, warnings=[], file="b.png", bundle="b", task=Task.MULTICLASS)
+    assert decide(three, multiclass, 0.99).label == "BACTERIAL"
+    assert decide(three, multiclass).threshold is None
 
     per_class = {"name": "per-class", "thresholds": {"A": 0.4, "B": 0.6}}
     multilabel = bundle("multilabel", ["A", "B"], [per_class])
-    two = {"probability": None, "probabilities": {"A": 0.5, "B": 0.5}, "spread": 0.0, "error": None,
-           "warnings": [], "file": "c.png"}
+    two = Result(probability=None, probabilities={"A": 0.5, "B": 0.5}, spread=0.0, error=None,
+                 warnings=[], file="c.png", bundle="b", task=Task.MULTILABEL)
     decided = decide(two, multilabel, per_class["thresholds"])
-    assert decided["label"] == ["A"] and decided["operating_point"] == "per-class"
+    assert decided.label == ["A"] and decided.operating_point == "per-class"
 
-    rows = worklist_rows([decided, {**two, "probabilities": None, "error": {"code": "x", "message": "bad"}}])
+    rows = worklist_rows([decided, replace(two, probabilities=None, error={"code": "x", "message": "bad"})])
     assert rows[0]["decision"] == "A" and rows[0]["probability"] == 0.5
     assert rows[1]["error"] == "bad" and rows[1]["probability"] is None

@@ -10,8 +10,9 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from model import bundle_tables as tables
+from model import formatting as F
 from model import metrics as M
-from model import reports as R
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = "pneumonia-kermany"
@@ -90,7 +91,7 @@ def text_of(at: AppTest) -> str:
 
 def middle_threshold(bundle_dir: Path) -> float:
     """A threshold at the median test score, so every cell of the confusion matrix can be non-empty."""
-    _, p = R.binary_scores(read(bundle_dir, "scores"))
+    _, p = tables.binary_scores(read(bundle_dir, "scores"))
     return float(np.median(p))
 
 
@@ -118,7 +119,7 @@ def test_evaluation_shows_the_reports_auc_with_its_confidence_interval(bundle_di
 
 def test_confusion_matrix_at_the_shared_threshold_is_model_metrics_on_the_stored_scores(bundle_dir):
     threshold = middle_threshold(bundle_dir)
-    y, p = R.binary_scores(read(bundle_dir, "scores"))
+    y, p = tables.binary_scores(read(bundle_dir, "scores"))
     counts = M.confusion(y, p, threshold)
     rates = M.rates(counts)
     at = open_page("evaluation", threshold=threshold, threshold_bundle=BUNDLE)
@@ -127,14 +128,14 @@ def test_confusion_matrix_at_the_shared_threshold_is_model_metrics_on_the_stored
     z = values(figure(at, "confusion_chart")["data"][0]["z"]).tolist()
     assert z == [[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]]
     for key in ("sensitivity", "specificity", "ppv", "npv"):
-        assert metric(at, en[key]) == R.fmt_pct(rates[key])
+        assert metric(at, en[key]) == F.fmt_pct(rates[key])
     assert at.slider(key="evaluation_threshold").value == pytest.approx(threshold)
     assert at.session_state["threshold"] == threshold
 
 
 def test_moving_the_slider_changes_the_shared_threshold_and_the_counts(bundle_dir):
     at = open_page("evaluation")
-    y, p = R.binary_scores(read(bundle_dir, "scores"))
+    y, p = tables.binary_scores(read(bundle_dir, "scores"))
     at.slider(key="evaluation_threshold").set_value(0.0).run()
     assert at.session_state["threshold"] == 0.0
     counts = M.confusion(y, p, 0.0)
@@ -155,8 +156,8 @@ def test_operating_point_buttons_set_the_threshold_and_the_table_shows_val_and_t
     test = evaluation["ensemble"]["operating_points"][point["name"]]
     en = STRINGS["evaluation"]["en"]
     assert table.loc[en["col_threshold"], column] == f"{point['threshold']:.3f}"
-    assert table.loc[en["col_val_sens"], column] == R.fmt_pct(point["val_sensitivity"])
-    assert table.loc[en["col_test_spec"], column] == R.fmt_pct(test["specificity"])
+    assert table.loc[en["col_val_sens"], column] == F.fmt_pct(point["val_sensitivity"])
+    assert table.loc[en["col_test_spec"], column] == F.fmt_pct(test["specificity"])
     assert table.loc[en["col_test_counts"], column] == f"{test['tp']} / {test['fp']} / {test['tn']} / {test['fn']}"
 
 
@@ -164,7 +165,7 @@ def test_threshold_sweep_reliability_and_subtype_charts_use_the_reports(bundle_d
     scores, evaluation = read(bundle_dir, "scores"), read(bundle_dir, "evaluation")
     threshold = middle_threshold(bundle_dir)
     at = open_page("evaluation", threshold=threshold, threshold_bundle=BUNDLE)
-    y, p = R.binary_scores(scores)
+    y, p = tables.binary_scores(scores)
 
     sweep = {trace["name"]: trace for trace in figure(at, "sweep_chart")["data"]}
     sens = sweep[STRINGS["evaluation"]["en"]["sensitivity"]]
@@ -180,13 +181,13 @@ def test_threshold_sweep_reliability_and_subtype_charts_use_the_reports(bundle_d
     bars = figure(at, "subtype_chart")["data"]
     current = STRINGS["evaluation"]["en"]["your_threshold"].format(threshold=f"{threshold:.3f}")
     shown = {(b["name"], x): v for b in bars for x, v in zip(values(b["x"]).tolist(), values(b["y"]).tolist())}
-    for subtype, value in R.subtype_sensitivity(scores, threshold).items():
+    for subtype, value in tables.subtype_sensitivity(scores, threshold).items():
         label = STRINGS["evaluation"]["en"].get(f"subtype_{subtype}", subtype)
         assert shown[(label, current)] == pytest.approx(value)
 
 
 def test_training_curves_come_from_the_history_files(bundle_dir):
-    history = R.read_histories(bundle_dir / "reports")
+    history = tables.read_histories(bundle_dir / "reports")
     at = open_page("evaluation")
     traces = figure(at, "training_val_auc_chart")["data"]
     for member, h in history.groupby("member"):
@@ -199,7 +200,7 @@ def test_training_curves_come_from_the_history_files(bundle_dir):
 def test_error_gallery_shows_the_mistakes_with_grad_cam_only_after_the_button(bundle_dir, tiny_bundles):
     threshold = middle_threshold(bundle_dir)
     scores = read(bundle_dir, "scores")
-    expected = R.errors(scores, threshold, 6)
+    expected = tables.errors(scores, threshold, 6)
     at = open_page("evaluation", threshold=threshold, threshold_bundle=BUNDLE,
                    data_dir=str(tiny_bundles.parent / "data"))
     assert images(at) == []  # nothing computed at page load
@@ -233,9 +234,9 @@ def test_dataset_page_shows_the_eda_counts_and_images(bundle_dir, tiny_bundles):
     en = STRINGS["dataset"]["en"]
     at = open_page("dataset", data_dir=str(tiny_bundles.parent / "data"))
     assert at.title[0].value == en["title"]
-    assert metric(at, en["m_images"]) == R.fmt_int(eda["n_images"])
-    assert metric(at, en["m_patients"]) == R.fmt_int(eda["n_patients"])
-    assert metric(at, en["m_duplicates"]) == R.fmt_int(eda["duplicates_removed_if_deduplicated"])
+    assert metric(at, en["m_images"]) == F.fmt_int(eda["n_images"])
+    assert metric(at, en["m_patients"]) == F.fmt_int(eda["n_patients"])
+    assert metric(at, en["m_duplicates"]) == F.fmt_int(eda["duplicates_removed_if_deduplicated"])
 
     table = at.dataframe[0].value
     total = table.iloc[-1]
@@ -277,20 +278,20 @@ def test_model_card_shows_the_manifest_numbers(bundle_dir):
     ci = f"{summary['auc_ci95'][0]:.3f}–{summary['auc_ci95'][1]:.3f}"
     assert metric(at, en["m_auc"].format(ci=ci)) == f"{summary['auc']:.3f}"
     for key in ("sensitivity", "specificity", "ppv", "npv"):
-        assert metric(at, en[key]) == R.fmt_pct(summary[key])
+        assert metric(at, en[key]) == F.fmt_pct(summary[key])
 
     splits = at.table[0].value
     assert splits[en["col_images"]].tolist() == [training["counts"][s] for s in ("train", "val", "test")]
     assert splits[en["col_patients"]].tolist() == [training["patients"][s] for s in ("train", "val", "test")]
     performance = at.table[1].value.set_index(en["col_metric"])[en["col_value"]]
     assert performance[en["auc"]] == f"{summary['auc']:.3f} (95% CI {ci})"
-    assert performance[en["accuracy"]] == R.fmt_pct(summary["accuracy"])
+    assert performance[en["accuracy"]] == F.fmt_pct(summary["accuracy"])
 
     text = text_of(at)
     assert training["code_commit"] in text
     assert f"random seed {training['split_seed']}" in text
     versions = at.table[-1].value
-    assert versions[en["col_commit"]].tolist() == [R.short_commit(m["code_commit"]) for m in manifest["members"]]
+    assert versions[en["col_commit"]].tolist() == [tables.short_commit(m["code_commit"]) for m in manifest["members"]]
     assert versions[en["col_model"]].tolist() == [m["name"] for m in manifest["members"]]
     # The tiny bundle trains on a handful of images: it must say so, prominently.
     assert training["counts"]["train"] < 1000
@@ -353,7 +354,7 @@ def test_multiclass_evaluation_shows_per_class_auc_and_the_confusion_matrix(mult
     en = STRINGS["evaluation"]["en"]
     at = open_page("evaluation")
     assert metric(at, en["m_macro_auc"]) == f"{evaluation['ensemble']['macro_auc']:.3f}"
-    assert metric(at, en["m_accuracy"]) == R.fmt_pct(evaluation["ensemble"]["accuracy"])
+    assert metric(at, en["m_accuracy"]) == F.fmt_pct(evaluation["ensemble"]["accuracy"])
     assert values(figure(at, "confusion_chart")["data"][0]["z"]).tolist() == evaluation["confusion_matrix"]
     legend = {tr["name"] for tr in figure(at, "roc_per_class_chart")["data"]}
     for c, r in evaluation["per_class"].items():

@@ -1,15 +1,13 @@
 """The Worklist page as a reader drives it (Streamlit AppTest against app.py and the tiny real bundle): a batch
 of good and bad files becomes one ranked table; a selected row opens in Diagnose; the list survives the trip."""
-import os
 from pathlib import Path
 
 import cv2
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest import serve_bundles
-from synthetic import phantom
+from synthetic import radiograph
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -26,9 +24,9 @@ def png(image) -> bytes:
     return cv2.imencode(".png", image)[1].tobytes()
 
 
-GOOD = [(f"chest-{i}.png", png(phantom((220 + 10 * i, 200), pneumonia=i % 2 == 0, seed=20 + i)), "image/png")
+GOOD = [(f"chest-{i}.png", png(radiograph((220 + 10 * i, 200), pneumonia=i % 2 == 0, seed=20 + i)), "image/png")
         for i in range(4)]
-BAD = [("truncated.png", png(phantom((200, 200), seed=1))[:200], "image/png"),
+BAD = [("truncated.png", png(radiograph((200, 200), seed=1))[:200], "image/png"),
        ("empty.jpg", b"", "image/jpeg"),
        ("letter.png", b"Dear colleague, please find attached", "image/png")]
 

@@ -30,10 +30,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -924,7 +924,7 @@ def test_cli_predict_answers_every_shipped_dicom_on_one_json_line(tiny_bundles):
 # ---------------------------------------------------------------------------------------------------------------------
 # Fuzzing: near-valid bytes either decode to a valid image or raise DecodeError, never anything else
 # ---------------------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def seeds() -> dict[str, bytes]:
     small = phantom8(12, 16)
     rle = make_dicom(phantom12(12, 16), bits_stored=12)

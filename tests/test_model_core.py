@@ -1,6 +1,5 @@
 """Serving core: bundle verification and loading, ensemble arithmetic, CAMs and overlays, the predict CLI."""
 import json
-import shutil
 
 import cv2
 import keras
@@ -10,6 +9,7 @@ import pytest
 from model import bundle as bundle_lib
 from model.ensemble import Ensemble, Prediction, apply_temperature
 from model.explain import Explainer, overlay
+
 from synthetic import phantom
 
 SPEC = {"height": 48, "width": 48, "channels": 1, "resize": "squash", "dtype": "uint8"}

@@ -116,13 +116,15 @@ def resnet_small(input_spec: dict, n_outputs: int = 1, task: str = "binary",
     return model
 
 
-ARCHITECTURES = {"cnn": compact_cnn, "resnet": resnet_small, "mobilenetv2": mobilenet_v2, "mobilenetv3s": mobilenet_v3_small}
+ARCHITECTURES = {"cnn": compact_cnn, "resnet": resnet_small, "mobilenetv2": mobilenet_v2,
+                 "mobilenetv3s": mobilenet_v3_small}
 
 
 def last_conv_layer(model: keras.Model) -> str:
     """Name of the last layer with a 4-D output before global pooling: where Grad-CAM looks."""
     for layer in reversed(model.layers):
         shape = getattr(layer, "output", None)
-        if shape is not None and len(layer.output.shape) == 4 and not layer.name.startswith(("scale", "standardize", "aug_")):
+        skip = layer.name.startswith(("scale", "standardize", "aug_"))
+        if shape is not None and len(layer.output.shape) == 4 and not skip:
             return layer.name
     raise ValueError(f"{model.name} has no convolutional feature map")

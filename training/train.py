@@ -193,7 +193,8 @@ def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spe
             "last_val_auc": float(val_auc[-1]) if len(val_auc) else float("nan"),
             "best_val_auc": float(np.nanmax(val_auc)), "stopped_by_time_budget": budget.stopped_early,
             "recipe": {"augmentation": "training.augment (reframe, re-expose, JPEG, blur/noise, frame erasing)",
-                       "optimizer": f"AdamW wd={weight_decay}", "schedule": f"1-epoch warm-up + cosine to 0, peak lr={lr}",
+                       "optimizer": f"AdamW wd={weight_decay}",
+                       "schedule": f"1-epoch warm-up + cosine to 0, peak lr={lr}",
                        "ema": ema, "label_smoothing": label_smoothing, "epochs": epochs, "batch_size": batch_size,
                        "class_balance": "sample weights"},
             "train_seconds": round(time.time() - started, 1)}

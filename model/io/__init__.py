@@ -109,7 +109,8 @@ def decode(data: bytes, filename: str | None = None, *, max_pixels: int = MAX_PI
         raise UnreadableImage("This file could not be read as an image. It may be damaged.") from None
     finally:
         _MUTE.state.depth -= 1
-    log.debug("decoded %s upload: %d x %d", result.meta.get("format"), result.meta.get("width"), result.meta.get("height"))
+    log.debug("decoded %s upload: %d x %d", result.meta.get("format"), result.meta.get("width"),
+              result.meta.get("height"))
     return result
 
 

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 from pydicom.encaps import generate_frames
 
-from model.io.base import DecodeError, Decoded, UnreadableImage
+from model.io.base import Decoded, DecodeError, UnreadableImage
 from model.io.dicom_values import int_attr
 
 IN_CHILD = False

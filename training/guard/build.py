@@ -90,7 +90,7 @@ def train_guard(kermany: str | Path, nih: str | Path, out: str | Path, seed: int
     info = {
         "sha256": hashlib.sha256(data).hexdigest(),
         "feature_version": G.FEATURE_VERSION,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seed": seed,
         "thresholds": {"cxr": float(params["cxr_threshold"]), "cxr_colour": float(params["cxr_threshold_colour"]),
                        "population_adult": float(params["pop_threshold"])},

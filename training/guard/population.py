@@ -124,7 +124,7 @@ def refit_population(kermany: str | Path, nih: str | Path, site: str | Path, par
     info["metrics"]["population"] = population
     info["thresholds"]["population_adult"] = float(threshold)
     info["sha256"] = hashlib.sha256(data).hexdigest()
-    info["population_refit"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    info["population_refit"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     (params_dir / "guard.npz").write_bytes(data)
     (params_dir / "metrics.json").write_text(json.dumps(info, indent=2, default=_json_default) + "\n")
     log(json.dumps({k: v for k, v in population.items() if k != "per_fold"}, default=_json_default))

@@ -1,5 +1,6 @@
-"""model/reports.py: the tables and series the Dataset, Evaluation and Model card pages draw, shaped from a bundle's
-reports exactly as training.evaluate / training.export write them."""
+"""model/bundle_tables.py: the tables and series the Dataset, Evaluation and Model card pages draw, shaped from a
+bundle's reports exactly as training.evaluate / training.export write them; with model/formatting.py (how their
+numbers are shown) and model/data_folder.py (where the dataset's images are)."""
 import json
 import math
 
@@ -7,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from model import bundle_tables as tables
+from model import data_folder
+from model import formatting as F
 from model import metrics as M
-from model import reports as R
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +58,21 @@ EDA = {
 
 
 def test_numbers_are_formatted_one_way_and_missing_ones_show_a_dash():
-    assert R.fmt_num(0.91234) == "0.912"
-    assert R.fmt_pct(0.9123) == "91.2%"
-    assert R.fmt_ci([0.53, 0.61]) == "0.530–0.610"
-    assert R.fmt_int(3665) == "3,665" and R.fmt_int(3665, "es") == "3\u202f665"
-    assert R.fmt_duration(192.6) == "3 min 13 s"
-    assert R.fmt_datetime("2026-11-23T11:07:49Z") == "2026-11-23 11:07 UTC"
+    assert F.fmt_num(0.91234) == "0.912"
+    assert F.fmt_pct(0.9123) == "91.2%"
+    assert F.fmt_ci([0.53, 0.61]) == "0.530–0.610"
+    assert F.fmt_int(3665) == "3,665" and F.fmt_int(3665, "es") == "3\u202f665"
+    assert F.fmt_duration(192.6) == "3 min 13 s"
+    assert F.fmt_datetime("2026-11-23T11:07:49Z") == "2026-11-23 11:07 UTC"
     for missing in (None, float("nan"), "x"):
-        assert R.fmt_num(missing) == R.fmt_pct(missing) == R.fmt_int(missing) == "—"
-    assert R.fmt_ci([0.1, float("nan")]) == R.fmt_ci(None) == "—"
+        assert F.fmt_num(missing) == F.fmt_pct(missing) == F.fmt_int(missing) == "—"
+    assert F.fmt_ci([0.1, float("nan")]) == F.fmt_ci(None) == "—"
 
 
 def test_split_counts_are_ordered_train_val_test_and_totalled():
-    frame = R.counts_frame(EDA)
+    frame = tables.counts_frame(EDA)
     assert list(dict.fromkeys(frame["split"])) == ["train", "val", "test"]
-    pivot = R.counts_pivot(EDA)
+    pivot = tables.counts_pivot(EDA)
     assert list(pivot.columns) == ["label", "subtype", "train", "val", "test", "total"]
     total = pivot[pivot["label"] == "all"].iloc[0]
     assert (total["train"], total["val"], total["test"], total["total"]) == (8, 1, 1, 10)
@@ -78,13 +81,13 @@ def test_split_counts_are_ordered_train_val_test_and_totalled():
 
 
 def test_patients_per_split_and_images_per_patient():
-    frame = R.patients_frame(EDA).set_index("split")
+    frame = tables.patients_frame(EDA).set_index("split")
     assert frame.loc["train", "images"] == 8 and frame.loc["train", "patients"] == 4
     assert frame.loc["train", "images_per_patient"] == 2.0
 
 
 def test_class_balance_before_and_after_deduplication_shares_sum_to_one():
-    frame = R.balance_frame(EDA)
+    frame = tables.balance_frame(EDA)
     assert set(frame["stage"]) == {"before", "after"}
     assert frame.groupby("stage")["share"].sum().round(9).eq(1).all()
     after = frame[(frame["stage"] == "after") & (frame["label"] == "PNEUMONIA")].iloc[0]
@@ -92,37 +95,37 @@ def test_class_balance_before_and_after_deduplication_shares_sum_to_one():
 
 
 def test_image_sizes_drop_unknown_sizes_and_compute_aspect():
-    sizes = R.sizes_frame(EDA)
+    sizes = tables.sizes_frame(EDA)
     assert len(sizes) == 4
     assert math.isclose(sizes["aspect"].iloc[2], 384 / 300)
-    assert R.size_counts(EDA).iloc[0].to_dict() == {"size": "224×224", "images": 2}
+    assert tables.size_counts(EDA).iloc[0].to_dict() == {"size": "224×224", "images": 2}
 
 
 def test_source_summary_counts_originals_and_squashed_copies():
-    assert R.source_summary(EDA) == {"total": 4, "original": 2, "low_resolution": 2, "original_long_side": 384,
+    assert tables.source_summary(EDA) == {"total": 4, "original": 2, "low_resolution": 2, "original_long_side": 384,
                                      "low_resolution_side": 224}
-    assert R.source_summary({**EDA, "source_kind": None}) is None
+    assert tables.source_summary({**EDA, "source_kind": None}) is None
 
 
 def test_intensity_histogram_and_mean_image():
-    hist = R.histogram_frame(EDA)
+    hist = tables.histogram_frame(EDA)
     assert hist["intensity"].tolist() == [64.0, 192.0] and hist["density"].tolist() == [0.25, 0.75]
-    assert R.mean_images(EDA)["NORMAL"].shape == (2, 2)
+    assert tables.mean_images(EDA)["NORMAL"].shape == (2, 2)
 
 
 def test_counts_at_a_threshold_are_model_metrics_on_the_stored_scores(binary_reports):
     _, scores, _ = binary_reports
-    y, p = R.binary_scores(scores)
+    y, p = tables.binary_scores(scores)
     assert y.shape == p.shape == (120,)
-    point = R.at_threshold(y, p, 0.42)
+    point = tables.at_threshold(y, p, 0.42)
     assert {k: point[k] for k in ("tp", "fp", "tn", "fn")} == M.confusion(y, p, 0.42)
     assert point["sensitivity"] == M.rates(M.confusion(y, p, 0.42))["sensitivity"]
 
 
 def test_threshold_sweep_agrees_with_rates_at_every_threshold(binary_reports):
     _, scores, _ = binary_reports
-    y, p = R.binary_scores(scores)
-    sweep = R.threshold_sweep(y, p)
+    y, p = tables.binary_scores(scores)
+    sweep = tables.threshold_sweep(y, p)
     assert sweep["threshold"].is_monotonic_increasing and sweep["threshold"].iloc[0] == 0
     for row in sweep.iloc[::37].itertuples():
         expected = M.rates(M.confusion(y, p, row.threshold))
@@ -133,19 +136,19 @@ def test_threshold_sweep_agrees_with_rates_at_every_threshold(binary_reports):
 
 def test_subtype_sensitivity_at_a_threshold(binary_reports):
     _, scores, _ = binary_reports
-    y, p = R.binary_scores(scores)
+    y, p = tables.binary_scores(scores)
     subtype = np.asarray(scores["subtype"])
-    got = R.subtype_sensitivity(scores, 0.5)
+    got = tables.subtype_sensitivity(scores, 0.5)
     assert set(got) == {"bacteria", "virus"}
     m = (subtype == "virus") & (y == 1)
     assert math.isclose(got["virus"], (p[m] >= 0.5).mean())
-    assert R.subtype_sensitivity({**scores, "subtype": None}, 0.5) == {}
+    assert tables.subtype_sensitivity({**scores, "subtype": None}, 0.5) == {}
 
 
 def test_errors_are_the_most_confident_mistakes(binary_reports):
     _, scores, _ = binary_reports
-    y, p = R.binary_scores(scores)
-    found = R.errors(scores, 0.5, limit=4)
+    y, p = tables.binary_scores(scores)
+    found = tables.errors(scores, 0.5, limit=4)
     fp = sorted(p[(p >= 0.5) & (y == 0)], reverse=True)[:4]
     fn = sorted(p[(p < 0.5) & (y == 1)])[:4]
     assert [e["probability"] for e in found["fp"]] == pytest.approx(fp)
@@ -157,7 +160,7 @@ def test_errors_are_the_most_confident_mistakes(binary_reports):
 
 def test_member_table_lists_the_ensemble_first_with_manifest_extras(binary_reports):
     evaluation, _, manifest = binary_reports
-    table = R.member_table(evaluation, manifest)
+    table = tables.member_table(evaluation, manifest)
     assert table["model"].tolist() == ["ensemble", "cnn"]
     assert table.loc[0, "auc"] == evaluation["ensemble"]["auc"]
     assert [table.loc[0, "ci_low"], table.loc[0, "ci_high"]] == evaluation["ensemble"]["auc_ci95"]
@@ -166,21 +169,21 @@ def test_member_table_lists_the_ensemble_first_with_manifest_extras(binary_repor
 
 def test_curves_have_one_series_per_scorer(binary_reports):
     evaluation, _, _ = binary_reports
-    roc = R.curve_frame(evaluation, "roc")
+    roc = tables.curve_frame(evaluation, "roc")
     assert set(roc["model"]) == {"ensemble", "cnn"}
     assert roc[roc["model"] == "ensemble"]["x"].tolist() == evaluation["ensemble"]["roc"]["fpr"]
-    pr = R.curve_frame(evaluation, "pr")
+    pr = tables.curve_frame(evaluation, "pr")
     assert pr[pr["model"] == "cnn"]["y"].tolist() == evaluation["members"]["cnn"]["pr"]["precision"]
 
 
 def test_operating_point_table_joins_the_validation_choice_and_the_test_numbers(binary_reports):
     evaluation, _, manifest = binary_reports
-    table = R.operating_point_table(manifest, evaluation).set_index("name")
+    table = tables.operating_point_table(manifest, evaluation).set_index("name")
     test = evaluation["ensemble"]["operating_points"]["screening"]
     row = table.loc["screening"]
     assert row["threshold"] == 0.3 and row["val_sensitivity"] == 0.8
     assert row["test_sensitivity"] == test["sensitivity"] and row["test_tp"] == test["tp"]
-    subtypes = R.subtype_table(evaluation)
+    subtypes = tables.subtype_table(evaluation)
     assert len(subtypes) == 6 and set(subtypes["subtype"]) == {"bacteria", "virus"}
 
 
@@ -188,7 +191,7 @@ def test_reliability_bins_before_and_after():
     cal = {"bins_before": [{"lo": 0.5, "hi": 0.6, "n": 3, "mean_predicted": 0.55, "observed": 0.7}],
            "bins_after": [{"lo": 0.6, "hi": 0.7, "n": 3, "mean_predicted": 0.69, "observed": 0.7},
                           {"lo": 0.9, "hi": 1.0, "n": 1, "mean_predicted": 0.95, "observed": 1.0}]}
-    frame = R.reliability_frame(cal)
+    frame = tables.reliability_frame(cal)
     assert frame["stage"].tolist() == ["before", "after", "after"]
     assert frame["n"].tolist() == [3, 3, 1]
 
@@ -202,13 +205,13 @@ def test_per_class_tables_from_the_multiclass_report():
     ens = {s: np.clip(y * 0.5 + rng.random((90, 3)) * 0.5, 0, 1) for s in ("val", "test")}
     ens = {s: v / v.sum(1, keepdims=True) for s, v in ens.items()}
     evaluation = per_class_report("multiclass", classes, y, y, ens, {"cnn": ens})
-    table = R.per_class_table(evaluation)
+    table = tables.per_class_table(evaluation)
     assert table["class"].tolist() == classes
     assert table["auc"].tolist() == [evaluation["per_class"][c]["auc"] for c in classes]
     assert table["support"].sum() == 90
-    members = R.member_per_class_table(evaluation)
+    members = tables.member_per_class_table(evaluation)
     assert members["model"].tolist() == ["ensemble", "cnn"] and list(members.columns[1:]) == classes
-    curves = R.per_class_curves(evaluation)
+    curves = tables.per_class_curves(evaluation)
     assert set(curves["class"]) == set(classes)
 
 
@@ -218,59 +221,60 @@ def test_training_histories_and_the_overfitting_gap(tmp_path):
                                                                             index=False)
     pd.DataFrame({"epoch": [0], "auc": [0.7], "val_auc": [0.6]}).to_csv(tmp_path / "history-mobilenetv2.csv",
                                                                         index=False)
-    history = R.read_histories(tmp_path)
+    history = tables.read_histories(tmp_path)
     assert history["member"].tolist() == ["cnn"] * 3 + ["mobilenetv2"]
     assert history["epoch"].tolist() == [1, 2, 3, 1]
-    gap = R.overfitting_gap(history).set_index("member")
+    gap = tables.overfitting_gap(history).set_index("member")
     assert gap.loc["cnn", "best_epoch"] == 2 and gap.loc["cnn", "epochs"] == 3
     assert math.isclose(gap.loc["cnn", "gap"], 0.9 - 0.85)
-    assert R.read_histories(tmp_path / "none").empty
+    assert tables.read_histories(tmp_path / "none").empty
 
 
 def test_small_training_sets_are_flagged(binary_reports):
     _, _, manifest = binary_reports
-    assert not R.is_small_training_set(manifest)
-    assert R.is_small_training_set({"training": {"counts": {"train": 999}}})
-    assert R.is_small_training_set({})
+    assert not tables.is_small_training_set(manifest)
+    assert tables.is_small_training_set({"training": {"counts": {"train": 999}}})
+    assert tables.is_small_training_set({})
 
 
 def test_model_card_tables_from_the_manifest(binary_reports):
     _, _, manifest = binary_reports
-    assert R.split_table(manifest).to_dict("list") == {"split": ["train", "val", "test"],
+    assert tables.split_table(manifest).to_dict("list") == {"split": ["train", "val", "test"],
                                                        "images": [3665, 782, 785], "patients": [2016, 418, 427]}
-    versions = R.version_table(manifest)
+    versions = tables.version_table(manifest)
     assert versions.loc[0, "code_commit"] == "01234567-dirty" and versions.loc[0, "sha256"] == "f" * 12
-    assert R.dataset_key({"training": {"data": "kermany"}}) == "kermany"
-    assert R.dataset_key({"training": {"data": "nih14"}}) == "nih14"
-    assert R.dataset_key({"training": {"data": "data"}}) == "other"
-    assert "Keras 3.15.1" in R.hardware_text({"backend": "tensorflow", "keras": "3.15.1", "devices": ["cpu:0"]})
+    assert tables.dataset_key({"training": {"data": "kermany"}}) == "kermany"
+    assert tables.dataset_key({"training": {"data": "nih14"}}) == "nih14"
+    assert tables.dataset_key({"training": {"data": "data"}}) == "other"
+    assert "Keras 3.15.1" in tables.hardware_text({"backend": "tensorflow", "keras": "3.15.1", "devices": ["cpu:0"]})
 
 
 def test_the_data_folder_comes_from_the_environment_first(monkeypatch, tmp_path):
     monkeypatch.setenv("TORAX_DATA_DIR", str(tmp_path))
-    assert R.default_data_dir() == str(tmp_path)
-    assert R.data_dir_ok(R.default_data_dir())
-    assert not R.data_dir_ok("") and not R.data_dir_ok(str(tmp_path / "missing"))
+    assert data_folder.default_data_dir() == str(tmp_path)
+    assert data_folder.data_dir_ok(data_folder.default_data_dir())
+    assert not data_folder.data_dir_ok("") and not data_folder.data_dir_ok(str(tmp_path / "missing"))
 
 
 def test_sample_images_from_a_folder_layout_and_from_a_manifest(tmp_path):
     from synthetic import make_kermany_folder
 
     root = make_kermany_folder(tmp_path, n_per_class=4, size=(32, 32))
-    found = R.sample_paths(str(root), ["NORMAL", "PNEUMONIA"], per_class=3, seed=0)
+    found = data_folder.sample_paths(str(root), ["NORMAL", "PNEUMONIA"], per_class=3, seed=0)
     assert [len(v) for v in found.values()] == [3, 3]
     assert all(p.parent.name == cls and p.is_file() for cls, paths in found.items() for p in paths)
-    assert found == R.sample_paths(str(root), ["NORMAL", "PNEUMONIA"], per_class=3, seed=0)
+    assert found == data_folder.sample_paths(str(root), ["NORMAL", "PNEUMONIA"], per_class=3, seed=0)
 
     files = sorted((root / "chest_xray").rglob("*.jpeg"))
     pd.DataFrame({"path": [str(p.relative_to(root)) for p in files],
                   "label": [p.parent.name for p in files]}).to_csv(root / "manifest.csv", index=False)
-    found = R.sample_paths(str(root), ["PNEUMONIA", "VIRAL"], per_class=2, seed=3)
+    found = data_folder.sample_paths(str(root), ["PNEUMONIA", "VIRAL"], per_class=2, seed=3)
     assert len(found["PNEUMONIA"]) == 2 and found["VIRAL"] == []
     assert all(p.is_file() and p.parent.name == "PNEUMONIA" for p in found["PNEUMONIA"])
 
 
-def test_reports_module_never_imports_streamlit():
-    source = (R.REPO_ROOT / "model" / "reports.py").read_text()
+@pytest.mark.parametrize("module", ["bundle_tables", "formatting", "data_folder"])
+def test_reports_module_never_imports_streamlit(module):
+    source = (data_folder.REPO_ROOT / "model" / f"{module}.py").read_text()
     assert "import streamlit" not in source and "training" not in json.dumps(
         [line for line in source.splitlines() if line.startswith(("import", "from"))])

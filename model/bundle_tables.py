@@ -7,110 +7,16 @@ scores with `model.metrics`, so the app and the training report can never disagr
 """
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from model import metrics as M
+from model.formatting import fmt_num, is_number
 
 SPLIT_ORDER = ("train", "val", "test")
 SMALL_TRAINING_SET = 1000  # fewer training images than this: "research use only"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-# --- formatting: one place, so a page and its test format a number the same way ------------------------------------
-
-def is_number(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def fmt_num(x, digits: int = 3) -> str:
-    """0.91234 -> "0.912"; missing or NaN -> "—"."""
-    return f"{x:.{digits}f}" if is_number(x) else "—"
-
-
-def fmt_pct(x, digits: int = 1) -> str:
-    """0.9123 -> "91.2%"; missing or NaN -> "—"."""
-    return f"{100 * x:.{digits}f}%" if is_number(x) else "—"
-
-
-def fmt_ci(ci, digits: int = 3) -> str:
-    """[0.53, 0.61] -> "0.530–0.610"."""
-    if not ci or len(ci) != 2 or not all(is_number(v) for v in ci):
-        return "—"
-    return f"{ci[0]:.{digits}f}–{ci[1]:.{digits}f}"
-
-
-def fmt_int(x, lang: str = "en") -> str:
-    """3665 -> "3,665" in English, "3 665" (narrow no-break space) in Spanish, where "3,665" would read as a
-    decimal."""
-    if not is_number(x):
-        return "—"
-    return f"{int(x):,}".replace(",", "\u202f" if lang == "es" else ",")
-
-
-def fmt_duration(seconds) -> str:
-    """192.6 -> "3 min 13 s"; 7384 -> "2 h 3 min"."""
-    if not is_number(seconds):
-        return "—"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s"
-    return f"{s // 3600} h {s % 3600 // 60} min"
-
-
-def fmt_datetime(stamp) -> str:
-    """"2026-11-23T11:07:49Z" -> "2026-11-23 11:07 UTC"; anything else as it is."""
-    if not stamp:
-        return "—"
-    text = str(stamp)
-    if len(text) >= 16 and text[10] == "T":
-        return f"{text[:10]} {text[11:16]}" + (" UTC" if text.endswith("Z") else "")
-    return text
-
-
-# --- where the images are ---------------------------------------------------------------------------------------------
-
-def default_data_dir() -> str:
-    """$TORAX_DATA_DIR, else ../shared/data/kermany next to the repository when it exists, else ""."""
-    if os.environ.get("TORAX_DATA_DIR"):
-        return os.environ["TORAX_DATA_DIR"]
-    shared = (REPO_ROOT.parent / "shared" / "data" / "kermany").resolve()
-    return str(shared) if shared.is_dir() else ""
-
-
-def data_dir_ok(data_dir: str | None) -> bool:
-    return bool(data_dir) and Path(data_dir).expanduser().is_dir()
-
-
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".tif", ".tiff", ".bmp", ".webp"}
-
-
-def sample_paths(data_dir: str, classes: list[str], per_class: int = 6, seed: int = 0) -> dict[str, list[Path]]:
-    """A few image files per class from a dataset folder: from its manifest.csv (path, label) when it has one,
-    else from `<class>/` sub-folders anywhere below it (the public chest_xray layout). Reproducible for a seed."""
-    root = Path(data_dir).expanduser()
-    rng = np.random.default_rng(seed)
-    found: dict[str, list[Path]] = {}
-    manifest = root / "manifest.csv"
-    if manifest.is_file():
-        df = pd.read_csv(manifest, usecols=lambda c: c in {"path", "label"})
-        for c in classes:
-            paths = df.loc[df["label"] == c, "path"].to_numpy() if "label" in df else np.array([])
-            pick = rng.choice(paths, min(per_class, len(paths)), replace=False) if len(paths) else []
-            found[c] = [root / p for p in pick]
-        return found
-    for c in classes:
-        paths = sorted(p for d in root.rglob(c) if d.is_dir() for p in d.iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES)
-        pick = rng.choice(len(paths), min(per_class, len(paths)), replace=False) if paths else []
-        found[c] = [paths[i] for i in pick]
-    return found
 
 
 # --- dataset (eda.json) -----------------------------------------------------------------------------------------------

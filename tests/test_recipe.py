@@ -1,0 +1,107 @@
+"""The training recipe for a change of collection: augmentation, the standardising stem, multitask runs cut into
+two bundles, the external block, and the Grad-CAM frame audit."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from synthetic import make_kermany_folder, phantom
+
+
+def test_augmentation_keeps_shape_and_dtype_and_changes_the_image():
+    from training.augment import augment, erase_frame
+
+    rng = np.random.default_rng(0)
+    img = phantom((64, 64), seed=1)[..., None]
+    out = [augment(img, rng) for _ in range(20)]
+    assert all(o.shape == img.shape and o.dtype == np.uint8 for o in out)
+    assert np.mean([np.abs(o.astype(int) - img).mean() for o in out]) > 3, "augmentation should alter the image"
+    # Frame erasing touches the border only: the centre survives whenever nothing else ran.
+    erased = [erase_frame(img[..., 0], np.random.default_rng(s)) for s in range(30)]
+    centre = (slice(16, 48), slice(16, 48))
+    assert all(np.array_equal(e[centre], img[..., 0][centre]) for e in erased)
+    assert any(not np.array_equal(e, img[..., 0]) for e in erased)
+
+
+def test_batches_cover_every_image_once_per_epoch_and_validation_is_not_augmented():
+    from training.augment import Batches
+
+    x = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 1), np.uint8) * 20
+    y = np.arange(10, dtype="float32")[:, None]
+    train = Batches(x, y, batch_size=4, train=True, seed=0, sample_weight=np.ones(10, "float32"))
+    assert len(train) == 3
+    seen = np.concatenate([train[i][1][:, 0] for i in range(len(train))])
+    assert sorted(seen) == list(range(10))
+    xb, yb, wb = train[0]
+    assert xb.dtype == np.float32 and wb.shape == (4,)
+    val = Batches(x, y, batch_size=4, train=False)
+    xv, yv = val[0]
+    assert np.array_equal(xv, x[:4].astype(np.float32)) and np.array_equal(yv[:, 0], [0, 1, 2, 3])
+
+
+def test_the_stem_standardises_each_image_so_exposure_changes_do_not_reach_the_network():
+    import keras
+
+    from training.architectures import ARCHITECTURES
+
+    model = ARCHITECTURES["cnn"]({"height": 32, "width": 32, "channels": 1}, task="binary")
+    stem = keras.Model(model.inputs, model.get_layer("standardize").output)
+    img = phantom((32, 32), seed=3).astype("float32")[None, ..., None]
+    darker = img * 0.6 + 10  # another exposure: a linear change of grey levels
+    a, b = np.asarray(stem(img)), np.asarray(stem(darker))
+    assert np.allclose(a, b, atol=1e-2)
+    assert abs(a.mean()) < 1e-3 and a.std() == pytest.approx(1.0, abs=0.02)
+
+
+def test_multitask_run_becomes_a_binary_and_a_multiclass_bundle_with_an_external_block(tmp_path):
+    from model.bundle import load_bundle
+    from model.ensemble import Ensemble
+    from model.explain import Explainer
+    from training.evaluate import evaluate_run
+    from training.export import export_bundle
+    from training.heads import split_heads
+    from training.train import train
+
+    data = make_kermany_folder(tmp_path / "data", n_per_class=10)
+    run = train(str(data), str(tmp_path / "run"), task="multitask", members=("cnn", "resnet"), size=32, epochs=1,
+                steps=2, batch_size=8, cache_dir=None)
+    members = json.loads((run / "members.json").read_text())
+    assert [m["name"] for m in members] == ["cnn", "resnet"] and members[0]["recipe"]["ema"] == 0.99
+    runs = split_heads(run)
+    assert set(runs) == {"binary", "multiclass"}
+    external = data / "chest_xray" / "test"  # plain {NORMAL,PNEUMONIA}/ folders, read as one external split
+    for task, classes in (("binary", ["NORMAL", "PNEUMONIA"]), ("multiclass", ["NORMAL", "BACTERIAL", "VIRAL"])):
+        evaluate_run(runs[task], external=external)
+        evaluation = json.loads((runs[task] / "evaluation.json").read_text())
+        assert evaluation["external"]["n"] == 4 and "scored once" in evaluation["external"]["note"]
+        scores = json.loads((runs[task] / "scores-external.json").read_text())
+        assert scores["split"] == "external" and len(scores["y"]) == 4
+        bundle = load_bundle(export_bundle(runs[task], tmp_path / "bundles" / task))
+        assert bundle.classes == classes and (bundle.path / "reports" / "scores-external.json").exists()
+        if task == "binary":
+            assert set(bundle.manifest["evaluation"]["external"]) >= {"auc", "auc_ci95", "ece", "accuracy"}
+            for point in evaluation["external"]["operating_points"].values():
+                assert {"sensitivity", "specificity", "threshold"} <= set(point)
+        else:
+            assert "bacterial_vs_viral_auc" in evaluation["external"]
+        prediction = Ensemble(bundle).predict(phantom((64, 64), seed=5))
+        assert set(prediction.probabilities) == set(classes)
+        cams = Explainer(bundle).cams(phantom((64, 64), seed=5))
+        assert set(cams) == {"cnn", "resnet", "ensemble"} and cams["ensemble"].shape == (32, 32)
+
+
+def test_frame_share_measures_the_cam_mass_on_the_outer_tenth():
+    from training.cam_audit import frame_mask, frame_share
+
+    mask = frame_mask(100, 100)
+    assert mask.mean() == pytest.approx(0.36)
+    centre = np.zeros((100, 100), np.float32)
+    centre[40:60, 40:60] = 1
+    assert frame_share(centre, mask) == (0.0, False)
+    corner = np.zeros((100, 100), np.float32)
+    corner[:5, :5] = 1
+    corner[50, 50] = 0.5
+    share, peak = frame_share(corner, mask)
+    assert share == pytest.approx(25 / 25.5) and peak
