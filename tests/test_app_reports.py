@@ -348,8 +348,9 @@ def multiclass_root(tiny_bundles, tmp_path_factory) -> Path:
     return root
 
 
-def test_multiclass_evaluation_shows_per_class_auc_and_the_confusion_matrix(multiclass_root, use_bundles):
+def test_multiclass_evaluation_shows_per_class_auc_and_the_confusion_matrix(multiclass_root, use_bundles, monkeypatch):
     use_bundles(multiclass_root)
+    monkeypatch.setenv("TORAX_DEFAULT_BUNDLE", "pneumonia-type")  # fail closed: no silent fallback
     evaluation = json.loads((multiclass_root / "pneumonia-type" / "reports" / "evaluation.json").read_text())
     en = STRINGS["evaluation"]["en"]
     at = open_page("evaluation")
@@ -366,8 +367,9 @@ def test_multiclass_evaluation_shows_per_class_auc_and_the_confusion_matrix(mult
     assert not at.slider  # no single threshold for a multiclass model
 
 
-def test_multiclass_model_card_and_dataset_pages_render(multiclass_root, use_bundles):
+def test_multiclass_model_card_and_dataset_pages_render(multiclass_root, use_bundles, monkeypatch):
     use_bundles(multiclass_root)
+    monkeypatch.setenv("TORAX_DEFAULT_BUNDLE", "pneumonia-type")  # fail closed: no silent fallback
     evaluation = json.loads((multiclass_root / "pneumonia-type" / "reports" / "evaluation.json").read_text())
     en = STRINGS["model_card"]["en"]
     at = open_page("model_card")
