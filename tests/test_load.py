@@ -18,7 +18,7 @@ import cv2
 import pytest
 
 from live_app import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
-from synthetic import phantom
+from synthetic import radiograph
 
 SESSIONS = int(os.environ.get("TORAX_LOAD_SESSIONS", "2"))
 UPLOADS = int(os.environ.get("TORAX_LOAD_UPLOADS", "4"))
@@ -57,9 +57,9 @@ def browser(server):
 
 
 def payload(i: int) -> tuple[dict, str]:
-    """A distinct phantom per upload (its own size, so its own result and cache entry) and the caption it gets."""
+    """A distinct drawn radiograph per upload (its own size, so its own result and cache entry), and its caption."""
     h, w = 300 + (i % 97), 260 + (i * 7) % 113
-    data = cv2.imencode(".png", phantom((h, w), pneumonia=bool(i % 2), seed=i))[1].tobytes()
+    data = cv2.imencode(".png", radiograph((h, w), pneumonia=bool(i % 2), seed=i))[1].tobytes()
     return {"name": f"load-{i}.png", "mimeType": "image/png", "buffer": data}, f"As decoded · {w} × {h} px"
 
 
