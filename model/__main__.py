@@ -41,20 +41,12 @@ def port_number(text: str) -> int:
 
 
 def _load(bundle_name: str | None):
-    from model.bundle import default_bundle_name, default_problem, load_all
+    from model.bundle import NoBundle, load_chosen
 
-    bundles, errors = load_all()
-    for message in errors.values():
-        print(f"warning: {message}", file=sys.stderr)
-    if not bundle_name:
-        problem = default_problem(bundles, errors)
-        if problem:  # fail closed: no other bundle answers in the default's place
-            raise SystemExit(f"error: {problem}")
-    name = bundle_name or default_bundle_name(bundles)
-    if name not in bundles:
-        known = ", ".join(bundles) or "none"
-        raise SystemExit(f"error: no usable model bundle named {name!r} (available: {known})")
-    return bundles, bundles[name]
+    try:
+        return load_chosen(bundle_name, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    except NoBundle as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def cmd_info(args) -> int:

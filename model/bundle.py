@@ -300,6 +300,27 @@ def default_bundle_name(names) -> str | None:
     return wanted if wanted in list(names) else None
 
 
+class NoBundle(Exception):
+    """No bundle to answer with: the one named is not usable, or the default was refused or is missing."""
+
+
+def load_chosen(name: str | None = None, warn=None) -> tuple[dict[str, Bundle], Bundle]:
+    """Every usable bundle and the one to answer with: `name`, else the default. Fails closed: when the default
+    is refused or missing, no other bundle is chosen in its place (NoBundle says why). `warn` hears each refusal."""
+    bundles, errors = load_all()
+    for message in errors.values():
+        if warn:
+            warn(message)
+    if not name:
+        problem = default_problem(bundles, errors)
+        if problem:
+            raise NoBundle(problem)
+    name = name or default_bundle_name(bundles)
+    if name not in bundles:
+        raise NoBundle(f"no usable model bundle named {name!r} (available: {', '.join(bundles) or 'none'})")
+    return bundles, bundles[name]
+
+
 def default_problem(names, refused: dict[str, str]) -> str | None:
     """Why there is no default bundle (None when there is one), naming the bundle and the reason."""
     wanted = configured_default()

@@ -398,24 +398,15 @@ def cli(args) -> int:
         print(f"warning: {e} Will keep trying.", file=sys.stderr)
     except PacsError as e:
         return fail(5, str(e))
-    from model.bundle import default_bundle_name, load_all
+    from model.bundle import NoBundle, load_chosen
     from model.ensemble import Ensemble
     from model.explain import Explainer
     from model.guard import for_bundle
 
-    bundles, errors = load_all()
-    for message in errors.values():
-        print(f"warning: {message}", file=sys.stderr)
-    if not args.bundle:
-        from model.bundle import default_problem
-
-        problem = default_problem(bundles, errors)
-        if problem:  # fail closed: no other bundle files results in the default's place
-            return fail(2, problem)
-    name = args.bundle or default_bundle_name(bundles)
-    if name not in bundles:
-        return fail(2, f"no usable model bundle named {name!r} (available: {', '.join(bundles) or 'none'})")
-    bundle = bundles[name]
+    try:
+        _, bundle = load_chosen(args.bundle, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    except NoBundle as e:  # fail closed: no other bundle files results in the default's place
+        return fail(2, str(e))
     try:
         site = load_site(args.site, bundle) if args.site else None
     except SitesUnavailable as e:

@@ -33,21 +33,12 @@ def add_cli(sub):
 
 
 def _bundle(name: str | None):
-    from model.bundle import default_bundle_name, load_all
+    from model.bundle import NoBundle, load_chosen
 
-    bundles, errors = load_all()
-    for message in errors.values():
-        print(f"warning: {message}", file=sys.stderr)
-    if not name:
-        from model.bundle import default_problem
-
-        problem = default_problem(bundles, errors)
-        if problem:  # fail closed: no other bundle in the default's place
-            raise SystemExit(f"error: {problem}")
-    name = name or default_bundle_name(bundles)
-    if name not in bundles:
-        raise SystemExit(f"error: no usable model bundle named {name!r} (available: {', '.join(bundles) or 'none'})")
-    return bundles[name]
+    try:
+        return load_chosen(name, warn=lambda m: print(f"warning: {m}", file=sys.stderr))[1]
+    except NoBundle as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def _progress(done: int, total: int):
