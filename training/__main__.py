@@ -102,7 +102,17 @@ def main(argv=None) -> int:
     kg.add_argument("--private", required=True, help="private key file to write (keep off serving machines)")
     kg.add_argument("--public", required=True, help="public key file to write (list it in TORAX_TRUSTED_KEYS)")
 
+    bb = sub.add_parser("backbones", help="extract ImageNet backbones from the registry packages that ship them "
+                                          "(training.backbones); needs pip and npm once")
+    bb.add_argument("action", choices=["fetch"])
+    bb.add_argument("--out", default="backbones", help="folder for <name>.weights.h5 and <name>.json")
+
     args = parser.parse_args(argv)
+    if args.command == "backbones":
+        from training.backbones import fetch
+        for record in fetch(args.out):
+            print(json.dumps({k: record[k] for k in ("name", "sha256", "package", "version", "licence")}))
+        return 0
     if args.command in ("sign", "keygen"):
         from training.export import new_signing_key, sign_bundle
         if args.command == "keygen":

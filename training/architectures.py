@@ -88,6 +88,28 @@ def mobilenet_v3_small(input_spec: dict, n_outputs: int = 1, task: str = "binary
                         task, weights, include_preprocessing=False, minimalistic=False)
 
 
+def mobilenet_v2_imagenet(input_spec: dict, n_outputs: int = 1, task: str = "binary",
+                          weights: str | None = None) -> keras.Model:
+    """MobileNetV2 (width 1.0) meant to start from ImageNet (`training.backbones`, loaded by `train_member`).
+
+    The per-image standardised map is brought back to the range the pretrained weights were fed (pixels / 255:
+    mean 0.5, standard deviation 0.25), fixed and parameter-free, so exposure still never reaches the first
+    convolution. BatchNorm runs in inference mode (its ImageNet statistics are kept; only scale and shift learn),
+    which fine-tuning a whole pretrained network with batches of 32 needs."""
+    inputs, x = _stem(input_spec)
+    x = layers.Rescaling(0.25, offset=0.5, name="to_unit_range")(x)
+    if input_spec.get("channels", 1) == 1:
+        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    backbone = keras.applications.MobileNetV2(input_tensor=x, include_top=False, weights=None, alpha=1.0)
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+    model = keras.Model(inputs, _head(backbone.output, n_outputs, task), name="mobilenet_v2_imagenet")
+    if weights:
+        model.load_weights(weights)
+    return model
+
+
 def resnet_small(input_spec: dict, n_outputs: int = 1, task: str = "binary",
                  weights: str | None = None) -> keras.Model:
     """A ResNet-style member: a strided stem and max-pool to 1/4 size, then four stages of two basic residual
@@ -117,14 +139,16 @@ def resnet_small(input_spec: dict, n_outputs: int = 1, task: str = "binary",
 
 
 ARCHITECTURES = {"cnn": compact_cnn, "resnet": resnet_small, "mobilenetv2": mobilenet_v2,
-                 "mobilenetv3s": mobilenet_v3_small}
+                 "mobilenetv3s": mobilenet_v3_small, "mobilenetv2_imagenet": mobilenet_v2_imagenet}
+# Members that start from a fetched ImageNet backbone (training.backbones), and which one.
+PRETRAINED = {"mobilenetv2_imagenet": "mobilenet_v2_nsfwjs"}
 
 
 def last_conv_layer(model: keras.Model) -> str:
     """Name of the last layer with a 4-D output before global pooling: where Grad-CAM looks."""
     for layer in reversed(model.layers):
         shape = getattr(layer, "output", None)
-        skip = layer.name.startswith(("scale", "standardize", "aug_"))
+        skip = layer.name.startswith(("scale", "standardize", "to_unit_range", "gray_to_rgb", "aug_"))
         if shape is not None and len(layer.output.shape) == 4 and not skip:
             return layer.name
     raise ValueError(f"{model.name} has no convolutional feature map")

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from training import data as data_lib
-from training.architectures import ARCHITECTURES, last_conv_layer
+from training.architectures import ARCHITECTURES, PRETRAINED, last_conv_layer
 from training.augment import Batches
 
 LABEL_COLUMNS = {"binary": "label", "multiclass": "subtype", "multilabel": "finding_labels"}
@@ -155,12 +155,16 @@ def losses_and_metrics(task: str, y_train, label_smoothing: float):
 def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spec: dict, out: Path, *,
                  epochs: int, batch_size: int, lr: float, patience: int, minutes: float, weights: str | None,
                  steps: int | None = None, seed: int = 42, label_smoothing: float = 0.05,
-                 weight_decay: float = 0.05, ema: float | None = 0.99) -> dict:
+                 weight_decay: float = 0.05, ema: float | None = 0.99, backbones_dir: str = "backbones") -> dict:
     """One member: augmented batches (training.augment), AdamW with a one-epoch warm-up and cosine decay to zero,
     an exponential moving average of the weights (the saved model), label smoothing, and a per-epoch backup so an
     interrupted run resumes where it stopped. Early stopping on val AUC remains as a guard against divergence."""
     n_outputs = 3 if task == "multitask" else y_train.shape[1]
     model = ARCHITECTURES[arch](input_spec, n_outputs=n_outputs, task=task, weights=weights)
+    initial_weights = {"kind": "file", "file": str(weights)} if weights else {"kind": "random", "seed": seed}
+    if arch in PRETRAINED and not weights:
+        from training.backbones import load_backbone
+        initial_weights = {"kind": "pretrained backbone", **load_backbone(model, PRETRAINED[arch], backbones_dir)}
     loss, metrics, monitor = losses_and_metrics(task, y_train, label_smoothing)
     n_train = len(x_train)
     steps_per_epoch = steps or -(-n_train // batch_size)
@@ -197,7 +201,7 @@ def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spe
                        "schedule": f"1-epoch warm-up + cosine to 0, peak lr={lr}",
                        "ema": ema, "label_smoothing": label_smoothing, "epochs": epochs, "batch_size": batch_size,
                        "class_balance": "sample weights"},
-            "train_seconds": round(time.time() - started, 1)}
+            "initial_weights": initial_weights, "seed": seed, "train_seconds": round(time.time() - started, 1)}
 
 
 def train(data_dir: str, out: str, *, task: str = "binary", members=("cnn", "resnet", "mobilenetv2"),
