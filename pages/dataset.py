@@ -10,9 +10,12 @@ import streamlit as st
 from model import bundle_tables as tables
 from model import data_folder
 from model import formatting as F
-from pages.charts import PALETTE
-from pages.common import bundle_report, current_bundle
-from pages.ui import data_dir_input, fmt_int, tr
+from pages.lib.charts import PALETTE
+from pages.lib.common import bundle_report, current_bundle
+from pages.lib.router import take_over
+from pages.lib.ui import data_dir_input, fmt_int, tr
+
+take_over()  # a deep link on a fresh server: hand over to app.py's navigation (pages.lib.router)
 
 SUBTYPE_COLOURS = {"normal": "#4C78A8", "bacteria": "#E45756", "virus": "#F58518", "unknown": "#9D755D"}
 

@@ -20,10 +20,13 @@ from model.guard import for_bundle
 from model.metrics import confusion, rates, roc_curve
 from model.safe_text import md_escape
 from model.types import CamMethod, Result, Task
-from pages.common import current_bundle, get_ensemble, get_explainer, threshold_for
-from pages.outputs import draw_outputs
-from pages.sites_view import active_site, evidence_choice, site_caption
-from pages.ui import UPLOAD_TYPES, tr
+from pages.lib.common import current_bundle, get_ensemble, get_explainer, threshold_for
+from pages.lib.outputs import draw_outputs
+from pages.lib.router import take_over
+from pages.lib.sites_view import active_site, evidence_choice, site_caption
+from pages.lib.ui import UPLOAD_TYPES, tr
+
+take_over()  # a deep link on a fresh server: hand over to app.py's navigation (pages.lib.router)
 
 DISPLAY_SIDE = 1024  # longest side sent to the browser; downloads keep the full resolution
 POINT_ORDER = ("screening", "balanced", "confirmatory")
@@ -173,7 +176,7 @@ def draw_threshold(bundle, threshold: float, site=None):
 
 
 def evaluation_at(evidence: dict | None, threshold: float) -> dict | None:
-    """Confusion counts and rates at this threshold on the chosen evidence set (pages.sites_view.evidence_choice:
+    """Confusion counts and rates at this threshold on the chosen evidence set (pages.lib.sites_view.evidence_choice:
     internal test, external, or the site profile's cross-validated scores); None without scores."""
     if evidence is None:
         return None

@@ -1,6 +1,6 @@
 """Evaluation page: how well the selected model did on its internal test split, from reports/evaluation.json and
 the per-image scores in reports/scores.json; the threshold views use model.metrics on those stored scores.
-Grad-CAM of the mistakes runs only on a button press. The figures are built in pages/charts.py."""
+Grad-CAM of the mistakes runs only on a button press. The figures are built in pages/lib/charts.py."""
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +12,13 @@ from model import data_folder
 from model import formatting as F
 from model.metrics import rates
 from model.types import Task
-from pages import charts
-from pages.common import bundle_report, current_bundle, get_ensemble, get_explainer, threshold_for
-from pages.sites_view import active_site, side_by_side, site_caption, site_check
-from pages.ui import data_dir_input, fmt_int, tr
+from pages.lib import charts
+from pages.lib.common import bundle_report, current_bundle, get_ensemble, get_explainer, threshold_for
+from pages.lib.router import take_over
+from pages.lib.sites_view import active_site, side_by_side, site_caption, site_check
+from pages.lib.ui import data_dir_input, fmt_int, tr
+
+take_over()  # a deep link on a fresh server: hand over to app.py's navigation (pages.lib.router)
 
 GALLERY_SIZE = 6
 

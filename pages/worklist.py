@@ -17,9 +17,12 @@ from model.ensemble import Ensemble
 from model.guard import for_bundle
 from model.safe_text import csv_text, md_escape
 from model.types import Task
-from pages.common import current_bundle, get_ensemble, threshold_for
-from pages.sites_view import active_site, site_caption
-from pages.ui import UPLOAD_TYPES, tr
+from pages.lib.common import current_bundle, get_ensemble, threshold_for
+from pages.lib.router import take_over
+from pages.lib.sites_view import active_site, site_caption
+from pages.lib.ui import UPLOAD_TYPES, tr
+
+take_over()  # a deep link on a fresh server: hand over to app.py's navigation (pages.lib.router)
 
 t = tr("worklist")
 

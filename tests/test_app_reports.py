@@ -49,7 +49,7 @@ def open_page(page: str, **state) -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     for key, value in state.items():
         at.session_state[key] = value
-    at.switch_page(f"pages/{page}.py")
+    at.switch_page(f"pages/{page.replace('_', '-')}.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -299,7 +299,7 @@ def test_model_card_shows_the_manifest_numbers(bundle_dir):
 
 
 def test_model_card_has_no_research_label_for_a_large_training_set(bundle_dir):
-    from pages.common import load_bundles
+    from pages.lib.common import load_bundles
 
     open_page("model_card")  # loads the bundles into the cache
     manifest = load_bundles()[0][BUNDLE].manifest

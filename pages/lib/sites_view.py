@@ -15,7 +15,7 @@ import streamlit as st
 from model import metrics as M
 from model import sites
 from model.types import Task
-from pages.ui import UPLOAD_TYPES, tr
+from pages.lib.ui import UPLOAD_TYPES, tr
 
 COLOURS = {"internal": "#4C78A8", "external": "#E45756", "site": "#54A24B"}
 ORDER = ("internal", "external", "site")

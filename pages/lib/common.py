@@ -1,22 +1,22 @@
 """What every page shares: cached models and bundle reports, the selected bundle, and cross-page state. (The UI
-strings and drawing helpers are in pages/ui.py.)
+strings and drawing helpers are in pages/lib/ui.py.)
 
 Session-state keys (the only cross-page state):
-- "lang": "en" | "es"                         UI language
+- "lang": "en" | "es"                         UI language (mirrored in the URL's ?lang= so a reload keeps it)
 - "bundle": str                               name of the selected model bundle
 - "threshold": float                          decision threshold of the selected binary bundle (shared by
                                               Diagnose and Evaluation)
 - "prevalence": float                         prevalence used for PPV/NPV
 - "current_upload": {"name": str, "data": bytes}  image opened from the worklist into Diagnose
 - "data_dir": str                             the dataset folder on this computer (Dataset and Evaluation)
-- "site": str | None                          the active site profile (sidebar); pages/sites_view.py has the rest
+- "site": str | None                          the active site profile (sidebar); pages/lib/sites_view.py has the rest
 Nothing here writes uploads to disk.
 """
 from __future__ import annotations
 
 import streamlit as st
 
-from pages.ui import LANGUAGES, tr
+from pages.lib.ui import LANGUAGES, lang, tr
 
 
 @st.cache_resource(show_spinner=False)
@@ -91,8 +91,10 @@ def threshold_for(bundle, site=None) -> float:
 def sidebar():
     """Language toggle and bundle selector, drawn on every page by app.py."""
     t = tr("common")
-    st.session_state.setdefault("lang", "en")
+    lang()
     st.sidebar.radio(t("language"), list(LANGUAGES), format_func=LANGUAGES.get, key="lang", horizontal=True)
+    if st.query_params.get("lang") != st.session_state["lang"]:
+        st.query_params["lang"] = st.session_state["lang"]  # in the URL, so a reload keeps it
     bundles, _ = load_bundles()
     if len(bundles) > 1:
         names = list(bundles)
@@ -103,7 +105,7 @@ def sidebar():
         st.sidebar.selectbox(t("model"), names, key="bundle", format_func=lambda n: bundles[n].title,
                              index=0 if _default(bundles) else None, placeholder=t("choose_model"))
     from model.bundle import default_bundle_name
-    from pages.sites_view import sidebar_site
+    from pages.lib.sites_view import sidebar_site
 
     name = st.session_state.get("bundle") if st.session_state.get("bundle") in bundles else \
         default_bundle_name(bundles)

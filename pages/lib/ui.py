@@ -1,5 +1,5 @@
 """What the pages share for drawing: the UI strings (`tr`), numbers in the reader's language, and the dataset-folder
-input. No models and no cached bundles here (those are in pages/common.py); nothing writes to disk."""
+input. No models and no cached bundles here (those are in pages/lib/common.py); nothing writes to disk."""
 from __future__ import annotations
 
 import json
@@ -11,13 +11,19 @@ import streamlit as st
 from model import formatting
 from model.types import Result
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 LANGUAGES = {"en": "English", "es": "Español"}
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "gif", "dcm", "dicom"]
 
 
 def lang() -> str:
-    return st.session_state.get("lang", "en")
+    """The UI language: the session's choice; at a session's start the URL's `?lang=` (so a reload keeps the
+    reader's choice), else the browser's preferred language, else English."""
+    if st.session_state.get("lang") not in LANGUAGES:
+        asked = st.query_params.get("lang")
+        browser = (st.context.locale or "").split("-")[0].lower()
+        st.session_state["lang"] = asked if asked in LANGUAGES else browser if browser in LANGUAGES else "en"
+    return st.session_state["lang"]
 
 
 @st.cache_data(show_spinner=False)

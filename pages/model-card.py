@@ -7,9 +7,12 @@ import streamlit as st
 from model import bundle_tables as tables
 from model import formatting as F
 from model.types import Task
-from pages.common import bundle_report, current_bundle, threshold_for
-from pages.sites_view import active_site, side_by_side
-from pages.ui import fmt_int, tr
+from pages.lib.common import bundle_report, current_bundle, threshold_for
+from pages.lib.router import take_over
+from pages.lib.sites_view import active_site, side_by_side
+from pages.lib.ui import fmt_int, tr
+
+take_over()  # a deep link on a fresh server: hand over to app.py's navigation (pages.lib.router)
 
 t = tr("model_card")
 

@@ -24,9 +24,9 @@ from model.dicom_results import (
 from model.explain import overlay
 from model.pacs import Pacs, PacsError
 from model.pdf_report import pdf_report
-from pages.common import get_explainer
+from pages.lib.common import get_explainer
 
-STRINGS = Path(__file__).resolve().parent.parent / "assets" / "strings" / "outputs.json"
+STRINGS = Path(__file__).resolve().parents[2] / "assets" / "strings" / "outputs.json"
 
 
 def t(key: str, **kwargs) -> str:
