@@ -14,6 +14,7 @@ from model.metrics import rates
 from model.types import Task
 from pages.lib import charts
 from pages.lib.common import bundle_report, current_bundle, get_ensemble, get_explainer, threshold_for
+from pages.lib.evidence_view import lead
 from pages.lib.router import take_over
 from pages.lib.sites_view import active_site, side_by_side, site_caption, site_check
 from pages.lib.ui import data_dir_input, fmt_int, tr
@@ -69,8 +70,12 @@ def rule_text(p: dict) -> str:
 
 # --- binary ---------------------------------------------------------------------------------------------------------
 
-def headline(evaluation: dict, bundle):
+def headline(evaluation: dict, bundle, threshold: float):
+    """The most external evidence first (pages.lib.evidence_view), then the internal test split's own figures,
+    labelled as the training collection."""
+    lead(bundle, SITE, threshold)
     e = evaluation["ensemble"]
+    st.subheader(t("h_internal"))
     cols = st.columns(5)
     cols[0].metric(t("m_auc"), F.fmt_num(e.get("auc")), help=t("m_auc_help"))
     cols[1].metric(t("m_auc_ci"), F.fmt_ci(e.get("auc_ci95")), help=t("m_auc_ci_help"))
@@ -79,11 +84,6 @@ def headline(evaluation: dict, bundle):
     cols[3].metric(t("m_ece"), F.fmt_num(cal.get("ece_after")), help=t("m_ece_help"))
     cols[4].metric(t("m_n"), fmt_int(evaluation.get("n")),
                    help=t("m_n_help", positives=fmt_int(e.get("positives")), cls=bundle.classes[-1]))
-    best = evaluation.get("best_member")
-    if best in evaluation.get("members", {}):
-        key = "ensemble_beats" if evaluation.get("ensemble_beats_best_member") else "ensemble_not_better"
-        st.caption(t(key, best=best, auc=F.fmt_num(evaluation["members"][best]["auc"]),
-                     ens=F.fmt_num(e.get("auc"))))
 
 
 def curves(evaluation: dict, bundle, point: dict):
@@ -258,12 +258,12 @@ def error_gallery(bundle, scores: dict, threshold: float):
 
 
 def binary_view(bundle, evaluation: dict, scores: dict | None):
-    headline(evaluation, bundle)
+    threshold = threshold_for(bundle, SITE)
+    headline(evaluation, bundle, threshold)
     if scores:
         y, p = test_scores(bundle.name)
     else:
         y, p = np.array([], int), np.array([], float)
-    threshold = threshold_for(bundle, SITE)
     point = tables.at_threshold(y, p, threshold) if scores else None
     if point:
         point["threshold"] = threshold

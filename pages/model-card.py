@@ -8,6 +8,7 @@ from model import bundle_tables as tables
 from model import formatting as F
 from model.types import Task
 from pages.lib.common import bundle_report, current_bundle, threshold_for
+from pages.lib.evidence_view import lead
 from pages.lib.router import take_over
 from pages.lib.sites_view import active_site, side_by_side
 from pages.lib.ui import fmt_int, tr
@@ -45,14 +46,9 @@ if tables.is_small_training_set(manifest):
              icon="⚠️")
 
 # --- headline -------------------------------------------------------------------------------------------------------
+site = active_site(bundle)
 if bundle.task == Task.BINARY and "auc" in summary:
-    cols = st.columns(5)
-    cols[0].metric(t("m_auc", ci=F.fmt_ci(summary.get("auc_ci95"))), F.fmt_num(summary.get("auc")),
-                   help=t("m_auc_help"))
-    for col, key in zip(cols[1:], ("sensitivity", "specificity", "ppv", "npv")):
-        col.metric(t(key), F.fmt_pct(summary.get(key)))
-    st.caption(t("headline_caption", n=fmt_int(summary.get("n")), split=t.name("split", summary.get("split")),
-                 point=t.name("op", summary.get("at"))))
+    lead(bundle, site, threshold_for(bundle, site))  # the most external evidence first, the training collection second
 elif "macro_auc" in summary:
     cols = st.columns(3)
     cols[0].metric(t("m_macro_auc"), F.fmt_num(summary.get("macro_auc")))
@@ -111,8 +107,6 @@ if bundle.task == Task.BINARY and "auc" in summary:
                                     t("col_ci"): F.fmt_ci(members.get(m, {}).get("auc_ci95"))}
                                    for m, a in member_auc.items()]),
                      hide_index=True, width="content")
-        st.markdown(t("ensemble_beats" if summary.get("ensemble_beats_best_member") else "ensemble_not_better"))
-    site = active_site(bundle)
     side_by_side(bundle, threshold_for(bundle, site), site, key="mc_sbs")
 else:
     per_class = summary.get("per_class_auc") or {}

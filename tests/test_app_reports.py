@@ -17,7 +17,7 @@ from model import metrics as M
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = "pneumonia-kermany"
 STRINGS = {page: json.loads((ROOT / "assets" / "strings" / f"{page}.json").read_text(encoding="utf-8"))
-           for page in ("dataset", "evaluation", "model_card")}
+           for page in ("dataset", "evaluation", "model_card", "evidence")}
 _current_root = {"path": None}
 
 
@@ -276,9 +276,11 @@ def test_model_card_shows_the_manifest_numbers(bundle_dir):
     en = STRINGS["model_card"]["en"]
     at = open_page("model_card")
     ci = f"{summary['auc_ci95'][0]:.3f}–{summary['auc_ci95'][1]:.3f}"
-    assert metric(at, en["m_auc"].format(ci=ci)) == f"{summary['auc']:.3f}"
+    ev = STRINGS["evidence"]["en"]  # no external scores in the tiny bundle: the internal split leads, said as such
+    assert metric(at, ev["m_auc"]) == f"{summary['auc']:.3f}"
     for key in ("sensitivity", "specificity", "ppv", "npv"):
-        assert metric(at, en[key]) == F.fmt_pct(summary[key])
+        assert metric(at, ev[f"m_{key}"]) == F.fmt_pct(summary[key])
+    assert ev["why_internal"] in text_of(at)
 
     splits = at.table[0].value
     assert splits[en["col_images"]].tolist() == [training["counts"][s] for s in ("train", "val", "test")]
@@ -296,6 +298,40 @@ def test_model_card_shows_the_manifest_numbers(bundle_dir):
     # The tiny bundle trains on a handful of images: it must say so, prominently.
     assert training["counts"]["train"] < 1000
     assert any(en["research_only"] in e.value for e in at.error)
+
+
+@pytest.fixture
+def with_external(tiny_bundles, use_bundles, tmp_path) -> Path:
+    """The tiny bundle plus an external scores report on which the ensemble does worse than a member: half the
+    internal test scores, the ensemble's order reversed on the positives."""
+    root = tmp_path / "bundles"
+    shutil.copytree(tiny_bundles, root)
+    internal = read(root / BUNDLE, "scores")
+    y = [row[0] for row in internal["y"]]
+    member = next(iter(internal["members"]))
+    positive_scores = sorted(p[0] for p, label in zip(internal["ensemble"], y) if label)
+    ensemble = [[positive_scores[-1 - i % len(positive_scores)] if label else p[0]]
+                for i, (p, label) in enumerate(zip(internal["ensemble"], y))]
+    external = {**internal, "dataset": "later-collection", "split": "external", "ensemble": ensemble,
+                "members": {member: [[float(label)] for label in y]}}  # a perfect member
+    (root / BUNDLE / "reports" / "scores-external.json").write_text(json.dumps(external))
+    return use_bundles(root) / BUNDLE
+
+
+def test_model_card_and_evaluation_lead_with_external_numbers(with_external):
+    from model.metrics import roc_auc
+    external = read(with_external, "scores-external")
+    auc = roc_auc(np.ravel(external["y"]), np.ravel(external["ensemble"]))
+    ev = STRINGS["evidence"]["en"]
+    for page in ("model_card", "evaluation"):
+        at = open_page(page)
+        assert metric(at, ev["m_auc"]) == f"{auc:.3f}"  # the first AUC on the page is the external one
+        text = text_of(at)
+        lead = ev["set_external"].format(dataset="later-collection")
+        assert ev["lead_caption"].split("{set}")[0] + lead in text
+        assert ev["why_external"] in text and ev["secondary"].split("(")[0] in text
+        member = next(iter(external["members"]))
+        assert ev["ensemble_worse"].format(set=lead, ens=f"{auc:.3f}", best=member, auc="1.000") in text
 
 
 def test_model_card_has_no_research_label_for_a_large_training_set(bundle_dir):

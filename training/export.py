@@ -34,6 +34,7 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
         shutil.rmtree(bundle)
     (bundle / "members").mkdir(parents=True)
     (bundle / "reports").mkdir()
+    hardware = json.loads((run / "hardware.json").read_text())
     member_entries = []
     for m in members:
         target = bundle / "members" / Path(m["file"]).name
@@ -46,8 +47,10 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
                                **({"recipe": m["recipe"]} if "recipe" in m else {}),
                                "temperature": evaluation["temperatures"][m["name"]],
                                "bias": evaluation.get("biases", {}).get(m["name"], 0.0),
-                               "train_seconds": m["train_seconds"], "code_commit": config["code_commit"]})
-    hardware = json.loads((run / "hardware.json").read_text())
+                               "train_seconds": m["train_seconds"],
+                               "code_commit": m.get("code_commit", config["code_commit"]),
+                               "hardware": m.get("hardware", hardware),
+                               **{k: m[k] for k in ("seed", "initial_weights", "from_bundle") if k in m}})
     timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").exists() else {}
     manifest = {
         "schema": 1, "name": bundle.name, "title": title or TITLES[config["task"]], "task": config["task"],
@@ -72,8 +75,9 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
     (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (bundle / "reports" / "evaluation.json").write_text((run / "evaluation.json").read_text())
     shutil.copyfile(run / "scores.json", bundle / "reports" / "scores.json")
-    if (run / "scores-external.json").exists():
-        shutil.copyfile(run / "scores-external.json", bundle / "reports" / "scores-external.json")
+    for optional in ("scores-external.json", "input-size.json", "decisions.json"):  # reports a run may carry
+        if (run / optional).exists():
+            shutil.copyfile(run / optional, bundle / "reports" / optional)
     (bundle / "reports" / "eda.json").write_text(json.dumps(eda_report(run, config)))
     for history in run.glob("history-*.csv"):
         shutil.copyfile(history, bundle / "reports" / history.name)

@@ -45,3 +45,27 @@ def split_heads(run: str | Path) -> dict[str, Path]:
         (out / "members.json").write_text(json.dumps(kept, indent=2))
         outputs[task] = out
     return outputs
+
+
+def compare_decisions(binary_run: str | Path, multiclass_run: str | Path) -> dict:
+    """Three-way softmax vs a two-stage decision (pneumonia first, at the binary bundle's val-chosen balanced
+    threshold; then bacterial or viral by the subtype head), on val only: the two runs' `scores-val.json`, same
+    split. Returns accuracy and per-class recall for each, so the choice is made on val and never on test."""
+    import numpy as np
+
+    binary_run, multiclass_run = Path(binary_run), Path(multiclass_run)
+    pb = json.loads((binary_run / "scores-val.json").read_text())
+    pm = json.loads((multiclass_run / "scores-val.json").read_text())
+    threshold = next(o["threshold"] for o in json.loads((binary_run / "evaluation.json").read_text())
+                     ["operating_points"] if o["name"] == "balanced")
+    y = np.asarray(pm["y"]).argmax(1)
+    prob = np.asarray(pm["ensemble"])
+    softmax = prob.argmax(1)
+    pneumonia = np.asarray(pb["ensemble"])[:, 0] >= threshold
+    two_stage = np.where(pneumonia, 1 + prob[:, 1:].argmax(1), 0)
+
+    def report(pred):
+        return {"accuracy": float((pred == y).mean()),
+                "recall": {c: float((pred[y == k] == k).mean()) for k, c in enumerate(pm["classes"])}}
+    return {"split": "val", "n": int(len(y)), "binary_threshold": threshold,
+            "softmax": report(softmax), "two_stage": report(two_stage)}
