@@ -13,13 +13,13 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from model.analysis import analyse, apply_site, decide, disagree
-from model.downloads import png_bytes, report_html, report_json
-from model.explain import overlay
-from model.guard import for_bundle
-from model.metrics import confusion, rates, roc_curve
-from model.safe_text import md_escape
-from model.types import CamMethod, Result, Task
+from model.core.analysis import analyse, apply_site, decide, disagree
+from model.core.explain import overlay
+from model.core.guard import for_bundle
+from model.core.metrics import confusion, rates, roc_curve
+from model.core.types import CamMethod, Result, Task
+from model.outputs.downloads import png_bytes, report_html, report_json
+from model.outputs.safe_text import md_escape
 from pages.lib.common import current_bundle, get_ensemble, get_explainer, threshold_for
 from pages.lib.outputs import draw_outputs
 from pages.lib.router import take_over

@@ -41,7 +41,7 @@ def text_of(pdf: bytes) -> str:
 
 
 def test_the_pdf_states_result_threshold_meaning_warnings_and_version():
-    from model.pdf_report import pdf_report
+    from model.outputs.pdf_report import pdf_report
 
     scores = {"task": "binary", "split": "internal-test", "y": [1, 1, 1, 1, 0, 0, 0, 0],
               "ensemble": [0.9, 0.8, 0.6, 0.2, 0.1, 0.3, 0.4, 0.7]}
@@ -61,7 +61,7 @@ def test_the_pdf_states_result_threshold_meaning_warnings_and_version():
 
 
 def test_without_scores_the_meaning_comes_from_the_operating_points_validation_figures():
-    from model.pdf_report import pdf_report, threshold_meaning
+    from model.outputs.pdf_report import pdf_report, threshold_meaning
 
     meaning = threshold_meaning(Bundle(), 0.5)
     assert meaning["sensitivity"] == 0.9 and meaning["split"] == "val"
@@ -71,7 +71,7 @@ def test_without_scores_the_meaning_comes_from_the_operating_points_validation_f
 
 
 def test_a_chest_check_failure_reads_not_assessed_and_a_decode_error_is_stated():
-    from model.pdf_report import pdf_report
+    from model.outputs.pdf_report import pdf_report
 
     warning = {"code": "not_chest_xray", "message": "This does not look like a frontal chest X-ray."}
     text = text_of(pdf_report({**RESULT, "warnings": [warning]}, Bundle()))

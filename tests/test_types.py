@@ -1,12 +1,12 @@
-"""model/types.py: the enums every layer shares and the one result object, whose JSON the CLI, the API, the worklist
-CSV and the downloads all print."""
+"""model/core/types.py: the enums every layer shares and the one result object, whose JSON the CLI, the API, the
+worklist CSV and the downloads all print."""
 import json
 import math
 
 import numpy as np
 import pytest
 
-from model.types import CamMethod, Result, Task, look_up_option
+from model.core.types import CamMethod, Result, Task, look_up_option
 
 
 def test_look_up_option_accepts_values_names_and_members_and_lists_the_choices_otherwise():

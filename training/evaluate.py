@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize, minimize_scalar
 
-from model import metrics as M
-from model.ensemble import apply_temperature
-from model.metrics import DEFAULT_TARGETS, choose_operating_points  # noqa: F401  (shared with model.sites)
+from model.core import metrics as M
+from model.core.ensemble import apply_temperature
+from model.core.metrics import DEFAULT_TARGETS, choose_operating_points  # noqa: F401  (shared with model.sites.profiles)
 from training import data as data_lib
 from training.train import encode_targets
 

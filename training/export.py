@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from model.bundle import sha256_file
+from model.core.bundle import sha256_file
 from training import data as data_lib
 from training.evaluate import summary
 
@@ -93,7 +93,7 @@ def sign_bundle(bundle: str | Path, key: str | Path) -> Path:
     private = load_pem_private_key(Path(key).read_bytes(), password=None)
     if not isinstance(private, Ed25519PrivateKey):
         raise ValueError("the signing key must be an Ed25519 private key (PEM)")
-    out = bundle / "manifest.sig"  # model.bundle.SIGNATURE_FILE
+    out = bundle / "manifest.sig"  # model.core.bundle.SIGNATURE_FILE
     out.write_bytes(private.sign((bundle / "manifest.json").read_bytes()))
     return out
 

@@ -22,21 +22,21 @@ from pages.lib.ui import LANGUAGES, lang, tr
 @st.cache_resource(show_spinner=False)
 def load_bundles():
     """({name: Bundle}, {folder: error message}); loaded and checksum-verified once per process."""
-    from model.bundle import load_all
+    from model.core.bundle import load_all
 
     return load_all()
 
 
 @st.cache_resource(show_spinner=False)
 def get_ensemble(name: str):
-    from model.ensemble import Ensemble
+    from model.core.ensemble import Ensemble
 
     return Ensemble(load_bundles()[0][name])
 
 
 @st.cache_resource(show_spinner=False)
 def get_explainer(name: str):
-    from model.explain import Explainer
+    from model.core.explain import Explainer
 
     return Explainer(load_bundles()[0][name])
 
@@ -49,8 +49,8 @@ def bundle_report(bundle_name: str, report_name: str) -> dict | None:
 
 def current_bundle():
     """The selected Bundle, or None (with an explanation drawn) when no bundle could be loaded."""
-    from model.bundle import configured_default, default_bundle_name
-    from model.safe_text import md_escape
+    from model.core.bundle import configured_default, default_bundle_name
+    from model.outputs.safe_text import md_escape
 
     bundles, errors = load_bundles()
     t = tr("common")
@@ -99,12 +99,12 @@ def sidebar():
     if len(bundles) > 1:
         names = list(bundles)
         current_bundle()
-        from model.bundle import default_bundle_name as _default
+        from model.core.bundle import default_bundle_name as _default
 
         # No preselection when the default bundle is unavailable: the user names another model explicitly.
         st.sidebar.selectbox(t("model"), names, key="bundle", format_func=lambda n: bundles[n].title,
                              index=0 if _default(bundles) else None, placeholder=t("choose_model"))
-    from model.bundle import default_bundle_name
+    from model.core.bundle import default_bundle_name
     from pages.lib.sites_view import sidebar_site
 
     name = st.session_state.get("bundle") if st.session_state.get("bundle") in bundles else \

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from model.dicom_results import (
+from model.channels.pacs import Pacs, PacsError
+from model.core.explain import overlay
+from model.outputs.dicom_results import (
     SC_SERIES_NUMBER,
     SR_SERIES_NUMBER,
     NotDicom,
@@ -21,9 +23,7 @@ from model.dicom_results import (
     dicom_bytes,
     read_source,
 )
-from model.explain import overlay
-from model.pacs import Pacs, PacsError
-from model.pdf_report import pdf_report
+from model.outputs.pdf_report import pdf_report
 from pages.lib.common import get_explainer
 
 STRINGS = Path(__file__).resolve().parents[2] / "assets" / "strings" / "outputs.json"

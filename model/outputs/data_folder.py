@@ -13,7 +13,7 @@ import pandas as pd
 
 from model.io import DecodeError, decode
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 def default_data_dir() -> str:
     """$TORAX_DATA_DIR, else ../shared/data/kermany next to the repository when it exists, else ""."""
@@ -77,8 +77,8 @@ def examples(data_dir: str, classes: list[str], per_class: int = 6, seed: int = 
 def explained(items: list[dict], data_dir: str | Path, explainer, class_name: str, side: int = 360) -> list[dict]:
     """Each item ({path, ...}, path relative to `data_dir`) with "image": the ensemble Grad-CAM for `class_name`
     laid over the downsized image, or None when the file cannot be read."""
-    from model.explain import overlay
-    from model.types import CamMethod
+    from model.core.explain import overlay
+    from model.core.types import CamMethod
 
     out = []
     for item in items:

@@ -4,7 +4,7 @@ Secondary Capture of the Grad-CAM overlay, both in the source study (built with 
 Patient and study attributes come from re-reading the uploaded bytes here (model.io's decode strips them from
 `meta` on purpose); they go straight into the two output datasets and nowhere else: never into a result, a log line
 or an exception message. The result is taken through its JSON form (`result.to_json()` or the dict), so this module
-does not care how model.analysis represents it.
+does not care how model.core.analysis represents it.
 """
 from __future__ import annotations
 

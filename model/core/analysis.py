@@ -11,10 +11,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from model.ensemble import Ensemble, Prediction
+from model.core.ensemble import Ensemble, Prediction
+from model.core.preprocess import to_model_input
+from model.core.types import Result, Task
 from model.io import DecodeError, decode
-from model.preprocess import to_model_input
-from model.types import Result, Task
 
 BATCH = 32  # images per forward pass in a batch: enough to keep the CPU busy, small enough for memory
 
@@ -27,8 +27,8 @@ NOT_ASSESSED = "not_chest_xray"  # a guard warning that withholds the decision: 
 
 def resolve_threshold(bundle, threshold: float | None = None, operating_point: str | None = None, site=None):
     """(threshold, operating point name) for a bundle: an explicit number wins; else the named (or default)
-    operating point, the site profile's when one is given (`model.sites.SiteProfile`). Multiclass bundles decide
-    by the most probable class and have no threshold."""
+    operating point, the site profile's when one is given (`model.sites.profiles.SiteProfile`). Multiclass bundles
+    decide by the most probable class and have no threshold."""
     if bundle.task == Task.MULTICLASS:
         return None, None
     if threshold is not None:
@@ -124,7 +124,7 @@ def failed(name: str | None, bundle, code: str, message: str) -> Result:
 
 def read(data: bytes, name: str | None, bundle, guard=None) -> tuple[Result, object | None]:
     """The per-file step before inference: decode, then check with `guard(decoded)` (a list of warnings; see
-    `model.guard.for_bundle`). Returns (result without a prediction, Decoded or None when unreadable)."""
+    `model.core.guard.for_bundle`). Returns (result without a prediction, Decoded or None when unreadable)."""
     try:
         decoded = decode(data, name)
     except DecodeError as e:

@@ -27,7 +27,7 @@ __all__ = ["check", "for_bundle", "features", "population_features", "load_param
 
 log = logging.getLogger(__name__)
 
-PARAMS_DIR = Path(__file__).with_name("guard_params")
+PARAMS_DIR = Path(__file__).parent.parent / "guard_params"
 FEATURE_VERSION = 1
 
 WORK_SIZE = 256

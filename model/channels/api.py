@@ -36,9 +36,9 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from model.http_guard import BearerAuth, tokens_from_env
-from model.safe_text import log_safe
-from model.types import CamMethod, Task, plain
+from model.channels.http_guard import BearerAuth, tokens_from_env
+from model.core.types import CamMethod, Task, plain
+from model.outputs.safe_text import log_safe
 
 log = logging.getLogger(__name__)
 
@@ -333,9 +333,9 @@ def analyse_upload(served: Served, data: bytes, filename: str | None, threshold:
 
     import cv2
 
-    from model.analysis import analyse, cam_class
-    from model.explain import overlay
-    from model.guard import for_bundle
+    from model.core.analysis import analyse, cam_class
+    from model.core.explain import overlay
+    from model.core.guard import for_bundle
 
     check()
     result, decoded = analyse(data, filename, served.ensemble, threshold, operating_point,
@@ -377,9 +377,9 @@ def describe_bundle(bundle) -> dict:
 
 
 def _load(bundles_root) -> tuple[dict[str, Served], dict[str, str]]:
-    from model.bundle import load_all
-    from model.ensemble import Ensemble
-    from model.explain import Explainer
+    from model.core.bundle import load_all
+    from model.core.ensemble import Ensemble
+    from model.core.explain import Explainer
 
     bundles, refused = load_all(bundles_root)
     served = {}
@@ -443,7 +443,7 @@ def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.served, app.state.refused = _load(bundles_root)
-        from model.bundle import default_bundle_name, default_problem
+        from model.core.bundle import default_bundle_name, default_problem
 
         app.state.default = default_bundle_name(app.state.served)
         app.state.default_problem = default_problem(app.state.served, app.state.refused)
@@ -502,8 +502,8 @@ def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int 
         site: str | None = Query(None, description="A site profile (python -m model site fit) for this bundle: its "
                                                    "recalibration and operating points are used."),
     ):
-        from model.analysis import resolve_threshold
-        from model.sites import SiteError, load
+        from model.core.analysis import resolve_threshold
+        from model.sites.profiles import SiteError, load
 
         served = served_bundle(request, bundle)
         if threshold is not None and operating_point is not None:

@@ -253,27 +253,28 @@ class State:
 # Site profiles (issue 13): the only coupling is here
 # --------------------------------------------------------------------------------------------------------------------
 def sites_module():
-    """model.sites, or SitesUnavailable when this installation has no site profiles (or analyse cannot use them)."""
+    """model.sites.profiles, or SitesUnavailable when this installation has no site profiles (or analyse cannot
+    use them)."""
     import importlib
     import inspect
 
-    from model.analysis import analyse
+    from model.core.analysis import analyse
 
     try:
-        sites = importlib.import_module("model.sites")
+        sites = importlib.import_module("model.sites.profiles")
     except ModuleNotFoundError as e:
-        if e.name != "model.sites":
+        if e.name != "model.sites.profiles":
             raise
         sites = None
     if sites is None or not callable(getattr(sites, "load", None)) \
             or "site" not in inspect.signature(analyse).parameters:
-        raise SitesUnavailable("Site profiles are not available in this version of Tórax (model/sites.py), so "
+        raise SitesUnavailable("Site profiles are not available in this version of Tórax (model/sites/profiles.py), so "
                                "--site cannot be used.")
     return sites
 
 
 def load_site(name: str, bundle):
-    """The verified site profile `name` for `bundle` (model.sites.load), or SitesUnavailable saying why not."""
+    """The verified site profile `name` for `bundle` (model.sites.profiles.load), or SitesUnavailable saying why not."""
     sites = sites_module()
     try:
         return sites.load(name, bundle)
@@ -288,11 +289,11 @@ def analyse_instance(data: bytes, name: str | None, ensemble, explainer, guard, 
                      operating_point=None, site=None):
     """(result JSON dict, Decoded or None, Grad-CAM overlay RGB or None): `predict`'s analysis plus the ensemble
     Grad-CAM overlay the SC and the PDF show."""
-    from model.analysis import analyse
-    from model.dicom_results import as_json
-    from model.explain import overlay
+    from model.core.analysis import analyse
+    from model.core.explain import overlay
+    from model.outputs.dicom_results import as_json
 
-    extra = {"site": site} if site is not None else {}  # a model.sites.SiteProfile
+    extra = {"site": site} if site is not None else {}  # a model.sites.profiles.SiteProfile
     result, decoded = analyse(data, name, ensemble, threshold, operating_point, guard=guard, **extra)
     r = as_json(result)
     r.setdefault("site", None)
@@ -308,7 +309,7 @@ def watch(pacs: Pacs, ensemble, explainer, guard, *, once: bool, interval: float
           operating_point=None, site=None, state: State | None = None, emit=None) -> int:
     """Process new CR/DX instances; with `once`, what is there now, else poll every `interval` seconds until
     interrupted. `emit(result)` gets each result (default: one JSON line on stdout). Returns the number processed."""
-    from model.dicom_results import build_outputs
+    from model.outputs.dicom_results import build_outputs
 
     state = state or State(state_path(pacs.url))
     emit = emit or _print_json
@@ -355,7 +356,7 @@ def add_cli(sub) -> None:
     """Register `pacs watch` on the CLI's subparsers."""
     import argparse
 
-    pacs = sub.add_parser("pacs", help="round trip with a PACS over DICOMweb (docs in model/pacs.py)")
+    pacs = sub.add_parser("pacs", help="round trip with a PACS over DICOMweb (docs in model/channels/pacs.py)")
     verbs = pacs.add_subparsers(dest="pacs_command", required=True)
     w = verbs.add_parser("watch", help="analyse new CR/DX instances and store the SR and overlay back",
                          description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -365,7 +366,7 @@ def add_cli(sub) -> None:
                                                 "from $TORAX_PACS_PASSWORD only")
     w.add_argument("--once", action="store_true", help="process what is new now and exit")
     w.add_argument("--bundle", default=None, help="bundle name (default: the default bundle)")
-    w.add_argument("--site", default=None, help="site profile name (needs site profiles, model/sites.py)")
+    w.add_argument("--site", default=None, help="site profile name (needs site profiles, model/sites/profiles.py)")
     g = w.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=float, default=None)
     g.add_argument("--operating-point", default=None, help="screening, balanced or confirmatory")
@@ -398,10 +399,10 @@ def cli(args) -> int:
         print(f"warning: {e} Will keep trying.", file=sys.stderr)
     except PacsError as e:
         return fail(5, str(e))
-    from model.bundle import NoBundle, load_chosen
-    from model.ensemble import Ensemble
-    from model.explain import Explainer
-    from model.guard import for_bundle
+    from model.core.bundle import NoBundle, load_chosen
+    from model.core.ensemble import Ensemble
+    from model.core.explain import Explainer
+    from model.core.guard import for_bundle
 
     try:
         _, bundle = load_chosen(args.bundle, warn=lambda m: print(f"warning: {m}", file=sys.stderr))

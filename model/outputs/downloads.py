@@ -1,8 +1,8 @@
 """What Tórax hands to people: the overlay PNG, the JSON and printable HTML reports of one `Result`, and the rows of
 the worklist table and its CSV.
 
-Pure functions over `model.types.Result` (no Streamlit, no disk). Reports carry no patient identifiers: of the upload
-they keep only the decoder's non-identifying metadata, never the file's name.
+Pure functions over `model.core.types.Result` (no Streamlit, no disk). Reports carry no patient identifiers: of the
+upload they keep only the decoder's non-identifying metadata, never the file's name.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 import cv2
 import numpy as np
 
-from model.analysis import disagree
-from model.types import Result, plain
+from model.core.analysis import disagree
+from model.core.types import Result, plain
 
 NOT_ASSESSED = "not assessed"  # the decision of an upload that is not a chest radiograph (label null)
 

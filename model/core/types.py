@@ -34,7 +34,7 @@ class Task(StrEnum):
 
 
 class CamMethod(StrEnum):
-    """Class activation map methods (model.explain)."""
+    """Class activation map methods (model.core.explain)."""
     GRADCAM = "gradcam"
     GRADCAM_PLUS_PLUS = "gradcam++"
     SCORECAM = "scorecam"

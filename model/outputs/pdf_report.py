@@ -19,8 +19,8 @@ from reportlab.lib.styles import getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.platypus import Image, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
-from model.dicom_results import DISCLAIMER, as_json, finding
-from model.metrics import confusion, rates
+from model.core.metrics import confusion, rates
+from model.outputs.dicom_results import DISCLAIMER, as_json, finding
 
 __all__ = ["threshold_meaning", "pdf_report", "write_pdf"]
 
@@ -149,7 +149,7 @@ def write_pdf(path, result, bundle, decoded, explainer) -> None:
     could be decoded."""
     from pathlib import Path
 
-    from model.explain import overlay
+    from model.core.explain import overlay
 
     picture = None
     if decoded is not None and explainer is not None:
