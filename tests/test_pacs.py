@@ -12,6 +12,8 @@ import numpy as np
 import pydicom
 import pytest
 
+from model.core.types import Result, Task
+
 from synthetic import phantom
 from synthetic_dicom import Orthanc, chest_dx, free_port, orthanc_available, to_bytes
 from test_guard import chest_phantom  # drawn from anatomy: the input check takes it for a chest X-ray
@@ -150,11 +152,10 @@ def test_a_pacs_that_is_down_is_retried_then_given_up_on(tiny_bundles, tmp_path)
 
 @needs_orthanc
 def test_a_site_that_cannot_be_used_is_a_usage_error(orthanc, tiny_bundles, tmp_path):
-    # Without site profiles (model/sites/profiles.py) --site is refused; with them, an unknown profile is.
     run = torax(["pacs", "watch", "--url", orthanc.url, "--user", orthanc.user, "--once", "--site", "nowhere"],
                 tiny_bundles, tmp_path / "state", orthanc.password)
     assert run.returncode == 2 and "Traceback" not in run.stderr
-    assert "Site profiles are not available" in run.stderr or "'nowhere' could not be used" in run.stderr
+    assert "Site profile 'nowhere' could not be used" in run.stderr
 
 
 # --- the state file --------------------------------------------------------------------------------------------------
@@ -187,12 +188,12 @@ class FakeBundle:
         return None
 
 
-def result(**changes) -> dict:
-    base = {"file": None, "bundle": "pneumonia-kermany", "task": "binary", "probability": 0.8125,
+def result(**changes) -> Result:
+    base = {"file": None, "bundle": "pneumonia-kermany", "task": Task.BINARY, "probability": 0.8125,
             "probabilities": {"NORMAL": 0.1875, "PNEUMONIA": 0.8125}, "members": {"cnn": 0.8}, "spread": 0.02,
             "threshold": 0.75, "operating_point": "balanced", "label": "PNEUMONIA", "warnings": [], "error": None,
             "meta": {"format": "dicom"}}
-    return {**base, **changes}
+    return Result(**{**base, **changes})
 
 
 def test_the_sr_holds_finding_numbers_algorithm_warnings_and_source():
@@ -215,12 +216,10 @@ def test_the_sr_holds_finding_numbers_algorithm_warnings_and_source():
 
 
 def test_not_assessed_whenever_the_guard_says_not_a_chest_xray_even_with_a_label():
-    from model.outputs.dicom_results import finding
-
-    assert finding(result()) == "present" and finding(result(label="NORMAL")) == "absent"
-    assert finding(result(warnings=[{"code": "not_chest_xray", "message": "…"}])) == "not_assessed"
-    assert finding(result(error={"code": "x", "message": "y"}, probabilities=None, label=None)) == "not_assessed"
-    assert finding(result(site=None)) == "present"  # a site field may be there, or be None
+    assert result().finding == "present" and result(label="NORMAL").finding == "absent"
+    assert result(warnings=[{"code": "not_chest_xray", "message": "…"}]).finding == "not_assessed"
+    assert result(error={"code": "x", "message": "y"}, probabilities=None, label=None).finding == "not_assessed"
+    assert result(site=None).finding == "present"  # a site field may be there, or be None
 
 
 def test_the_secondary_capture_burns_in_the_disclaimer_and_copies_the_patient():

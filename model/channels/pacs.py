@@ -22,8 +22,10 @@ from urllib.parse import urlparse
 
 import requests
 
+from model.core.types import Result
+
 __all__ = ["PacsError", "PacsUnavailable", "PacsAuthError", "SitesUnavailable", "Pacs", "State", "state_path",
-           "load_site", "analyse_instance", "watch"]
+           "load_site", "analyse_instance", "Filed", "watch"]
 
 MODALITIES = ("CR", "DX")
 RETRY_BASE_S = 0.5   # first wait after a failed call; doubles each try
@@ -250,34 +252,14 @@ class State:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Site profiles (issue 13): the only coupling is here
+# Site profiles
 # --------------------------------------------------------------------------------------------------------------------
-def sites_module():
-    """model.sites.profiles, or SitesUnavailable when this installation has no site profiles (or analyse cannot
-    use them)."""
-    import importlib
-    import inspect
-
-    from model.core.analysis import analyse
-
-    try:
-        sites = importlib.import_module("model.sites.profiles")
-    except ModuleNotFoundError as e:
-        if e.name != "model.sites.profiles":
-            raise
-        sites = None
-    if sites is None or not callable(getattr(sites, "load", None)) \
-            or "site" not in inspect.signature(analyse).parameters:
-        raise SitesUnavailable("Site profiles are not available in this version of Tórax (model/sites/profiles.py), so "
-                               "--site cannot be used.")
-    return sites
-
-
 def load_site(name: str, bundle):
     """The verified site profile `name` for `bundle` (model.sites.profiles.load), or SitesUnavailable saying why not."""
-    sites = sites_module()
+    from model.sites.profiles import load
+
     try:
-        return sites.load(name, bundle)
+        return load(name, bundle)
     except Exception as e:  # noqa: BLE001 - the sites module's own message says what is wrong
         raise SitesUnavailable(f"Site profile {name!r} could not be used: {e}") from None
 
@@ -286,46 +268,58 @@ def load_site(name: str, bundle):
 # Analysis and the watch loop
 # --------------------------------------------------------------------------------------------------------------------
 def analyse_instance(data: bytes, name: str | None, ensemble, explainer, guard, threshold=None,
-                     operating_point=None, site=None):
-    """(result JSON dict, Decoded or None, Grad-CAM overlay RGB or None): `predict`'s analysis plus the ensemble
-    Grad-CAM overlay the SC and the PDF show."""
+                     operating_point=None, site=None) -> tuple[Result, object | None, object | None]:
+    """(Result, Decoded or None, Grad-CAM overlay RGB or None): `predict`'s analysis (with a
+    model.sites.profiles.SiteProfile when given) plus the ensemble Grad-CAM overlay the SC and the PDF show."""
     from model.core.analysis import analyse
     from model.core.explain import overlay
-    from model.outputs.dicom_results import as_json
 
-    extra = {"site": site} if site is not None else {}  # a model.sites.profiles.SiteProfile
-    result, decoded = analyse(data, name, ensemble, threshold, operating_point, guard=guard, **extra)
-    r = as_json(result)
-    r.setdefault("site", None)
-    if site is not None and not r["site"]:
-        r["site"] = site.name
+    result, decoded = analyse(data, name, ensemble, threshold, operating_point, guard=guard, site=site)
     picture = None
     if decoded is not None and explainer is not None:
         picture = overlay(decoded.pixels, explainer.cams(decoded.pixels, "gradcam")["ensemble"])
-    return r, decoded, picture
+    return result, decoded, picture
+
+
+@dataclass
+class Filed:
+    """One PACS instance analysed and filed back: its result (no file name: it came from the PACS), the source
+    instance it is about, and the UIDs of what was stored."""
+    result: Result
+    source_sop_instance_uid: str
+    stored: dict
+
+    @property
+    def failed(self) -> bool:
+        return self.result.failed
+
+    def to_json(self) -> dict:
+        """What `pacs watch` prints per instance: the result's JSON, then where it came from and went."""
+        return {**self.result.to_json(), "source_sop_instance_uid": self.source_sop_instance_uid,
+                "stored": self.stored}
 
 
 def watch(pacs: Pacs, ensemble, explainer, guard, *, once: bool, interval: float = 10.0, threshold=None,
           operating_point=None, site=None, state: State | None = None, emit=None) -> int:
     """Process new CR/DX instances; with `once`, what is there now, else poll every `interval` seconds until
-    interrupted. `emit(result)` gets each result (default: one JSON line on stdout). Returns the number processed."""
+    interrupted. `emit(filed)` gets each `Filed` (default: its JSON line on stdout). Returns the number processed."""
+    from dataclasses import replace
+
     from model.outputs.dicom_results import build_outputs
 
     state = state or State(state_path(pacs.url))
-    emit = emit or _print_json
+    emit = emit or (lambda filed: _print_json(filed.to_json()))
     processed, wait = 0, interval
     while True:
         try:
             for study_uid, series_uid, sop_uid in list(pacs.new_instances(state)):
                 data = pacs.fetch(study_uid, series_uid, sop_uid)
-                r, _, picture = analyse_instance(data, "instance.dcm", ensemble, explainer, guard, threshold,
-                                                 operating_point, site)
-                r["file"] = None
-                r["source_sop_instance_uid"] = sop_uid
-                outputs = build_outputs(data, r, ensemble.bundle, picture)
-                r["stored"] = pacs.store(outputs)
-                state.add(series_uid, sop_uid, r["stored"], error=(r.get("error") or {}).get("code"))
-                emit(r)
+                result, _, picture = analyse_instance(data, "instance.dcm", ensemble, explainer, guard, threshold,
+                                                      operating_point, site)
+                result = replace(result, file=None)
+                filed = Filed(result, sop_uid, pacs.store(build_outputs(data, result, ensemble.bundle, picture)))
+                state.add(series_uid, sop_uid, filed.stored, error=(result.error or {}).get("code"))
+                emit(filed)
                 processed += 1
             wait = interval
         except PacsUnavailable as e:
@@ -348,8 +342,8 @@ def _print_json(result: dict) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # Command line: python -m model pacs watch
 # --------------------------------------------------------------------------------------------------------------------
-EXIT_CODES = "exit status: 0 done, 1 some instance could not be analysed, 2 usage (e.g. --site without site " \
-             "profiles), 3 PACS not answering, 4 user name or password refused, 5 other PACS error"
+EXIT_CODES = "exit status: 0 done, 1 some instance could not be analysed, 2 usage (e.g. an unknown --site), " \
+             "3 PACS not answering, 4 user name or password refused, 5 other PACS error"
 
 
 def add_cli(sub) -> None:
@@ -366,7 +360,7 @@ def add_cli(sub) -> None:
                                                 "from $TORAX_PACS_PASSWORD only")
     w.add_argument("--once", action="store_true", help="process what is new now and exit")
     w.add_argument("--bundle", default=None, help="bundle name (default: the default bundle)")
-    w.add_argument("--site", default=None, help="site profile name (needs site profiles, model/sites/profiles.py)")
+    w.add_argument("--site", default=None, help="site profile name (python -m model site list)")
     g = w.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=float, default=None)
     g.add_argument("--operating-point", default=None, help="screening, balanced or confirmatory")
@@ -381,11 +375,6 @@ def cli(args) -> int:
         print(f"error: {message}", file=sys.stderr)
         return code
 
-    if args.site:
-        try:
-            sites_module()
-        except SitesUnavailable as e:
-            return fail(2, str(e))
     pacs = Pacs.from_env(args.url, args.user)
     if pacs is None:
         return fail(2, "no PACS given: pass --url or set TORAX_PACS_URL.")
@@ -414,9 +403,9 @@ def cli(args) -> int:
         return fail(2, str(e))
     failed = []
 
-    def emit(result):
-        failed.append(result.get("error") is not None)
-        _print_json(result)
+    def emit(filed: Filed):
+        failed.append(filed.failed)
+        _print_json(filed.to_json())
 
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly on SIGTERM as on Ctrl-C
     try:

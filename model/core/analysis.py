@@ -22,7 +22,22 @@ BATCH = 32  # images per forward pass in a batch: enough to keep the CPU busy, s
 # ---------------------------------------------------------------------------------------------------------------
 # Thresholds and decisions
 # ---------------------------------------------------------------------------------------------------------------
-NOT_ASSESSED = "not_chest_xray"  # a guard warning that withholds the decision: the model only knows chest X-rays
+def default_threshold(bundle, site=None):
+    """The threshold a result is decided at until the reader chooses another: the site profile's default operating
+    point when one is active, else the bundle's default operating point (binary: a number; multilabel:
+    {class: number}); a binary bundle without one decides at 0.5. None for multiclass (the most probable class
+    wins). The pages start their slider here and the worklist decides with it, so every surface agrees."""
+    if bundle.task == Task.MULTICLASS:
+        return None
+    if site is not None:
+        return float(site.operating_point()["threshold"])
+    point = next((p for p in bundle.operating_points if p["name"] == bundle.manifest.get("default_operating_point")),
+                 None)
+    if bundle.task == Task.BINARY:
+        return float(point["threshold"]) if point and "threshold" in point else 0.5
+    point = point if point and point.get("thresholds") else \
+        next((p for p in bundle.operating_points if p.get("thresholds")), None)
+    return point["thresholds"] if point else None
 
 
 def resolve_threshold(bundle, threshold: float | None = None, operating_point: str | None = None, site=None):
@@ -69,14 +84,8 @@ def describe(prediction: Prediction, bundle, threshold=None, operating_point=Non
             "site": site.name if site is not None else None}
 
 
-def assessed(result: Result) -> bool:
-    """Whether the result may carry a decision: not when the guard says the upload is not a chest radiograph (the
-    probability may stay, but no label is given)."""
-    return not any(w.get("code") == NOT_ASSESSED for w in result.warnings)
-
-
 def _withhold(result: Result) -> Result:
-    return result if assessed(result) else replace(result, label=None)
+    return result if result.assessed else replace(result, label=None)
 
 
 def apply_site(result: Result, site) -> Result:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
+from model.core.preprocess import shrink
 from model.io import DecodeError, decode
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -60,11 +60,6 @@ def thumbnail(path: str | Path, side: int) -> np.ndarray | None:
     except (OSError, DecodeError):
         return None
     return shrink(gray, side)
-
-
-def shrink(gray: np.ndarray, side: int) -> np.ndarray:
-    scale = side / max(gray.shape)
-    return cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
 
 
 def examples(data_dir: str, classes: list[str], per_class: int = 6, seed: int = 0,

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from model.core import metrics as M
-from model.core.types import Task, plain
+from model.core.types import Task, WarningCode, plain
 from model.sites.labelled_sets import (  # noqa: F401  (re-exported: callers read labelled sets through model.sites.profiles)
     IGNORED_NAMES,
     MAX_ZIP_BYTES,
@@ -137,9 +137,10 @@ def score(labelled: LabelledSet, ensemble, guard=None, progress=None) -> Scored:
         if result.error:
             skipped.append({"file": item.name, **result.error})
             warnings[result.error["code"]] += 1
-        elif "not_chest_xray" in codes:
-            skipped.append({"file": item.name, "code": "not_chest_xray",
-                            "message": next(w["message"] for w in result.warnings if w["code"] == "not_chest_xray")})
+        elif WarningCode.NOT_CHEST_XRAY in codes:
+            skipped.append({"file": item.name, "code": WarningCode.NOT_CHEST_XRAY,
+                            "message": next(w["message"] for w in result.warnings
+                                            if w["code"] == WarningCode.NOT_CHEST_XRAY)})
         else:
             files.append(item.name)
             ys.append(int(item.label == bundle.classes[-1]))

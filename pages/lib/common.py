@@ -68,17 +68,15 @@ def current_bundle():
     return bundles[st.session_state["bundle"]]
 
 
-def default_threshold(bundle, site=None) -> float:
-    if site is not None:
-        return float(site.operating_point()["threshold"])
-    point = next((p for p in bundle.operating_points if p["name"] == bundle.manifest.get("default_operating_point")),
-                 None)
-    return float(point["threshold"]) if point and "threshold" in point else 0.5
+def threshold_for(bundle, site=None):
+    """The threshold this bundle's results are decided at. Binary: the shared slider value, reset to the default
+    (model.core.analysis.default_threshold) when the bundle or the site profile changes (a profile's probabilities
+    are on its own scale). Other tasks have no slider: their default (per-class thresholds, or None)."""
+    from model.core.analysis import default_threshold
+    from model.core.types import Task
 
-
-def threshold_for(bundle, site=None) -> float:
-    """The shared threshold for this bundle, reset to its default operating point when the bundle or the site
-    profile changes (a profile's probabilities are on its own scale)."""
+    if bundle.task != Task.BINARY:
+        return default_threshold(bundle, site)
     site_name = site.name if site is not None else None
     if (st.session_state.get("threshold_bundle") != bundle.name or "threshold" not in st.session_state
             or st.session_state.get("threshold_site") != site_name):
