@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from model.types import CamMethod
+from model.core.types import CamMethod
 
 OPERATING_POINTS = ("screening", "balanced", "confirmatory", "per-class")
-"""The operating point names bundles and site profiles use (training.evaluate, model.sites)."""
+"""The operating point names bundles and site profiles use (training.evaluate, model.sites.profiles)."""
 
 
 def unit_interval(text: str) -> float:
@@ -41,7 +41,7 @@ def port_number(text: str) -> int:
 
 
 def _load(bundle_name: str | None):
-    from model.bundle import NoBundle, load_chosen
+    from model.core.bundle import NoBundle, load_chosen
 
     try:
         return load_chosen(bundle_name, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
@@ -50,7 +50,7 @@ def _load(bundle_name: str | None):
 
 
 def cmd_info(args) -> int:
-    from model.bundle import default_bundle_name, default_problem, load_all
+    from model.core.bundle import default_bundle_name, default_problem, load_all
 
     bundles, errors = load_all()
     out = {"default": default_bundle_name(bundles), "default_problem": default_problem(bundles, errors),
@@ -88,10 +88,10 @@ def cmd_info(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from model.analysis import analyse, failed, resolve_threshold
-    from model.ensemble import Ensemble
-    from model.explain import Explainer, overlay
-    from model.guard import for_bundle
+    from model.core.analysis import analyse, failed, resolve_threshold
+    from model.core.ensemble import Ensemble
+    from model.core.explain import Explainer, overlay
+    from model.core.guard import for_bundle
 
     _, bundle = _load(args.bundle)
     site = _site(args.site, bundle)
@@ -123,7 +123,7 @@ def cmd_predict(args) -> int:
             cv2.imwrite(str(out), cv2.cvtColor(overlay(decoded.pixels, cam), cv2.COLOR_RGB2BGR))
             result.cam = str(out)
         if args.pdf_dir:
-            from model.pdf_report import write_pdf
+            from model.outputs.pdf_report import write_pdf
             write_pdf(Path(args.pdf_dir) / f"{i:04d}-{path.stem}-report.pdf", result, bundle, decoded, explainer)
         any_failed |= result.failed
         if args.json:
@@ -143,7 +143,7 @@ def _site(name: str | None, bundle):
     """The verified site profile `name` for this bundle, or None; exits with the reason when it is refused."""
     if not name:
         return None
-    from model.sites import SiteError, load
+    from model.sites.profiles import SiteError, load
 
     try:
         return load(name, bundle)
@@ -152,7 +152,7 @@ def _site(name: str | None, bundle):
 
 
 def cmd_bench(args) -> int:
-    from model.bench import bench
+    from model.channels.bench import bench
 
     _, bundle = _load(args.bundle)
     result = bench(bundle, repeats=args.repeats)
@@ -170,19 +170,25 @@ def cmd_serve(args) -> int:
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG
 
-    from model.api import create_app
-    from model.http_guard import KEEP_ALIVE_S, MAX_HEADER_BYTES, HeaderTimeoutH11Protocol, is_loopback, tokens_from_env
+    from model.channels.api import create_app
+    from model.channels.http_guard import (
+        KEEP_ALIVE_S,
+        MAX_HEADER_BYTES,
+        HeaderTimeoutH11Protocol,
+        is_loopback,
+        tokens_from_env,
+    )
 
     if not is_loopback(args.host) and not tokens_from_env():
         print(f"python -m model serve: error: binding {args.host} (not loopback) needs bearer tokens: set "
               "TORAX_API_TOKENS (docs/SECURITY.md), or serve on 127.0.0.1 behind a reverse proxy", file=sys.stderr)
         return 2
-    # uvicorn's access log would print each request line with its query string; model.api logs method, path,
+    # uvicorn's access log would print each request line with its query string; model.channels.api logs method, path,
     # status and time instead, and never a body or a file name. Its lines go out through uvicorn's handler.
     log_config = copy.deepcopy(LOGGING_CONFIG)
     log_config["loggers"]["model"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     # Header deadline (HeaderTimeoutH11Protocol), header size cap, short keep-alive; the body has its own deadline
-    # in model.api (UPLOAD_TIMEOUT_S) and the analysis its own (REQUEST_TIMEOUT_S).
+    # in model.channels.api (UPLOAD_TIMEOUT_S) and the analysis its own (REQUEST_TIMEOUT_S).
     uvicorn.run(create_app(max_inflight=args.max_inflight), host=args.host, port=args.port, access_log=False,
                 log_config=log_config,
                 http=HeaderTimeoutH11Protocol, timeout_keep_alive=KEEP_ALIVE_S,
@@ -219,10 +225,10 @@ def main(argv=None) -> int:
                    help="analyses admitted at once; more are answered 503 busy with Retry-After")
     s.add_argument("--max-connections", type=positive_int, default=64,
                    help="open connections beyond this are answered 503 by uvicorn")
-    from model.pacs import add_cli
-    from model.pacs import cli as cmd_pacs
+    from model.channels.pacs import add_cli
+    from model.channels.pacs import cli as cmd_pacs
     add_cli(sub)  # pacs watch
-    from model import site_cli
+    from model.channels import site_cli
     site_cli.add_cli(sub)  # site fit / validate / list
     args = parser.parse_args(argv)
     return {"info": cmd_info, "predict": cmd_predict, "bench": cmd_bench, "serve": cmd_serve,

@@ -7,9 +7,9 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from model import bundle_tables as tables
-from model import data_folder
-from model import formatting as F
+from model.outputs import bundle_tables as tables
+from model.outputs import data_folder
+from model.outputs import formatting as F
 from pages.lib.charts import PALETTE
 from pages.lib.common import bundle_report, current_bundle
 from pages.lib.router import take_over

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import hashlib
 
-import cv2
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from model.analysis import analyse, apply_site, decide, disagree
-from model.downloads import png_bytes, report_html, report_json
-from model.explain import overlay
-from model.guard import for_bundle
-from model.metrics import confusion, rates, roc_curve
-from model.safe_text import md_escape
-from model.types import CamMethod, Result, Task
+from model.core.analysis import analyse, apply_site, decide, disagree
+from model.core.explain import overlay
+from model.core.guard import for_bundle
+from model.core.metrics import confusion, rates, roc_curve
+from model.core.preprocess import shrink
+from model.core.types import CamMethod, Result, Task
+from model.outputs.downloads import png_bytes, report_html, report_json
+from model.outputs.safe_text import md_escape
 from pages.lib.common import current_bundle, get_ensemble, get_explainer, threshold_for
 from pages.lib.outputs import draw_outputs
 from pages.lib.router import take_over
@@ -49,15 +49,6 @@ def analysed(digest: str, bundle_name: str, name: str, _data: bytes):
 def cams(digest: str, bundle_name: str, method: str, class_name: str, _pixels: np.ndarray) -> dict:
     """{member: CAM, "ensemble": CAM} at model-input resolution."""
     return get_explainer(bundle_name).cams(_pixels, method, class_name)
-
-
-def for_display(gray: np.ndarray) -> np.ndarray:
-    """A copy small enough to send to the browser, same aspect ratio."""
-    h, w = gray.shape[:2]
-    scale = DISPLAY_SIDE / max(h, w)
-    if scale >= 1:
-        return gray
-    return cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -102,7 +93,7 @@ def draw_meta(meta: dict):
 def draw_decision(result: Result, bundle):
     classes = bundle.classes
     st.caption(t("decision_heading"))
-    if result.label is None:  # the guard says this is not a chest radiograph: no decision, probability for reference
+    if not result.assessed:  # the guard says this is not a chest radiograph: no decision, probability for reference
         ts = tr("sites")
         st.markdown(f"## :gray[{ts('not_assessed_decision')}]")
         st.caption(ts("not_assessed_note"))
@@ -300,12 +291,7 @@ if base.warnings:
                icon=":material/warning:")
 
 site = active_site(bundle)
-if bundle.task == Task.BINARY:
-    threshold = threshold_for(bundle, site)
-elif bundle.task == Task.MULTILABEL:
-    threshold = next((p.get("thresholds") for p in bundle.operating_points if p.get("thresholds")), None)
-else:
-    threshold = None
+threshold = threshold_for(bundle, site)
 result = decide(apply_site(base, site), bundle, threshold, site)
 ev = None
 
@@ -327,7 +313,7 @@ with tuning:
 
 # 2. The image, and where the models looked.
 st.subheader(t("cam_heading"), divider="gray")
-overlay_png = draw_cam(digest, bundle, decoded, for_display(decoded.pixels))
+overlay_png = draw_cam(digest, bundle, decoded, shrink(decoded.pixels, DISPLAY_SIDE))
 
 # 3. The ROC curve and the image's own details.
 st.divider()

@@ -1,5 +1,5 @@
 """Evaluation page: how well the selected model did on its internal test split, from reports/evaluation.json and
-the per-image scores in reports/scores.json; the threshold views use model.metrics on those stored scores.
+the per-image scores in reports/scores.json; the threshold views use model.core.metrics on those stored scores.
 Grad-CAM of the mistakes runs only on a button press. The figures are built in pages/lib/charts.py."""
 from pathlib import Path
 
@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from model import bundle_tables as tables
-from model import data_folder
-from model import formatting as F
-from model.metrics import rates
-from model.types import Task
+from model.core.metrics import rates
+from model.core.types import Task
+from model.outputs import bundle_tables as tables
+from model.outputs import data_folder
+from model.outputs import formatting as F
 from pages.lib import charts
 from pages.lib.common import bundle_report, current_bundle, get_ensemble, get_explainer, threshold_for
 from pages.lib.evidence_view import lead

@@ -4,9 +4,9 @@ every figure is formatted from the bundle."""
 import pandas as pd
 import streamlit as st
 
-from model import bundle_tables as tables
-from model import formatting as F
-from model.types import Task
+from model.core.types import Task
+from model.outputs import bundle_tables as tables
+from model.outputs import formatting as F
 from pages.lib.common import bundle_report, current_bundle, threshold_for
 from pages.lib.evidence_view import lead
 from pages.lib.router import take_over

@@ -11,12 +11,12 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from model.analysis import analyse_batch, apply_site, decide, point_at
-from model.downloads import NOT_ASSESSED, worklist_rows
-from model.ensemble import Ensemble
-from model.guard import for_bundle
-from model.safe_text import csv_text, md_escape
-from model.types import Task
+from model.core.analysis import analyse_batch, apply_site, decide, point_at
+from model.core.ensemble import Ensemble
+from model.core.guard import for_bundle
+from model.core.types import NOT_ASSESSED, Task
+from model.outputs.downloads import worklist_rows
+from model.outputs.safe_text import csv_text, md_escape
 from pages.lib.common import current_bundle, get_ensemble, threshold_for
 from pages.lib.router import take_over
 from pages.lib.sites_view import active_site, site_caption
@@ -73,7 +73,7 @@ keys = [(bundle.name, e["digest"], e["name"]) for e in entries]
 st.session_state["worklist_results"] = {k: done[k] for k in keys}
 
 site = active_site(bundle)
-threshold = threshold_for(bundle, site) if bundle.task == Task.BINARY else None
+threshold = threshold_for(bundle, site)
 results = [t.localised(decide(apply_site(done[k], site), bundle, threshold, site)) for k in keys]
 rows = worklist_rows(results)
 

@@ -1,4 +1,4 @@
-"""REST API (model/api.py), tested through a real uvicorn server on a loopback port serving the tiny bundle."""
+"""REST API (model/channels/api.py), tested through a real uvicorn server on a loopback port serving the tiny bundle."""
 import base64
 import json
 import logging
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import uvicorn
 
-from model.analysis import analyse
-from model.api import MAX_UPLOAD_BYTES, create_app
+from model.channels.api import MAX_UPLOAD_BYTES, create_app
+from model.core.analysis import analyse
 
 from synthetic import phantom, radiograph
 
@@ -115,7 +115,7 @@ def test_a_radiograph_gets_the_same_result_object_as_the_cli(api):
     assert set(result["members"]) == {"cnn", "mobilenetv2"} and all(0 <= p <= 1 for p in result["members"].values())
     assert result["label"] is None and result["operating_point"] == "balanced"  # not a radiograph: not assessed
     assert result["error"] is None and result["overlay_png_base64"] is None
-    from model.guard import for_bundle
+    from model.core.guard import for_bundle
 
     served = app.state.served["pneumonia-kermany"]
     expected = analyse(data, "chest.png", served.ensemble, guard=for_bundle(served.bundle))[0].to_json()

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("router_runs_every_time")
 
 
 def test_every_committed_bundle_loads_and_says_what_it_is():
-    from model.bundle import load_all
+    from model.core.bundle import load_all
 
     bundles, errors = load_all(BUNDLES)
     assert errors == {}

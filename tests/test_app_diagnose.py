@@ -140,8 +140,8 @@ def test_grad_cam_overlay_follows_the_method_and_model_chosen(diagnosed):
 
 
 def test_sliders_and_selectors_reuse_the_prediction_and_the_cam(monkeypatch):
-    from model.ensemble import Ensemble
-    from model.explain import Explainer
+    from model.core.ensemble import Ensemble
+    from model.core.explain import Explainer
 
     calls = {"predict": 0, "cams": 0}
 
@@ -245,14 +245,14 @@ def test_an_image_opened_from_the_worklist_is_shown_without_a_new_upload():
     assert "Probability of PNEUMONIA" in text
 
 
-# --- the report the page hands out (model/downloads.py) ---------------------------------------------------------
+# --- the report the page hands out (model/outputs/downloads.py) -------------------------------------------------
 
 
 def test_reports_carry_the_result_and_model_but_no_file_name(tiny_bundles):
-    from model.analysis import analyse, decide
-    from model.bundle import load_all
-    from model.downloads import report_html, report_json
-    from model.ensemble import Ensemble
+    from model.core.analysis import analyse, decide
+    from model.core.bundle import load_all
+    from model.core.ensemble import Ensemble
+    from model.outputs.downloads import report_html, report_json
 
     bundle = load_all(tiny_bundles)[0]["pneumonia-kermany"]
     result, _ = analyse(png(radiograph((120, 100), True, seed=2)), "Doe^Jane_<script>.png", Ensemble(bundle))
@@ -276,9 +276,9 @@ def test_results_are_re_decided_for_every_task_without_inference():
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from model.analysis import decide
-    from model.downloads import worklist_rows
-    from model.types import Result, Task
+    from model.core.analysis import decide
+    from model.core.types import Result, Task
+    from model.outputs.downloads import worklist_rows
 
     def bundle(task, classes, points):
         return SimpleNamespace(task=task, classes=classes, operating_points=points,

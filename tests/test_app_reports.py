@@ -10,9 +10,9 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from model import bundle_tables as tables
-from model import formatting as F
-from model import metrics as M
+from model.core import metrics as M
+from model.outputs import bundle_tables as tables
+from model.outputs import formatting as F
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = "pneumonia-kermany"

@@ -1,6 +1,6 @@
-"""model/bundle_tables.py: the tables and series the Dataset, Evaluation and Model card pages draw, shaped from a
-bundle's reports exactly as training.evaluate / training.export write them; with model/formatting.py (how their
-numbers are shown) and model/data_folder.py (where the dataset's images are)."""
+"""model/outputs/bundle_tables.py: the tables and series the Dataset, Evaluation and Model card pages draw, shaped
+from a bundle's reports exactly as training.evaluate / training.export write them; with model/outputs/formatting.py
+(how their numbers are shown) and model/outputs/data_folder.py (where the dataset's images are)."""
 import json
 import math
 
@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model import bundle_tables as tables
-from model import data_folder
-from model import formatting as F
-from model import metrics as M
+from model.core import metrics as M
+from model.outputs import bundle_tables as tables
+from model.outputs import data_folder
+from model.outputs import formatting as F
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +275,6 @@ def test_sample_images_from_a_folder_layout_and_from_a_manifest(tmp_path):
 
 @pytest.mark.parametrize("module", ["bundle_tables", "formatting", "data_folder"])
 def test_reports_module_never_imports_streamlit(module):
-    source = (data_folder.REPO_ROOT / "model" / f"{module}.py").read_text()
+    source = (data_folder.REPO_ROOT / "model" / "outputs" / f"{module}.py").read_text()
     assert "import streamlit" not in source and "training" not in json.dumps(
         [line for line in source.splitlines() if line.startswith(("import", "from"))])

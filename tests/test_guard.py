@@ -1,4 +1,4 @@
-"""model.guard.check: uploads that are not frontal chest radiographs are flagged, adults are flagged for a
+"""model.core.guard.check: uploads that are not frontal chest radiographs are flagged, adults are flagged for a
 pediatric bundle, and the check is fast and never raises.
 
 Every input is generated here; nothing is read from ../shared. A drawn chest phantom is NOT a real radiograph:
@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-import model.guard as guard
-from model.guard import GuardError, check, load_params
+import model.core.guard as guard
+from model.core.guard import GuardError, check, load_params
 from model.io import Decoded, decode
 
 

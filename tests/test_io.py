@@ -47,7 +47,7 @@ from pydicom.uid import (
 )
 
 import model.io as model_io
-from model.guard import check
+from model.core.guard import check
 from model.io import (
     MAX_PIXELS,
     Decoded,

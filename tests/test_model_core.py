@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from model import bundle as bundle_lib
-from model.ensemble import Ensemble, Prediction, apply_temperature
-from model.explain import Explainer, overlay
+from model.core import bundle as bundle_lib
+from model.core.ensemble import Ensemble, Prediction, apply_temperature
+from model.core.explain import Explainer, overlay
 
 from synthetic import phantom
 
@@ -118,7 +118,7 @@ def test_ensemble_is_the_mean_of_calibrated_members(two_bundles):
 def test_batch_and_single_predictions_agree_without_retracing(two_bundles):
     ensemble = Ensemble(bundle_lib.load_bundle(two_bundles / "beta"))
     imgs = [phantom((90, 70), seed=s) for s in range(5)]
-    from model.preprocess import to_model_input
+    from model.core.preprocess import to_model_input
     batch = ensemble.predict_batch(np.stack([to_model_input(i, SPEC) for i in imgs]))
     singles = [ensemble.predict(i) for i in imgs]
     assert [b.probability for b in batch] == pytest.approx([s.probability for s in singles], abs=1e-5)
@@ -179,7 +179,7 @@ def test_compiled_gradcam_matches_tf_keras_vis(tiny_bundles):
     explainer = Explainer(bundle)
     img = phantom((200, 180), pneumonia=True, seed=7)
     fast = explainer.cams(img, "gradcam")
-    from model.preprocess import to_model_input
+    from model.core.preprocess import to_model_input
     x = to_model_input(img, bundle.input_spec)
     for member in bundle.members:
         reference = explainer.member_cam(x, member, "gradcam", "PNEUMONIA")  # tf-keras-vis, eager

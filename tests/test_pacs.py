@@ -12,6 +12,8 @@ import numpy as np
 import pydicom
 import pytest
 
+from model.core.types import Result, Task
+
 from synthetic import phantom
 from synthetic_dicom import Orthanc, chest_dx, free_port, orthanc_available, to_bytes
 from test_guard import chest_phantom  # drawn from anatomy: the input check takes it for a chest X-ray
@@ -66,7 +68,7 @@ def retrieve(server: Orthanc, study_uid: str, sop_uid: str) -> pydicom.Dataset:
 # --- the round trip -----------------------------------------------------------------------------------------------
 @needs_orthanc
 def test_watch_files_an_sr_and_an_overlay_in_the_source_study_once(orthanc, tiny_bundles, tmp_path):
-    from model.dicom_results import read_sr
+    from model.outputs.dicom_results import read_sr
 
     source = chest_dx(chest_phantom(seed=5), patient_id=PATIENT_ID, patient_name=PATIENT_NAME)
     orthanc.store(source)
@@ -119,7 +121,7 @@ def test_watch_files_an_sr_and_an_overlay_in_the_source_study_once(orthanc, tiny
 
 @needs_orthanc
 def test_a_radiograph_that_is_not_a_chest_is_filed_as_not_assessed(orthanc, tiny_bundles, tmp_path):
-    from model.dicom_results import read_sr
+    from model.outputs.dicom_results import read_sr
 
     hand = chest_dx(chest_phantom(seed=6), body_part="HAND")
     orthanc.store(hand)
@@ -150,16 +152,15 @@ def test_a_pacs_that_is_down_is_retried_then_given_up_on(tiny_bundles, tmp_path)
 
 @needs_orthanc
 def test_a_site_that_cannot_be_used_is_a_usage_error(orthanc, tiny_bundles, tmp_path):
-    # Without site profiles (model/sites.py) --site is refused; with them, an unknown profile is.
     run = torax(["pacs", "watch", "--url", orthanc.url, "--user", orthanc.user, "--once", "--site", "nowhere"],
                 tiny_bundles, tmp_path / "state", orthanc.password)
     assert run.returncode == 2 and "Traceback" not in run.stderr
-    assert "Site profiles are not available" in run.stderr or "'nowhere' could not be used" in run.stderr
+    assert "Site profile 'nowhere' could not be used" in run.stderr
 
 
 # --- the state file --------------------------------------------------------------------------------------------------
 def test_state_remembers_instances_and_outputs_by_digest_only(tmp_path):
-    from model.pacs import State, state_path
+    from model.channels.pacs import State, state_path
 
     os.environ["TORAX_STATE"] = str(tmp_path)
     try:
@@ -187,16 +188,16 @@ class FakeBundle:
         return None
 
 
-def result(**changes) -> dict:
-    base = {"file": None, "bundle": "pneumonia-kermany", "task": "binary", "probability": 0.8125,
+def result(**changes) -> Result:
+    base = {"file": None, "bundle": "pneumonia-kermany", "task": Task.BINARY, "probability": 0.8125,
             "probabilities": {"NORMAL": 0.1875, "PNEUMONIA": 0.8125}, "members": {"cnn": 0.8}, "spread": 0.02,
             "threshold": 0.75, "operating_point": "balanced", "label": "PNEUMONIA", "warnings": [], "error": None,
             "meta": {"format": "dicom"}}
-    return {**base, **changes}
+    return Result(**{**base, **changes})
 
 
 def test_the_sr_holds_finding_numbers_algorithm_warnings_and_source():
-    from model.dicom_results import build_outputs, dicom_bytes, read_sr
+    from model.outputs.dicom_results import build_outputs, dicom_bytes, read_sr
 
     source = chest_dx(phantom((200, 160), seed=1), patient_id=PATIENT_ID)
     warning = {"code": "outside_intended_population", "message": "This looks like an adult's chest X-ray."}
@@ -215,16 +216,14 @@ def test_the_sr_holds_finding_numbers_algorithm_warnings_and_source():
 
 
 def test_not_assessed_whenever_the_guard_says_not_a_chest_xray_even_with_a_label():
-    from model.dicom_results import finding
-
-    assert finding(result()) == "present" and finding(result(label="NORMAL")) == "absent"
-    assert finding(result(warnings=[{"code": "not_chest_xray", "message": "…"}])) == "not_assessed"
-    assert finding(result(error={"code": "x", "message": "y"}, probabilities=None, label=None)) == "not_assessed"
-    assert finding(result(site=None)) == "present"  # a site field may be there, or be None
+    assert result().finding == "present" and result(label="NORMAL").finding == "absent"
+    assert result(warnings=[{"code": "not_chest_xray", "message": "…"}]).finding == "not_assessed"
+    assert result(error={"code": "x", "message": "y"}, probabilities=None, label=None).finding == "not_assessed"
+    assert result(site=None).finding == "present"  # a site field may be there, or be None
 
 
 def test_the_secondary_capture_burns_in_the_disclaimer_and_copies_the_patient():
-    from model.dicom_results import SC_MAX_SIDE, build_outputs, dicom_bytes
+    from model.outputs.dicom_results import SC_MAX_SIDE, build_outputs, dicom_bytes
 
     source = chest_dx(phantom((1400, 1200), seed=2), patient_id=PATIENT_ID, patient_name=PATIENT_NAME)
     out = build_outputs(to_bytes(source), result(), FakeBundle(), np.zeros((1400, 1200, 3), np.uint8))
@@ -240,7 +239,7 @@ def test_the_secondary_capture_burns_in_the_disclaimer_and_copies_the_patient():
 
 
 def test_a_file_that_is_not_dicom_gets_no_dicom_outputs():
-    from model.dicom_results import NotDicom, build_outputs
+    from model.outputs.dicom_results import NotDicom, build_outputs
 
     with pytest.raises(NotDicom) as caught:
         build_outputs(b"\x89PNG\r\n\x1a\nrest", result(), FakeBundle(), None)

@@ -5,11 +5,14 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 from pypdf import PdfReader
+
+from model.core.types import Result, Task
 
 from synthetic import phantom
 
@@ -29,11 +32,11 @@ class Bundle:
         return self.scores if name == "scores" else None
 
 
-RESULT = {"file": "x.png", "bundle": "pneumonia-kermany", "task": "binary", "probability": 0.8125,
-          "probabilities": {"NORMAL": 0.1875, "PNEUMONIA": 0.8125}, "members": {"cnn": 0.8}, "spread": 0.02,
-          "threshold": 0.5, "operating_point": "balanced", "label": "PNEUMONIA",
-          "warnings": [{"code": "outside_intended_population", "message": "This looks like an adult's X-ray."}],
-          "error": None, "meta": {"format": "png"}}
+RESULT = Result(file="x.png", bundle="pneumonia-kermany", task=Task.BINARY, probability=0.8125,
+                probabilities={"NORMAL": 0.1875, "PNEUMONIA": 0.8125}, members={"cnn": 0.8}, spread=0.02,
+                threshold=0.5, operating_point="balanced", label="PNEUMONIA",
+                warnings=[{"code": "outside_intended_population", "message": "This looks like an adult's X-ray."}],
+                error=None, meta={"format": "png"})
 
 
 def text_of(pdf: bytes) -> str:
@@ -41,7 +44,7 @@ def text_of(pdf: bytes) -> str:
 
 
 def test_the_pdf_states_result_threshold_meaning_warnings_and_version():
-    from model.pdf_report import pdf_report
+    from model.outputs.pdf_report import pdf_report
 
     scores = {"task": "binary", "split": "internal-test", "y": [1, 1, 1, 1, 0, 0, 0, 0],
               "ensemble": [0.9, 0.8, 0.6, 0.2, 0.1, 0.3, 0.4, 0.7]}
@@ -61,23 +64,23 @@ def test_the_pdf_states_result_threshold_meaning_warnings_and_version():
 
 
 def test_without_scores_the_meaning_comes_from_the_operating_points_validation_figures():
-    from model.pdf_report import pdf_report, threshold_meaning
+    from model.outputs.pdf_report import pdf_report, threshold_meaning
 
     meaning = threshold_meaning(Bundle(), 0.5)
     assert meaning["sensitivity"] == 0.9 and meaning["split"] == "val"
     assert threshold_meaning(Bundle(), 0.42) is None
-    text = text_of(pdf_report({**RESULT, "threshold": 0.42, "operating_point": None}, Bundle()))
+    text = text_of(pdf_report(replace(RESULT, threshold=0.42, operating_point=None), Bundle()))
     assert "No evaluation figures are available" in text and "custom" in text
 
 
 def test_a_chest_check_failure_reads_not_assessed_and_a_decode_error_is_stated():
-    from model.pdf_report import pdf_report
+    from model.outputs.pdf_report import pdf_report
 
     warning = {"code": "not_chest_xray", "message": "This does not look like a frontal chest X-ray."}
-    text = text_of(pdf_report({**RESULT, "warnings": [warning]}, Bundle()))
+    text = text_of(pdf_report(replace(RESULT, warnings=[warning]), Bundle()))
     assert "Not assessed" in text and "does not look like a frontal chest X-ray" in text
-    failed = {**RESULT, "error": {"code": "unreadable", "message": "This file is not an image we can read."},
-              "probability": None, "probabilities": None, "label": None}
+    failed = replace(RESULT, error={"code": "unreadable", "message": "This file is not an image we can read."},
+                     probability=None, probabilities=None, label=None)
     assert "This file is not an image we can read." in text_of(pdf_report(failed, Bundle()))
 
 

@@ -56,9 +56,9 @@ def test_the_stem_standardises_each_image_so_exposure_changes_do_not_reach_the_n
 
 
 def test_multitask_run_becomes_a_binary_and_a_multiclass_bundle_with_an_external_block(tmp_path):
-    from model.bundle import load_bundle
-    from model.ensemble import Ensemble
-    from model.explain import Explainer
+    from model.core.bundle import load_bundle
+    from model.core.ensemble import Ensemble
+    from model.core.explain import Explainer
     from training.evaluate import evaluate_run
     from training.export import export_bundle
     from training.heads import split_heads

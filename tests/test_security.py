@@ -21,9 +21,9 @@ from PIL import Image
 from test_api import serving
 from test_model_core import brightness_model, write_bundle
 
-from model import bundle as bundle_lib
-from model.api import create_app
-from model.safe_text import csv_text, log_safe, md_escape
+from model.channels.api import create_app
+from model.core import bundle as bundle_lib
+from model.outputs.safe_text import csv_text, log_safe, md_escape
 
 from synthetic import phantom
 
@@ -257,7 +257,7 @@ def test_gif_bomb_flood_does_not_stall_a_normal_request(bundles, gif_bomb):
 
 
 def test_in_flight_limit_answers_503_at_once(bundles, monkeypatch):
-    import model.api as api
+    import model.channels.api as api
 
     release, started = threading.Event(), threading.Event()
 
@@ -284,7 +284,7 @@ def test_in_flight_limit_answers_503_at_once(bundles, monkeypatch):
 
 
 def test_a_timed_out_analysis_is_cancelled_and_still_counts_until_it_stops(bundles, monkeypatch):
-    import model.api as api
+    import model.channels.api as api
 
     seen = {}
     proceed = threading.Event()
@@ -321,7 +321,7 @@ def test_overlays_in_answers_are_downscaled(bundles):
 
 
 def test_slow_headers_are_cut_off():
-    from model.http_guard import HeaderTimeoutH11Protocol
+    from model.channels.http_guard import HeaderTimeoutH11Protocol
 
     class Quick(HeaderTimeoutH11Protocol):
         header_timeout_s = 0.5
@@ -409,8 +409,8 @@ def test_file_names_are_shown_as_text_in_the_app(bundles, router_runs_every_time
 def test_csv_cells_cannot_start_a_formula():
     import pandas as pd
 
-    from model.downloads import worklist_rows
-    from model.types import Result
+    from model.core.types import Result
+    from model.outputs.downloads import worklist_rows
 
     rows = worklist_rows([Result(file=name, bundle="b", task="binary", error={"code": "x", "message": "-1 frames"})
                           for name in (FORMULA, "=1+1.png", "+x.png", "-x.png", "\tx.png", "\rx.png", "ok.png")])
@@ -424,9 +424,9 @@ def test_csv_cells_cannot_start_a_formula():
 
 def test_request_paths_cannot_forge_log_lines(bundles, caplog):
     assert log_safe("a\nb\rc\x1b[31m\u2028") == "a\\x0ab\\x0dc\\x1b[31m\\u2028"
-    with caplog.at_level(logging.INFO, logger="model.api"), serving(create_app()) as url:
+    with caplog.at_level(logging.INFO, logger="model.channels.api"), serving(create_app()) as url:
         httpx.get(f"{url}/v1/x%0A127.0.0.1%20GET%20/admin%20200", timeout=30)
-    lines = [r.getMessage() for r in caplog.records if r.name == "model.api" and "/v1/x" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if r.name == "model.channels.api" and "/v1/x" in r.getMessage()]
     assert lines and all("\n" not in line and "\\x0a" in line for line in lines)
 
 

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from model import metrics as M
 from model.__main__ import main
+from model.core import metrics as M
 
 from test_guard import chest_phantom, colour_photo
 
@@ -117,7 +117,7 @@ def test_fit_writes_a_profile_that_validate_predict_and_the_api_use(env, labelle
 
     from fastapi.testclient import TestClient
 
-    from model.api import create_app
+    from model.channels.api import create_app
 
     with TestClient(create_app()) as client:
         r = client.post("/v1/predict?site=clinic-a", files={"file": ("x.png", one.read_bytes(), "image/png")})
@@ -139,7 +139,7 @@ def test_an_edited_profile_is_refused_by_predict(env, labelled, capsys):
     with pytest.raises(SystemExit, match="sha256"):
         main(["predict", "--json", "--site", "clinic-b", str(one)])
     data["bundle"]["version"] = "someone-else"
-    from model.sites import content_sha256
+    from model.sites.profiles import content_sha256
 
     data["sha256"] = content_sha256(data)
     path.write_text(json.dumps(data))

@@ -1,5 +1,5 @@
-"""Site profiles (model.sites): reading labelled sets, refusing bad ones, cross-validation that never judges a choice
-on the images it was fitted on, and profiles that refuse to load for another bundle or after an edit.
+"""Site profiles (model.sites.profiles): reading labelled sets, refusing bad ones, cross-validation that never judges a
+choice on the images it was fitted on, and profiles that refuse to load for another bundle or after an edit.
 
 Pure-numpy tests use a stand-in bundle; the end-to-end ones use the session's tiny real bundle and drawn chest
 radiographs (which the input guard accepts)."""
@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from model import metrics as M
-from model import sites
-from model.sites import SiteError
-from model.types import Task
+from model.core import metrics as M
+from model.core.types import Task
+from model.sites import profiles as sites
+from model.sites.profiles import SiteError
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 

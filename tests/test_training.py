@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model import metrics as M
+from model.core import metrics as M
 from training import data as data_lib
 
 from synthetic import make_kermany_folder, phantom, radiograph
@@ -157,8 +157,8 @@ def _nih_like_folder(root):
 
 @pytest.mark.parametrize("task", ["multiclass", "multilabel"])
 def test_multiclass_and_multilabel_bundles_train_and_serve(task, folder, tmp_path):
-    from model.bundle import load_bundle
-    from model.ensemble import Ensemble
+    from model.core.bundle import load_bundle
+    from model.core.ensemble import Ensemble
     from training.evaluate import evaluate_run
     from training.export import export_bundle
     from training.train import train

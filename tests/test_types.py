@@ -1,12 +1,12 @@
-"""model/types.py: the enums every layer shares and the one result object, whose JSON the CLI, the API, the worklist
-CSV and the downloads all print."""
+"""model/core/types.py: the enums every layer shares and the one result object, whose JSON the CLI, the API, the
+worklist CSV and the downloads all print."""
 import json
 import math
 
 import numpy as np
 import pytest
 
-from model.types import CamMethod, Result, Task, look_up_option
+from model.core.types import CamMethod, Result, Task, look_up_option
 
 
 def test_look_up_option_accepts_values_names_and_members_and_lists_the_choices_otherwise():
@@ -37,3 +37,30 @@ def test_result_json_has_the_fixed_keys_plain_values_and_optional_cam_fields_onl
     result.cam = "gradcam"
     assert result.to_json()["cam"] == "gradcam" and "overlay_png_base64" not in result.to_json()
     assert not result.failed and Result(None, "b", Task.BINARY, error={"code": "x", "message": "m"}).failed
+
+
+def test_the_public_face_names_what_a_newcomer_needs_and_loads_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, model.io, model; assert 'tensorflow' not in sys.modules, 'model.io pulled in TensorFlow'; "
+            "from model import Result, Task, WarningCode; assert 'tensorflow' not in sys.modules; "
+            "import model.core.types as T; assert model.Result is T.Result and model.Task is T.Task; "
+            "assert {'analyse', 'analyse_batch', 'load_chosen', 'Result', 'Task'} <= set(model.__all__)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+
+
+def test_not_assessed_is_one_finding_and_withholds_the_decision():
+    from model.core.types import NOT_ASSESSED, Finding, Result, Task, WarningCode
+
+    base = Result("x.png", "b", Task.BINARY, probability=0.9, probabilities={"NORMAL": 0.1, "PNEUMONIA": 0.9},
+                  label="PNEUMONIA")
+    assert base.finding == Finding.PRESENT and base.decision == "PNEUMONIA"
+    flagged = Result(**{**base.__dict__, "label": None,
+                        "warnings": [{"code": WarningCode.NOT_CHEST_XRAY, "message": "not a chest X-ray"}]})
+    assert NOT_ASSESSED is Finding.NOT_ASSESSED
+    assert flagged.finding == NOT_ASSESSED and flagged.decision == "not_assessed" and not flagged.assessed
+    failed = Result("x.png", "b", Task.BINARY, error={"code": "unreadable_image", "message": "…"})
+    assert failed.finding == NOT_ASSESSED and failed.decision is None
+    assert json.loads(json.dumps(flagged.to_json()))["warnings"][0]["code"] == "not_chest_xray"

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from model.core.types import TrainingTask
+
 
 def _target_options(parser):
     parser.add_argument("--screening-sensitivity", type=float, default=0.95,
@@ -20,7 +22,7 @@ def main(argv=None) -> int:
     t = sub.add_parser("train", help="split by patient and train the ensemble members into a run folder")
     t.add_argument("--data", required=True, help="folder with manifest.csv, or the public chest_xray/ layout")
     t.add_argument("--out", required=True, help="run folder to create (config, split, members, history)")
-    t.add_argument("--task", choices=["binary", "multiclass", "multilabel", "multitask"], default="binary",
+    t.add_argument("--task", choices=[t.value for t in TrainingTask], default=TrainingTask.BINARY.value,
                    help="multitask: one network with a pneumonia head and a normal/bacterial/viral head; "
                         "`heads` then cuts its run into a binary and a multiclass run")
     t.add_argument("--members", default="cnn,resnet,mobilenetv2",
@@ -155,7 +157,7 @@ def main(argv=None) -> int:
         from training.guard.population import refit_population
         refit_population(args.kermany, args.nih, args.site, args.out, seed=args.seed, folds=args.folds)
         return 0
-    if args.command == "all" and args.task == "multitask":
+    if args.command == "all" and args.task == TrainingTask.MULTITASK:
         parser.error("a multitask run makes two bundles: run train, heads, then evaluate and export each")
     if args.command == "guard":
         from training.guard import main as guard_main

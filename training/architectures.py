@@ -9,10 +9,12 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from model.core.types import TrainingTask
+
 # BatchNorm's moving statistics must catch up within an epoch of ~100 steps; Keras' 0.99/0.999 leave validation
 # scored with stale statistics (constant outputs, val AUC 0.5) for several epochs.
 BN_MOMENTUM = 0.9
-HEADS = {"binary": "sigmoid", "multilabel": "sigmoid", "multiclass": "softmax"}
+HEADS = {TrainingTask.BINARY: "sigmoid", TrainingTask.MULTILABEL: "sigmoid", TrainingTask.MULTICLASS: "softmax"}
 
 
 def _stem(input_spec: dict):
@@ -35,13 +37,13 @@ def _head(x, n_outputs: int, task: str, dropout: float = 0.3):
     (pneumonia, sigmoid) and `subtype` (normal / bacterial / viral, softmax)."""
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    if task == "multitask":
+    if task == TrainingTask.MULTITASK:
         return {"prediction": layers.Dense(1, activation="sigmoid", name="prediction", dtype="float32")(x),
                 "subtype": layers.Dense(3, activation="softmax", name="subtype", dtype="float32")(x)}
     return layers.Dense(n_outputs, activation=HEADS[task], name="prediction", dtype="float32")(x)
 
 
-def compact_cnn(input_spec: dict, n_outputs: int = 1, task: str = "binary",
+def compact_cnn(input_spec: dict, n_outputs: int = 1, task: str = TrainingTask.BINARY,
                 weights: str | None = None) -> keras.Model:
     """A compact VGG-style CNN in the spirit of the origin documents: conv-BN-ReLU blocks, max-pooling, GAP."""
     inputs, x = _stem(input_spec)
@@ -74,21 +76,21 @@ def _application(builder, name: str, cam_layer: str | None, input_spec: dict, n_
     return model
 
 
-def mobilenet_v2(input_spec: dict, n_outputs: int = 1, task: str = "binary",
+def mobilenet_v2(input_spec: dict, n_outputs: int = 1, task: str = TrainingTask.BINARY,
                  weights: str | None = None) -> keras.Model:
     """MobileNetV2 (width 0.35): inverted residuals, cheap enough for a 2-core CPU."""
     return _application(keras.applications.MobileNetV2, "mobilenet_v2", "out_relu", input_spec, n_outputs,
                         task, weights, alpha=0.35)
 
 
-def mobilenet_v3_small(input_spec: dict, n_outputs: int = 1, task: str = "binary",
+def mobilenet_v3_small(input_spec: dict, n_outputs: int = 1, task: str = TrainingTask.BINARY,
                        weights: str | None = None) -> keras.Model:
     """MobileNetV3-Small: squeeze-excite and hard-swish, a different inductive bias from the other two."""
     return _application(keras.applications.MobileNetV3Small, "mobilenet_v3_small", None, input_spec, n_outputs,
                         task, weights, include_preprocessing=False, minimalistic=False)
 
 
-def mobilenet_v2_imagenet(input_spec: dict, n_outputs: int = 1, task: str = "binary",
+def mobilenet_v2_imagenet(input_spec: dict, n_outputs: int = 1, task: str = TrainingTask.BINARY,
                           weights: str | None = None) -> keras.Model:
     """MobileNetV2 (width 1.0) meant to start from ImageNet (`training.backbones`, loaded by `train_member`).
 
@@ -110,7 +112,7 @@ def mobilenet_v2_imagenet(input_spec: dict, n_outputs: int = 1, task: str = "bin
     return model
 
 
-def resnet_small(input_spec: dict, n_outputs: int = 1, task: str = "binary",
+def resnet_small(input_spec: dict, n_outputs: int = 1, task: str = TrainingTask.BINARY,
                  weights: str | None = None) -> keras.Model:
     """A ResNet-style member: a strided stem and max-pool to 1/4 size, then four stages of two basic residual
     blocks (32, 64, 128, 256 filters; stride 2 between stages), identity or 1×1 projection shortcuts."""

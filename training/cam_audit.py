@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.bundle import load_bundle
-from model.explain import Explainer
+from model.core.bundle import load_bundle
+from model.core.explain import Explainer
 from model.io import decode
 from training import data as data_lib
 

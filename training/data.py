@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from model.preprocess import to_model_input
+from model.core.preprocess import to_model_input
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".tif", ".tiff", ".bmp", ".webp"}
 SPLITS = ("train", "val", "test")

@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize, minimize_scalar
 
-from model import metrics as M
-from model.ensemble import apply_temperature
-from model.metrics import DEFAULT_TARGETS, choose_operating_points  # noqa: F401  (shared with model.sites)
+from model.core import metrics as M
+from model.core.ensemble import apply_temperature
+from model.core.metrics import DEFAULT_TARGETS, choose_operating_points  # noqa: F401  (shared with model.sites.profiles)
+from model.core.types import TrainingTask
 from training import data as data_lib
 from training.train import encode_targets
 
@@ -26,10 +27,10 @@ def fit_calibration(prob: np.ndarray, y: np.ndarray, task: str) -> tuple[float, 
     scaling): class weighting during training shifts their outputs, which a temperature alone cannot undo."""
     def nll(params):
         p = np.clip(apply_temperature(prob, float(np.exp(params[0])), task, float(params[1])), 1e-7, 1 - 1e-7)
-        if task == "multiclass":
+        if task == TrainingTask.MULTICLASS:
             return -np.mean(np.log((p * y).sum(1)))
         return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
-    if task != "binary":
+    if task != TrainingTask.BINARY:
         return float(np.exp(minimize_scalar(lambda t: nll([t, 0.0]), bounds=(-3, 3), method="bounded").x)), 0.0
     fit = minimize(nll, x0=[0.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7})
     return float(np.exp(fit.x[0])), float(fit.x[1])
@@ -118,7 +119,7 @@ def evaluate_run(run: str | Path, targets: dict | None = None, external: str | P
               "y": y[te].astype(int).tolist(), "ensemble": ens["test"].round(5).tolist(),
               "members": {n: calibrated[n]["test"].round(5).tolist() for n in raw}}
 
-    if task == "binary":
+    if task == TrainingTask.BINARY:
         yv, yt = y[va, 0], y[te, 0]
         ops = choose_operating_points(yv, ens["val"][:, 0], targets)
         evaluation["operating_points"] = ops
@@ -142,11 +143,12 @@ def evaluate_run(run: str | Path, targets: dict | None = None, external: str | P
     else:
         evaluation.update(per_class_report(task, classes, y[va], y[te], ens, calibrated))
 
-    evaluation["member_val_auc"] = {n: (M.roc_auc(y[va, 0], calibrated[n]["val"][:, 0]) if task == "binary" else
+    binary = task == TrainingTask.BINARY
+    evaluation["member_val_auc"] = {n: (M.roc_auc(y[va, 0], calibrated[n]["val"][:, 0]) if binary else
                                         float(np.nanmean([M.roc_auc(y[va, k], calibrated[n]["val"][:, k])
                                                           for k in range(len(classes))])))
                                     for n in raw}
-    if task == "multiclass":
+    if task == TrainingTask.MULTICLASS:
         evaluation["ensemble"]["bacterial_vs_viral_auc"] = bacterial_vs_viral_auc(y[te], ens["test"], classes)
     if external is not None:
         y_ext = encode_targets(ext, task, classes)
@@ -191,7 +193,7 @@ def compare_subsets(task: str, classes: list[str], y_val: np.ndarray, calibrated
 def external_table(folder: str | Path, task: str) -> pd.DataFrame:
     """The external folder's images and labels, in the columns encode_targets reads."""
     ext = data_lib.read_dataset(folder)
-    if task == "multiclass":
+    if task == TrainingTask.MULTICLASS:
         ext["class"] = ext["subtype"].map({"normal": "NORMAL", "bacteria": "BACTERIAL", "virus": "VIRAL"})
     return ext
 
@@ -207,7 +209,7 @@ def bacterial_vs_viral_auc(y: np.ndarray, prob: np.ndarray, classes: list[str]) 
 def external_report(task, classes, evaluation, y, ens, members, subtype, name) -> dict:
     """The external block: the same report as the internal test, at the val-chosen thresholds, plus ECE."""
     note = "scored once with calibration and thresholds chosen on val; never used to train or choose"
-    if task == "binary":
+    if task == TrainingTask.BINARY:
         thresholds = {o["name"]: o["threshold"] for o in evaluation["operating_points"]}
         report = binary_report(y[:, 0], ens[:, 0], thresholds, subtype)
         ece, bins = M.expected_calibration_error(y[:, 0], ens[:, 0])
@@ -221,7 +223,7 @@ def external_report(task, classes, evaluation, y, ens, members, subtype, name) -
            "confusion_matrix": [[int(((true == i) & (pred == j)).sum()) for j in range(len(classes))]
                                 for i in range(len(classes))]}
     out["macro_auc"] = float(np.nanmean(list(out["per_class_auc"].values())))
-    if task == "multiclass":
+    if task == TrainingTask.MULTICLASS:
         out["bacterial_vs_viral_auc"] = bacterial_vs_viral_auc(y, ens, classes)
     return out
 
@@ -245,7 +247,7 @@ def per_class_report(task, classes, y_val, y_test, ens, calibrated) -> dict:
     out["ensemble"] = {"macro_auc": float(np.nanmean(aucs))}
     out["operating_points"] = [{"name": "per-class", "thresholds": {c: v["threshold"] for c, v in
                                                                    out["per_class"].items()}, "chosen_on": "val"}]
-    if task == "multiclass":
+    if task == TrainingTask.MULTICLASS:
         pred, true = ens["test"].argmax(1), y_test.argmax(1)
         out["confusion_matrix"] = [[int(((true == i) & (pred == j)).sum()) for j in range(len(classes))]
                                    for i in range(len(classes))]
@@ -255,7 +257,7 @@ def per_class_report(task, classes, y_val, y_test, ens, calibrated) -> dict:
 
 def summary(evaluation: dict) -> dict:
     """The headline numbers, as recorded in the bundle manifest (internal test, and the external set if scored)."""
-    if evaluation["task"] != "binary":
+    if evaluation["task"] != TrainingTask.BINARY:
         external = evaluation.get("external")
         return {**({"external": {k: external[k] for k in ("dataset", "n", "accuracy", "macro_auc",
                                                             "bacterial_vs_viral_auc") if k in external}}

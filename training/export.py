@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from model.bundle import sha256_file
+from model.core.bundle import sha256_file
+from model.core.types import TrainingTask
 from training import data as data_lib
 from training.evaluate import summary
 
-TITLES = {"binary": "Pediatric pneumonia (normal vs pneumonia)",
-          "multiclass": "Pediatric pneumonia type (normal / bacterial / viral)",
-          "multilabel": "Chest X-ray findings (multi-label)"}
+TITLES = {TrainingTask.BINARY: "Pediatric pneumonia (normal vs pneumonia)",
+          TrainingTask.MULTICLASS: "Pediatric pneumonia type (normal / bacterial / viral)",
+          TrainingTask.MULTILABEL: "Chest X-ray findings (multi-label)"}
 
 
 def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
@@ -58,7 +59,8 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
         "population": population or "unspecified",
         "research_use_only": bool(research_use_only),
         "ensemble": {"method": "mean", "of": "calibrated member probabilities"},
-        "calibration": {"method": "temperature" if config["task"] != "binary" else "platt (temperature + bias)",
+        "calibration": {"method": ("platt (temperature + bias)" if config["task"] == TrainingTask.BINARY
+                                   else "temperature"),
                         "per_member": evaluation["temperatures"], "bias_per_member": evaluation.get("biases", {}),
                         "fitted_on": "val"},
         "operating_points": evaluation.get("operating_points", []),
@@ -97,7 +99,7 @@ def sign_bundle(bundle: str | Path, key: str | Path) -> Path:
     private = load_pem_private_key(Path(key).read_bytes(), password=None)
     if not isinstance(private, Ed25519PrivateKey):
         raise ValueError("the signing key must be an Ed25519 private key (PEM)")
-    out = bundle / "manifest.sig"  # model.bundle.SIGNATURE_FILE
+    out = bundle / "manifest.sig"  # model.core.bundle.SIGNATURE_FILE
     out.write_bytes(private.sign((bundle / "manifest.json").read_bytes()))
     return out
 

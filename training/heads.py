@@ -13,16 +13,17 @@ from pathlib import Path
 
 import keras
 
+from model.core.types import TrainingTask
 from training.train import MULTITASK_CLASSES
 
-HEAD_TASKS = {"prediction": "binary", "subtype": "multiclass"}
+HEAD_TASKS = {"prediction": TrainingTask.BINARY, "subtype": TrainingTask.MULTICLASS}
 
 
 def split_heads(run: str | Path) -> dict[str, Path]:
     """Write `<run>-binary` and `<run>-multiclass`; returns {task: run folder}."""
     run = Path(run)
     config = json.loads((run / "config.json").read_text())
-    if config["task"] != "multitask":
+    if config["task"] != TrainingTask.MULTITASK:
         raise ValueError(f"{run} is a {config['task']} run; only multitask runs have heads to split")
     members = json.loads((run / "members.json").read_text())
     outputs = {}

@@ -17,11 +17,13 @@ import keras
 import numpy as np
 import pandas as pd
 
+from model.core.types import TrainingTask
 from training import data as data_lib
 from training.architectures import ARCHITECTURES, PRETRAINED, last_conv_layer
 from training.augment import Batches
 
-LABEL_COLUMNS = {"binary": "label", "multiclass": "subtype", "multilabel": "finding_labels"}
+LABEL_COLUMNS = {TrainingTask.BINARY: "label", TrainingTask.MULTICLASS: "subtype",
+                 TrainingTask.MULTILABEL: "finding_labels"}
 # "multitask" trains one network with two heads on one split: `prediction` (pneumonia vs normal, sigmoid) and
 # `subtype` (normal / bacterial / viral, softmax). `training.heads` cuts it into a binary and a multiclass run.
 MULTITASK_CLASSES = {"prediction": ["NORMAL", "PNEUMONIA"], "subtype": ["NORMAL", "BACTERIAL", "VIRAL"]}
@@ -47,12 +49,12 @@ def hardware() -> dict:
 def encode_targets(df: pd.DataFrame, task: str, classes: list[str]) -> np.ndarray:
     """Target matrix: binary (N, 1) with the positive class last in `classes`; multiclass one-hot; multilabel
     multi-hot from a pipe-separated column."""
-    if task == "binary":
+    if task == TrainingTask.BINARY:
         return (df["label"].to_numpy() == classes[-1]).astype("float32")[:, None]
-    if task == "multitask":
-        return {"prediction": encode_targets(df, "binary", MULTITASK_CLASSES["prediction"]),
-                "subtype": encode_targets(df, "multiclass", MULTITASK_CLASSES["subtype"])}
-    if task == "multiclass":
+    if task == TrainingTask.MULTITASK:
+        return {"prediction": encode_targets(df, TrainingTask.BINARY, MULTITASK_CLASSES["prediction"]),
+                "subtype": encode_targets(df, TrainingTask.MULTICLASS, MULTITASK_CLASSES["subtype"])}
+    if task == TrainingTask.MULTICLASS:
         col = df["class"].to_numpy()
         return np.stack([(col == c) for c in classes], axis=1).astype("float32")
     found = df["finding_labels"].fillna("").str.split("|")
@@ -61,10 +63,10 @@ def encode_targets(df: pd.DataFrame, task: str, classes: list[str]) -> np.ndarra
 
 def class_weights(y: np.ndarray, task: str) -> dict | None:
     """Inverse-frequency weights so each class contributes equally (binary and multiclass)."""
-    if task == "multilabel":
+    if task == TrainingTask.MULTILABEL:
         return None
-    idx = y[:, 0].astype(int) if task == "binary" else y.argmax(1)
-    counts = np.bincount(idx, minlength=2 if task == "binary" else y.shape[1])
+    idx = y[:, 0].astype(int) if task == TrainingTask.BINARY else y.argmax(1)
+    counts = np.bincount(idx, minlength=2 if task == TrainingTask.BINARY else y.shape[1])
     return {i: float(len(idx) / (len(counts) * max(c, 1))) for i, c in enumerate(counts)}
 
 
@@ -118,7 +120,7 @@ def prepare(data_dir: str, out: Path, task: str, input_spec: dict, seed: int, ca
     df["dup_group"] = data_lib.duplicate_groups(images)
     df["split"] = data_lib.split_by_patient(df, seed=seed, dup_groups=df["dup_group"].to_numpy(),
                                             keep_official_test=keep_official_test)
-    if task in ("multiclass", "multitask"):
+    if task in (TrainingTask.MULTICLASS, TrainingTask.MULTITASK):
         df["class"] = df["subtype"].map({"normal": "NORMAL", "bacteria": "BACTERIAL", "virus": "VIRAL"})
     cols = [c for c in ("path", "label", "subtype", "class", "finding_labels", "patient_id", "source_split",
                         "source_kind", "dup_group", "split") if c in df]
@@ -128,27 +130,28 @@ def prepare(data_dir: str, out: Path, task: str, input_spec: dict, seed: int, ca
 
 def sample_weights(y, task: str) -> np.ndarray | None:
     """Per-image weights that give each class equal total weight (the subtype's classes for multitask)."""
-    if task == "multitask":
-        y, task = y["subtype"], "multiclass"
+    if task == TrainingTask.MULTITASK:
+        y, task = y["subtype"], TrainingTask.MULTICLASS
     weights = class_weights(y, task)
     if weights is None:
         return None
-    idx = y[:, 0].astype(int) if task == "binary" else y.argmax(1)
+    idx = y[:, 0].astype(int) if task == TrainingTask.BINARY else y.argmax(1)
     return np.array([weights[i] for i in idx], dtype="float32")
 
 
 def losses_and_metrics(task: str, y_train, label_smoothing: float):
     """Loss and AUC metric per output, and the name of the validation AUC that the run reports per epoch."""
     def auc(task_, n):
-        return keras.metrics.AUC(name="auc", multi_label=task_ == "multilabel",
-                                 num_labels=n if task_ == "multilabel" else None)
-    if task == "multitask":
+        return keras.metrics.AUC(name="auc", multi_label=task_ == TrainingTask.MULTILABEL,
+                                 num_labels=n if task_ == TrainingTask.MULTILABEL else None)
+    if task == TrainingTask.MULTITASK:
         loss = {"prediction": keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
                 "subtype": keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)}
-        return loss, {"prediction": [auc("binary", 1)], "subtype": [auc("multiclass", 3)]}, "val_prediction_auc"
-    loss = {"binary": keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
-            "multiclass": keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-            "multilabel": WeightedBinaryCrossentropy(positive_weights(y_train))}[task]
+        metrics = {"prediction": [auc(TrainingTask.BINARY, 1)], "subtype": [auc(TrainingTask.MULTICLASS, 3)]}
+        return loss, metrics, "val_prediction_auc"
+    loss = {TrainingTask.BINARY: keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
+            TrainingTask.MULTICLASS: keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+            TrainingTask.MULTILABEL: WeightedBinaryCrossentropy(positive_weights(y_train))}[task]
     return loss, [auc(task, y_train.shape[1])], "val_auc"
 
 
@@ -159,7 +162,7 @@ def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spe
     """One member: augmented batches (training.augment), AdamW with a one-epoch warm-up and cosine decay to zero,
     an exponential moving average of the weights (the saved model), label smoothing, and a per-epoch backup so an
     interrupted run resumes where it stopped. Early stopping on val AUC remains as a guard against divergence."""
-    n_outputs = 3 if task == "multitask" else y_train.shape[1]
+    n_outputs = 3 if task == TrainingTask.MULTITASK else y_train.shape[1]
     model = ARCHITECTURES[arch](input_spec, n_outputs=n_outputs, task=task, weights=weights)
     initial_weights = {"kind": "file", "file": str(weights)} if weights else {"kind": "random", "seed": seed}
     if arch in PRETRAINED and not weights:
@@ -204,7 +207,7 @@ def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spe
             "initial_weights": initial_weights, "seed": seed, "train_seconds": round(time.time() - started, 1)}
 
 
-def train(data_dir: str, out: str, *, task: str = "binary", members=("cnn", "resnet", "mobilenetv2"),
+def train(data_dir: str, out: str, *, task: str = TrainingTask.BINARY, members=("cnn", "resnet", "mobilenetv2"),
           size: int = 224, seed: int = 42, epochs: int = 30, batch_size: int = 32, lr: float = 2e-3,
           patience: int = 10, minutes_per_member: float = 60.0, cache_dir: str | None = "cache",
           weights: dict | None = None, one_per_patient: bool = False, keep_official_test: bool = False,
@@ -259,12 +262,12 @@ def train(data_dir: str, out: str, *, task: str = "binary", members=("cnn", "res
 
 
 def default_classes(df: pd.DataFrame, task: str) -> list[str]:
-    if task == "binary":
+    if task == TrainingTask.BINARY:
         labels = sorted(df["label"].unique())
         return ["NORMAL", "PNEUMONIA"] if set(labels) <= {"NORMAL", "PNEUMONIA"} else labels
-    if task == "multiclass":
+    if task == TrainingTask.MULTICLASS:
         return ["NORMAL", "BACTERIAL", "VIRAL"]
-    if task == "multitask":
+    if task == TrainingTask.MULTITASK:
         return MULTITASK_CLASSES["prediction"]
     found = sorted({f for s in df["finding_labels"].fillna("") for f in s.split("|") if f and f != "No Finding"})
     return found

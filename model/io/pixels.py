@@ -5,25 +5,28 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from model.core.types import WarningCode
+
 COLOUR_TOLERANCE = 3
 """Channels differing by at most this much (on a 0–255 scale) count as gray: JPEG chroma noise is not colour."""
 
 
-def warning(code: str, message: str) -> dict:
+def warning(code: WarningCode, message: str) -> dict:
     return {"code": code, "message": message}
 
 
-COLOUR_WARNING = warning("color_image", "This is a colour image; it was converted to grayscale.")
-ALPHA_WARNING = warning("transparency", "This image has transparent areas; they are shown as black.")
-BLANK_WARNING = warning("blank_image", "This image is completely uniform (a single flat shade); it shows nothing.")
+COLOUR_WARNING = warning(WarningCode.COLOR_IMAGE, "This is a colour image; it was converted to grayscale.")
+ALPHA_WARNING = warning(WarningCode.TRANSPARENCY, "This image has transparent areas; they are shown as black.")
+BLANK_WARNING = warning(WarningCode.BLANK_IMAGE,
+                        "This image is completely uniform (a single flat shade); it shows nothing.")
 
 
 def multi_frame_warning(n: int, fmt: str, shown: int) -> dict:
     unit = "pages" if fmt == "tiff" else "frames"
     if shown == 0:
-        return warning("multi_frame", f"This file has {n} {unit}; the first usable one is shown.")
+        return warning(WarningCode.MULTI_FRAME, f"This file has {n} {unit}; the first usable one is shown.")
     return warning(
-        "multi_frame",
+        WarningCode.MULTI_FRAME,
         f"This file has {n} {unit}; the first usable one (number {shown + 1}, the earlier ones are blank) is shown.",
     )
 

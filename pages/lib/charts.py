@@ -7,8 +7,8 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-from model import bundle_tables as tables
-from model import formatting as F
+from model.outputs import bundle_tables as tables
+from model.outputs import formatting as F
 
 PALETTE = ["#4C78A8", "#E45756", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#EECA3B", "#9D755D"]
 METRIC_COLOURS = {"sensitivity": "#E45756", "specificity": "#4C78A8", "ppv": "#F58518", "npv": "#54A24B"}

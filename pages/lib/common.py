@@ -22,21 +22,21 @@ from pages.lib.ui import LANGUAGES, lang, tr
 @st.cache_resource(show_spinner=False)
 def load_bundles():
     """({name: Bundle}, {folder: error message}); loaded and checksum-verified once per process."""
-    from model.bundle import load_all
+    from model.core.bundle import load_all
 
     return load_all()
 
 
 @st.cache_resource(show_spinner=False)
 def get_ensemble(name: str):
-    from model.ensemble import Ensemble
+    from model.core.ensemble import Ensemble
 
     return Ensemble(load_bundles()[0][name])
 
 
 @st.cache_resource(show_spinner=False)
 def get_explainer(name: str):
-    from model.explain import Explainer
+    from model.core.explain import Explainer
 
     return Explainer(load_bundles()[0][name])
 
@@ -49,8 +49,8 @@ def bundle_report(bundle_name: str, report_name: str) -> dict | None:
 
 def current_bundle():
     """The selected Bundle, or None (with an explanation drawn) when no bundle could be loaded."""
-    from model.bundle import configured_default, default_bundle_name
-    from model.safe_text import md_escape
+    from model.core.bundle import configured_default, default_bundle_name
+    from model.outputs.safe_text import md_escape
 
     bundles, errors = load_bundles()
     t = tr("common")
@@ -68,17 +68,15 @@ def current_bundle():
     return bundles[st.session_state["bundle"]]
 
 
-def default_threshold(bundle, site=None) -> float:
-    if site is not None:
-        return float(site.operating_point()["threshold"])
-    point = next((p for p in bundle.operating_points if p["name"] == bundle.manifest.get("default_operating_point")),
-                 None)
-    return float(point["threshold"]) if point and "threshold" in point else 0.5
+def threshold_for(bundle, site=None):
+    """The threshold this bundle's results are decided at. Binary: the shared slider value, reset to the default
+    (model.core.analysis.default_threshold) when the bundle or the site profile changes (a profile's probabilities
+    are on its own scale). Other tasks have no slider: their default (per-class thresholds, or None)."""
+    from model.core.analysis import default_threshold
+    from model.core.types import Task
 
-
-def threshold_for(bundle, site=None) -> float:
-    """The shared threshold for this bundle, reset to its default operating point when the bundle or the site
-    profile changes (a profile's probabilities are on its own scale)."""
+    if bundle.task != Task.BINARY:
+        return default_threshold(bundle, site)
     site_name = site.name if site is not None else None
     if (st.session_state.get("threshold_bundle") != bundle.name or "threshold" not in st.session_state
             or st.session_state.get("threshold_site") != site_name):
@@ -99,12 +97,12 @@ def sidebar():
     if len(bundles) > 1:
         names = list(bundles)
         current_bundle()
-        from model.bundle import default_bundle_name as _default
+        from model.core.bundle import default_bundle_name as _default
 
         # No preselection when the default bundle is unavailable: the user names another model explicitly.
         st.sidebar.selectbox(t("model"), names, key="bundle", format_func=lambda n: bundles[n].title,
                              index=0 if _default(bundles) else None, placeholder=t("choose_model"))
-    from model.bundle import default_bundle_name
+    from model.core.bundle import default_bundle_name
     from pages.lib.sites_view import sidebar_site
 
     name = st.session_state.get("bundle") if st.session_state.get("bundle") in bundles else \

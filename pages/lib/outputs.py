@@ -12,18 +12,18 @@ from pathlib import Path
 
 import streamlit as st
 
-from model.dicom_results import (
+from model.channels.pacs import Pacs, PacsError
+from model.core.explain import overlay
+from model.core.types import Result
+from model.outputs.dicom_results import (
     SC_SERIES_NUMBER,
     SR_SERIES_NUMBER,
     NotDicom,
-    as_json,
     build_outputs,
     dicom_bytes,
     read_source,
 )
-from model.explain import overlay
-from model.pacs import Pacs, PacsError
-from model.pdf_report import pdf_report
+from model.outputs.pdf_report import pdf_report
 from pages.lib.common import get_explainer
 
 STRINGS = Path(__file__).resolve().parents[2] / "assets" / "strings" / "outputs.json"
@@ -52,26 +52,25 @@ def has_study(upload: dict, decoded) -> bool:
     return True
 
 
-def _outputs(upload: dict, r: dict, bundle, digest: str, picture):
+def _outputs(upload: dict, result: Result, bundle, digest: str, picture):
     """The SR and SC for this upload at this decision, made once (so a download and a send carry the same UIDs)."""
-    key = (digest, bundle.name, json.dumps(r.get("threshold"), sort_keys=True), r.get("label") and str(r["label"]))
+    key = (digest, bundle.name, json.dumps(result.threshold, sort_keys=True), result.label and str(result.label))
     made = st.session_state.setdefault("dx_dicom_outputs", {})
     if key not in made:
         made.clear()
-        made[key] = build_outputs(upload["data"], r, bundle, picture())
+        made[key] = build_outputs(upload["data"], result, bundle, picture())
     return made[key]
 
 
-def draw_outputs(upload: dict, result, bundle, decoded, digest: str) -> None:
+def draw_outputs(upload: dict, result: Result, bundle, decoded, digest: str) -> None:
     """The PDF download; for a DICOM upload, the SR / SC downloads and the PACS button."""
-    r = as_json(result)
     picture = lambda: gradcam_overlay(digest, bundle.name, decoded.pixels)  # noqa: E731
-    st.download_button(t("download_pdf"), lambda: pdf_report(r, bundle, decoded.pixels, picture()),
+    st.download_button(t("download_pdf"), lambda: pdf_report(result, bundle, decoded.pixels, picture()),
                        file_name="torax-report.pdf", mime="application/pdf", icon=":material/picture_as_pdf:",
                        on_click="ignore", key="dx_pdf")
     if not has_study(upload, decoded):
         return
-    outputs = lambda: _outputs(upload, r, bundle, digest, picture)  # noqa: E731
+    outputs = lambda: _outputs(upload, result, bundle, digest, picture)  # noqa: E731
     st.download_button(t("download_sr"), lambda: dicom_bytes(outputs().sr), file_name="torax-sr.dcm",
                        mime="application/dicom", icon=":material/description:", on_click="ignore", key="dx_sr")
     st.download_button(t("download_sc"), lambda: dicom_bytes(outputs().sc), file_name="torax-overlay-sc.dcm",

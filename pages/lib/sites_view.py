@@ -2,8 +2,9 @@
 and external data side by side, and "Check the model on your own images" (upload → report → save as profile).
 
 Session-state keys: "site" (the active profile's name, or None), "site_check" (the last uploaded labelled set,
-scored), "site_save_pending" / "site_save_message" (the save-and-confirm step). The numbers come from model.sites
-and model.metrics; this module only draws. Uploads stay in memory; the only file written is a saved profile.
+scored), "site_save_pending" / "site_save_message" (the save-and-confirm step). The numbers come from
+model.sites.profiles and model.core.metrics; this module only draws. Uploads stay in memory; the only file
+written is a saved profile.
 """
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from model import metrics as M
-from model import sites
-from model.types import Task
+from model.core import metrics as M
+from model.core.types import Task
+from model.sites import profiles as sites
 from pages.lib.ui import UPLOAD_TYPES, tr
 
 COLOURS = {"internal": "#4C78A8", "external": "#E45756", "site": "#54A24B"}
@@ -253,7 +254,7 @@ def save_section(bundle, scored):
 
 def site_check(bundle, ensemble_for):
     """The upload → report → save flow. `ensemble_for(name)` gives the cached Ensemble."""
-    from model.guard import for_bundle
+    from model.core.guard import for_bundle
 
     t = tr("sites")
     st.subheader(t("h_check"), divider="gray")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from model import formatting
-from model.types import Result
+from model.core.types import Result
+from model.outputs import formatting
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 LANGUAGES = {"en": "English", "es": "Español"}
@@ -76,7 +76,7 @@ def fmt_int(x) -> str:
 def data_dir_input(t: Translator, key: str) -> str:
     """The dataset folder text input, shared by the Dataset and Evaluation pages under session key "data_dir"
     (`key` is this page's own widget key). Returns the folder."""
-    from model.data_folder import default_data_dir
+    from model.outputs.data_folder import default_data_dir
 
     st.session_state.setdefault("data_dir", default_data_dir())
     st.session_state[key] = st.session_state["data_dir"]

@@ -1,4 +1,4 @@
-"""Train and measure model/guard.py: "is this a frontal chest radiograph?" and "child or adult?".
+"""Train and measure model/core/guard.py: "is this a frontal chest radiograph?" and "child or adult?".
 
     python -m training guard --kermany ../shared/data/kermany --nih ../shared/data/nih14 --out model/guard_params
 

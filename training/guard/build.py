@@ -1,5 +1,5 @@
 """The whole job: describe the radiographs and the negatives, fit both classifiers, measure once on test, and
-write guard.npz + metrics.json (rates, data, date, sha256 of guard.npz) for model/guard.py to load."""
+write guard.npz + metrics.json (rates, data, date, sha256 of guard.npz) for model/core/guard.py to load."""
 from __future__ import annotations
 
 import datetime as dt
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model import guard as G
+from model.core import guard as G
 from training.guard.fit import (
     CXR_PCA_K,
     POP_PCA_K,

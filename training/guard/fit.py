@@ -1,7 +1,7 @@
 """The guard's two classifiers, fitted in numpy: a PCA of the 32×32 thumbnail, and a one-hidden-layer tanh network
 trained by full-batch Adam on a class-balanced cross-entropy, keeping the weights with the best val loss.
 
-The features themselves (image_stats, thumbnail, cxr_vector, population_features) live in model/guard.py, which
+The features themselves (image_stats, thumbnail, cxr_vector, population_features) live in model/core/guard.py, which
 serving runs: training imports them so the two cannot drift.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model import guard as G
+from model.core import guard as G
 
 CXR_PCA_K = 24
 POP_PCA_K = 48
@@ -32,7 +32,7 @@ class Described:
 
     @classmethod
     def of(cls, works: list[np.ndarray]) -> Described:
-        """From working copies (model.guard.working_copy)."""
+        """From working copies (model.core.guard.working_copy)."""
         stats = np.stack([G.image_stats(w) for w in works])
         thumbs = np.stack([G.thumbnail(w) for w in works]).reshape(len(works), -1)
         return cls(stats, thumbs)
@@ -115,7 +115,7 @@ class _Adam:
 def train_mlp(x, y, xv, yv, hidden: int = 32, l2: float = 1e-3, steps: int = 1500, lr: float = 0.01,
               seed: int = 0) -> dict:
     """One tanh hidden layer (hidden=0: logistic regression) on standardised inputs; balanced classes; the weights
-    with the lowest val loss (checked every 25 steps) win. Returns what model.guard.mlp reads (w1, b1, w2, b2,
+    with the lowest val loss (checked every 25 steps) win. Returns what model.core.guard.mlp reads (w1, b1, w2, b2,
     mu, sigma), as float32."""
     rng = np.random.default_rng(seed)
     mu, sigma = x.mean(0), x.std(0) + 1e-6

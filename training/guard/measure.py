@@ -1,4 +1,4 @@
-"""Measuring the guard once on the test split, through the same model.guard.check() that serves, plus the checks
+"""Measuring the guard once on the test split, through the same model.core.guard.check() that serves, plus the checks
 that say how far the numbers can be trusted: leave one family of negatives out, swap NIH resolutions, and time it.
 
 Every rate is {n, flagged, rate, ci95} with a 95 % Wilson interval.
@@ -10,9 +10,9 @@ import time
 import cv2
 import numpy as np
 
-from model import guard as G
+from model.core import guard as G
+from model.core.metrics import roc_auc
 from model.io import Decoded
-from model.metrics import roc_auc
 from training.guard.fit import RadiographSet, fit_population_classifier, fit_radiograph_classifier
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model import guard as G
+from model.core import guard as G
 from training import data as data_lib
 from training.guard.build import _json_default, _npz_bytes
 from training.guard.fit import POP_FALSE_ALARM_VAL, fit_pca, prefixed, train_mlp

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from model import guard as G
+from model.core import guard as G
 from model.io import decode
 
 SPLITS = ("train", "val", "test")

@@ -21,24 +21,24 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from model.http_guard import BearerAuth, tokens_from_env
-from model.safe_text import log_safe
-from model.types import CamMethod, Task, plain
+from model.channels.http_guard import BearerAuth, tokens_from_env
+from model.core.types import OPTIONAL_FIELDS, CamMethod, Result, Task, plain
+from model.outputs.safe_text import log_safe
 
 log = logging.getLogger(__name__)
 
@@ -92,32 +92,26 @@ class UploadWarning(BaseModel):
     message: str
 
 
-class PredictResult(BaseModel):
-    file: str | None = Field(description="The uploaded file's name, as the client sent it.")
-    bundle: str
-    task: TaskName
-    probability: float | None = Field(
-        description="Binary bundles: calibrated ensemble probability of the positive (last) class; else null.")
-    probabilities: dict[str, float] = Field(description="Calibrated ensemble probability per class.")
-    members: dict[str, float] | dict[str, dict[str, float]] = Field(
-        description="Per member: the positive class's probability (binary), or a probability per class.")
-    spread: float = Field(description="Member disagreement: the largest range of member probabilities.")
-    threshold: float | dict[str, float] | None = Field(
-        description="The threshold applied (one per class for multilabel bundles; null for multiclass).")
-    operating_point: str | None = Field(description="The operating point used, or null for an explicit threshold.")
-    label: str | list[str] | None = Field(
-        description="The decision; null when the upload is not a chest radiograph (`not_chest_xray`: not assessed, "
-                    "the probability is kept for reference only).")
-    site: str | None = Field(None, description="The site profile whose calibration and thresholds were used, or "
-                                               "null for the bundle as shipped.")
-    warnings: list[UploadWarning]
-    error: Problem | None = Field(None, description="Always null here: failures are answered with a 4xx instead.")
-    meta: dict[str, Any] | None = Field(description="Non-identifying facts about the file: format, size, bit depth...")
-    cam: str | None = Field(None, description="The CAM method of the overlay, when one was asked for.")
-    cam_class: str | None = Field(None, description="The class the overlay explains.")
-    overlay_png_base64: str | None = Field(
-        None, description="The ensemble CAM blended over the image, at most 1024 px on its longest side, as a "
-                          "base64 PNG.")
+# What the API answers is a `Result` (Result.to_json()): its fields and their descriptions come from the dataclass.
+# Only what a successful answer guarantees is narrowed here (failures are 4xx answers, never a result).
+_ANSWERED = {
+    "task": TaskName,
+    "probabilities": dict[str, float],
+    "members": dict[str, float] | dict[str, dict[str, float]],
+    "spread": float,
+    "warnings": list[UploadWarning],
+    "error": Problem | None,
+}
+
+
+def _response_field(f):
+    kind = _ANSWERED.get(f.name) or get_type_hints(Result)[f.name]
+    default = None if f.name in OPTIONAL_FIELDS else ...
+    return kind, Field(default, description=f.metadata.get("doc"))
+
+
+PredictResult = create_model("PredictResult", __doc__=Result.__doc__,
+                             **{f.name: _response_field(f) for f in fields(Result)})
 
 
 class MemberInfo(BaseModel):
@@ -333,9 +327,10 @@ def analyse_upload(served: Served, data: bytes, filename: str | None, threshold:
 
     import cv2
 
-    from model.analysis import analyse, cam_class
-    from model.explain import overlay
-    from model.guard import for_bundle
+    from model.core.analysis import analyse, cam_class
+    from model.core.explain import overlay
+    from model.core.guard import for_bundle
+    from model.core.preprocess import shrink
 
     check()
     result, decoded = analyse(data, filename, served.ensemble, threshold, operating_point,
@@ -345,23 +340,13 @@ def analyse_upload(served: Served, data: bytes, filename: str | None, threshold:
         target = cam_class(result, served.bundle)
         heat = served.explainer.cams(decoded.pixels, cam, target)["ensemble"]
         check()
-        ok, png = cv2.imencode(".png", cv2.cvtColor(overlay(downscale(decoded.pixels), heat), cv2.COLOR_RGB2BGR))
+        shown = overlay(shrink(decoded.pixels, MAX_OVERLAY_SIDE), heat)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))
         if not ok:
             raise RuntimeError("PNG encoding of the overlay failed")
         result.cam, result.cam_class = cam, target
         result.overlay_png_base64 = base64.b64encode(png.tobytes()).decode("ascii")
     return result.to_json()
-
-
-def downscale(gray: np.ndarray, side: int = MAX_OVERLAY_SIDE) -> np.ndarray:
-    """`gray` with its longest side at most `side` pixels (aspect ratio kept)."""
-    import cv2
-
-    h, w = gray.shape[:2]
-    if max(h, w) <= side:
-        return gray
-    scale = side / max(h, w)
-    return cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 def describe_bundle(bundle) -> dict:
@@ -377,9 +362,9 @@ def describe_bundle(bundle) -> dict:
 
 
 def _load(bundles_root) -> tuple[dict[str, Served], dict[str, str]]:
-    from model.bundle import load_all
-    from model.ensemble import Ensemble
-    from model.explain import Explainer
+    from model.core.bundle import load_all
+    from model.core.ensemble import Ensemble
+    from model.core.explain import Explainer
 
     bundles, refused = load_all(bundles_root)
     served = {}
@@ -443,7 +428,7 @@ def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.served, app.state.refused = _load(bundles_root)
-        from model.bundle import default_bundle_name, default_problem
+        from model.core.bundle import default_bundle_name, default_problem
 
         app.state.default = default_bundle_name(app.state.served)
         app.state.default_problem = default_problem(app.state.served, app.state.refused)
@@ -502,8 +487,8 @@ def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int 
         site: str | None = Query(None, description="A site profile (python -m model site fit) for this bundle: its "
                                                    "recalibration and operating points are used."),
     ):
-        from model.analysis import resolve_threshold
-        from model.sites import SiteError, load
+        from model.core.analysis import resolve_threshold
+        from model.sites.profiles import SiteError, load
 
         served = served_bundle(request, bundle)
         if threshold is not None and operating_point is not None:

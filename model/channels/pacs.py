@@ -22,8 +22,10 @@ from urllib.parse import urlparse
 
 import requests
 
+from model.core.types import Result
+
 __all__ = ["PacsError", "PacsUnavailable", "PacsAuthError", "SitesUnavailable", "Pacs", "State", "state_path",
-           "load_site", "analyse_instance", "watch"]
+           "load_site", "analyse_instance", "Filed", "watch"]
 
 MODALITIES = ("CR", "DX")
 RETRY_BASE_S = 0.5   # first wait after a failed call; doubles each try
@@ -250,33 +252,14 @@ class State:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Site profiles (issue 13): the only coupling is here
+# Site profiles
 # --------------------------------------------------------------------------------------------------------------------
-def sites_module():
-    """model.sites, or SitesUnavailable when this installation has no site profiles (or analyse cannot use them)."""
-    import importlib
-    import inspect
-
-    from model.analysis import analyse
-
-    try:
-        sites = importlib.import_module("model.sites")
-    except ModuleNotFoundError as e:
-        if e.name != "model.sites":
-            raise
-        sites = None
-    if sites is None or not callable(getattr(sites, "load", None)) \
-            or "site" not in inspect.signature(analyse).parameters:
-        raise SitesUnavailable("Site profiles are not available in this version of Tórax (model/sites.py), so "
-                               "--site cannot be used.")
-    return sites
-
-
 def load_site(name: str, bundle):
-    """The verified site profile `name` for `bundle` (model.sites.load), or SitesUnavailable saying why not."""
-    sites = sites_module()
+    """The verified site profile `name` for `bundle` (model.sites.profiles.load), or SitesUnavailable saying why not."""
+    from model.sites.profiles import load
+
     try:
-        return sites.load(name, bundle)
+        return load(name, bundle)
     except Exception as e:  # noqa: BLE001 - the sites module's own message says what is wrong
         raise SitesUnavailable(f"Site profile {name!r} could not be used: {e}") from None
 
@@ -285,46 +268,58 @@ def load_site(name: str, bundle):
 # Analysis and the watch loop
 # --------------------------------------------------------------------------------------------------------------------
 def analyse_instance(data: bytes, name: str | None, ensemble, explainer, guard, threshold=None,
-                     operating_point=None, site=None):
-    """(result JSON dict, Decoded or None, Grad-CAM overlay RGB or None): `predict`'s analysis plus the ensemble
-    Grad-CAM overlay the SC and the PDF show."""
-    from model.analysis import analyse
-    from model.dicom_results import as_json
-    from model.explain import overlay
+                     operating_point=None, site=None) -> tuple[Result, object | None, object | None]:
+    """(Result, Decoded or None, Grad-CAM overlay RGB or None): `predict`'s analysis (with a
+    model.sites.profiles.SiteProfile when given) plus the ensemble Grad-CAM overlay the SC and the PDF show."""
+    from model.core.analysis import analyse
+    from model.core.explain import overlay
 
-    extra = {"site": site} if site is not None else {}  # a model.sites.SiteProfile
-    result, decoded = analyse(data, name, ensemble, threshold, operating_point, guard=guard, **extra)
-    r = as_json(result)
-    r.setdefault("site", None)
-    if site is not None and not r["site"]:
-        r["site"] = site.name
+    result, decoded = analyse(data, name, ensemble, threshold, operating_point, guard=guard, site=site)
     picture = None
     if decoded is not None and explainer is not None:
         picture = overlay(decoded.pixels, explainer.cams(decoded.pixels, "gradcam")["ensemble"])
-    return r, decoded, picture
+    return result, decoded, picture
+
+
+@dataclass
+class Filed:
+    """One PACS instance analysed and filed back: its result (no file name: it came from the PACS), the source
+    instance it is about, and the UIDs of what was stored."""
+    result: Result
+    source_sop_instance_uid: str
+    stored: dict
+
+    @property
+    def failed(self) -> bool:
+        return self.result.failed
+
+    def to_json(self) -> dict:
+        """What `pacs watch` prints per instance: the result's JSON, then where it came from and went."""
+        return {**self.result.to_json(), "source_sop_instance_uid": self.source_sop_instance_uid,
+                "stored": self.stored}
 
 
 def watch(pacs: Pacs, ensemble, explainer, guard, *, once: bool, interval: float = 10.0, threshold=None,
           operating_point=None, site=None, state: State | None = None, emit=None) -> int:
     """Process new CR/DX instances; with `once`, what is there now, else poll every `interval` seconds until
-    interrupted. `emit(result)` gets each result (default: one JSON line on stdout). Returns the number processed."""
-    from model.dicom_results import build_outputs
+    interrupted. `emit(filed)` gets each `Filed` (default: its JSON line on stdout). Returns the number processed."""
+    from dataclasses import replace
+
+    from model.outputs.dicom_results import build_outputs
 
     state = state or State(state_path(pacs.url))
-    emit = emit or _print_json
+    emit = emit or (lambda filed: _print_json(filed.to_json()))
     processed, wait = 0, interval
     while True:
         try:
             for study_uid, series_uid, sop_uid in list(pacs.new_instances(state)):
                 data = pacs.fetch(study_uid, series_uid, sop_uid)
-                r, _, picture = analyse_instance(data, "instance.dcm", ensemble, explainer, guard, threshold,
-                                                 operating_point, site)
-                r["file"] = None
-                r["source_sop_instance_uid"] = sop_uid
-                outputs = build_outputs(data, r, ensemble.bundle, picture)
-                r["stored"] = pacs.store(outputs)
-                state.add(series_uid, sop_uid, r["stored"], error=(r.get("error") or {}).get("code"))
-                emit(r)
+                result, _, picture = analyse_instance(data, "instance.dcm", ensemble, explainer, guard, threshold,
+                                                      operating_point, site)
+                result = replace(result, file=None)
+                filed = Filed(result, sop_uid, pacs.store(build_outputs(data, result, ensemble.bundle, picture)))
+                state.add(series_uid, sop_uid, filed.stored, error=(result.error or {}).get("code"))
+                emit(filed)
                 processed += 1
             wait = interval
         except PacsUnavailable as e:
@@ -347,15 +342,15 @@ def _print_json(result: dict) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # Command line: python -m model pacs watch
 # --------------------------------------------------------------------------------------------------------------------
-EXIT_CODES = "exit status: 0 done, 1 some instance could not be analysed, 2 usage (e.g. --site without site " \
-             "profiles), 3 PACS not answering, 4 user name or password refused, 5 other PACS error"
+EXIT_CODES = "exit status: 0 done, 1 some instance could not be analysed, 2 usage (e.g. an unknown --site), " \
+             "3 PACS not answering, 4 user name or password refused, 5 other PACS error"
 
 
 def add_cli(sub) -> None:
     """Register `pacs watch` on the CLI's subparsers."""
     import argparse
 
-    pacs = sub.add_parser("pacs", help="round trip with a PACS over DICOMweb (docs in model/pacs.py)")
+    pacs = sub.add_parser("pacs", help="round trip with a PACS over DICOMweb (docs in model/channels/pacs.py)")
     verbs = pacs.add_subparsers(dest="pacs_command", required=True)
     w = verbs.add_parser("watch", help="analyse new CR/DX instances and store the SR and overlay back",
                          description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -365,7 +360,7 @@ def add_cli(sub) -> None:
                                                 "from $TORAX_PACS_PASSWORD only")
     w.add_argument("--once", action="store_true", help="process what is new now and exit")
     w.add_argument("--bundle", default=None, help="bundle name (default: the default bundle)")
-    w.add_argument("--site", default=None, help="site profile name (needs site profiles, model/sites.py)")
+    w.add_argument("--site", default=None, help="site profile name (python -m model site list)")
     g = w.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=float, default=None)
     g.add_argument("--operating-point", default=None, help="screening, balanced or confirmatory")
@@ -380,11 +375,6 @@ def cli(args) -> int:
         print(f"error: {message}", file=sys.stderr)
         return code
 
-    if args.site:
-        try:
-            sites_module()
-        except SitesUnavailable as e:
-            return fail(2, str(e))
     pacs = Pacs.from_env(args.url, args.user)
     if pacs is None:
         return fail(2, "no PACS given: pass --url or set TORAX_PACS_URL.")
@@ -398,10 +388,10 @@ def cli(args) -> int:
         print(f"warning: {e} Will keep trying.", file=sys.stderr)
     except PacsError as e:
         return fail(5, str(e))
-    from model.bundle import NoBundle, load_chosen
-    from model.ensemble import Ensemble
-    from model.explain import Explainer
-    from model.guard import for_bundle
+    from model.core.bundle import NoBundle, load_chosen
+    from model.core.ensemble import Ensemble
+    from model.core.explain import Explainer
+    from model.core.guard import for_bundle
 
     try:
         _, bundle = load_chosen(args.bundle, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
@@ -413,9 +403,9 @@ def cli(args) -> int:
         return fail(2, str(e))
     failed = []
 
-    def emit(result):
-        failed.append(result.get("error") is not None)
-        _print_json(result)
+    def emit(filed: Filed):
+        failed.append(filed.failed)
+        _print_json(filed.to_json())
 
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly on SIGTERM as on Ctrl-C
     try:

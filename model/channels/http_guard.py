@@ -1,6 +1,6 @@
 """Network-facing guards for the REST API (docs/SECURITY.md): a header-read deadline at the HTTP protocol level
 (uvicorn has none: a client trickling header bytes would hold its connection for ever), optional bearer tokens,
-and log-safe text. Kept apart from model.api so that each piece can be tested alone.
+and log-safe text. Kept apart from model.channels.api so that each piece can be tested alone.
 """
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """`python -m model site {fit,validate,list}`: check a bundle on a site's own labelled images, and fit a site
-profile (recalibration + operating points, judged by cross-validation) from them. See model/sites.py."""
+profile (recalibration + operating points, judged by cross-validation) from them. See model/sites/profiles.py."""
 from __future__ import annotations
 
 import json
 import sys
 
-from model import sites
+from model.sites import profiles as sites
 
 
 def add_cli(sub):
@@ -33,7 +33,7 @@ def add_cli(sub):
 
 
 def _bundle(name: str | None):
-    from model.bundle import NoBundle, load_chosen
+    from model.core.bundle import NoBundle, load_chosen
 
     try:
         return load_chosen(name, warn=lambda m: print(f"warning: {m}", file=sys.stderr))[1]
@@ -47,8 +47,8 @@ def _progress(done: int, total: int):
 
 
 def scored_sample(path: str, bundle) -> sites.Scored:
-    from model.ensemble import Ensemble
-    from model.guard import for_bundle
+    from model.core.ensemble import Ensemble
+    from model.core.guard import for_bundle
 
     labelled = sites.labelled_from_path(path, bundle.classes)
     return sites.score(labelled, Ensemble(bundle), guard=for_bundle(bundle), progress=_progress)

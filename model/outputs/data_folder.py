@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
+from model.core.preprocess import shrink
 from model.io import DecodeError, decode
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 def default_data_dir() -> str:
     """$TORAX_DATA_DIR, else ../shared/data/kermany next to the repository when it exists, else ""."""
@@ -62,11 +62,6 @@ def thumbnail(path: str | Path, side: int) -> np.ndarray | None:
     return shrink(gray, side)
 
 
-def shrink(gray: np.ndarray, side: int) -> np.ndarray:
-    scale = side / max(gray.shape)
-    return cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
-
-
 def examples(data_dir: str, classes: list[str], per_class: int = 6, seed: int = 0,
              side: int = 320) -> dict[str, list[tuple[str, np.ndarray | None]]]:
     """{class: [(file name, downsized uint8 image or None when unreadable)]}: `sample_paths` decoded."""
@@ -77,8 +72,8 @@ def examples(data_dir: str, classes: list[str], per_class: int = 6, seed: int = 
 def explained(items: list[dict], data_dir: str | Path, explainer, class_name: str, side: int = 360) -> list[dict]:
     """Each item ({path, ...}, path relative to `data_dir`) with "image": the ensemble Grad-CAM for `class_name`
     laid over the downsized image, or None when the file cannot be read."""
-    from model.explain import overlay
-    from model.types import CamMethod
+    from model.core.explain import overlay
+    from model.core.types import CamMethod
 
     out = []
     for item in items:

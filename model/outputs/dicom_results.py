@@ -3,12 +3,10 @@ Secondary Capture of the Grad-CAM overlay, both in the source study (built with 
 
 Patient and study attributes come from re-reading the uploaded bytes here (model.io's decode strips them from
 `meta` on purpose); they go straight into the two output datasets and nowhere else: never into a result, a log line
-or an exception message. The result is taken through its JSON form (`result.to_json()` or the dict), so this module
-does not care how model.analysis represents it.
+or an exception message. Takes the `Result` every other surface takes.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -19,8 +17,10 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["DISCLAIMER", "DicomOutputs", "NotDicom", "as_json", "finding", "build_outputs", "dicom_bytes",
-           "read_sr"]
+from model.core.preprocess import shrink
+from model.core.types import Finding, Result, Task
+
+__all__ = ["DISCLAIMER", "DicomOutputs", "NotDicom", "build_outputs", "dicom_bytes", "read_sr"]
 
 DISCLAIMER = "Decision support, not for diagnosis"
 MANUFACTURER = "Torax"  # ASCII on purpose: LO values are read by PACSs with many character sets
@@ -32,7 +32,7 @@ REPORT = hd.sr.CodedConcept("18748-4", "LN", "Diagnostic imaging report")
 PNEUMONIA = hd.sr.CodedConcept("233604007", "SCT", "Pneumonia")
 PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
 ABSENT = hd.sr.CodedConcept("2667000", "SCT", "Absent")
-NOT_ASSESSED = hd.sr.CodedConcept("not-assessed", "99TORAX", "Not assessed")
+NOT_ASSESSED_CODE = hd.sr.CodedConcept("not-assessed", "99TORAX", "Not assessed")
 PROBABILITY = hd.sr.CodedConcept("probability", "99TORAX", "Ensemble probability")
 THRESHOLD = hd.sr.CodedConcept("threshold", "99TORAX", "Decision threshold")
 OPERATING_POINT = hd.sr.CodedConcept("operating-point", "99TORAX", "Operating point")
@@ -70,36 +70,12 @@ class DicomOutputs:
         return out
 
 
-def as_json(result) -> dict:
-    """The result as the plain dict `predict --json` prints, whatever object carries it."""
-    if hasattr(result, "to_json"):
-        result = result.to_json()
-    if isinstance(result, (str, bytes)):
-        return json.loads(result)
-    return dict(result)
-
-
-def finding(result) -> str:
-    """"present", "absent" or "not_assessed". Not assessed: no prediction, or the input check says this is not a
-    frontal chest X-ray (the label a model gives such an image means nothing)."""
-    r = as_json(result)
-    if r.get("error") or r.get("probabilities") is None or r.get("label") is None:
-        return "not_assessed"
-    if any(w.get("code") == "not_chest_xray" for w in r.get("warnings") or []):
-        return "not_assessed"
-    label, classes = r["label"], list(r["probabilities"])
-    if isinstance(label, list):  # multilabel: any finding at all
-        return "present" if label else "absent"
-    return "absent" if label == classes[0] else "present"
-
-
-def _finding_concept(r: dict) -> hd.sr.CodedConcept:
-    classes = list(r.get("probabilities") or {})
+def _finding_concept(result: Result) -> hd.sr.CodedConcept:
+    classes = list(result.probabilities or {})
     positive = classes[-1] if classes else "PNEUMONIA"
-    if r.get("task") == "binary" and positive.upper() == "PNEUMONIA":
+    if result.task == Task.BINARY and positive.upper() == "PNEUMONIA":
         return PNEUMONIA
-    label = r.get("label")
-    name = positive if r.get("task") == "binary" or not isinstance(label, str) else label
+    name = positive if result.task == Task.BINARY or not isinstance(result.label, str) else result.label
     return hd.sr.CodedConcept(str(name)[:16], "99TORAX", str(name))
 
 
@@ -123,7 +99,8 @@ def _copy_patient_study(source: pydicom.Dataset, out: pydicom.Dataset) -> None:
     out.SpecificCharacterSet = "ISO_IR 192"  # text is held as str here; written back out as UTF-8
 
 
-def _content(r: dict, bundle_name: str, bundle_version: str, source: pydicom.Dataset) -> hd.sr.ContainerContentItem:
+def _content(result: Result, bundle_name: str, bundle_version: str,
+             source: pydicom.Dataset) -> hd.sr.ContainerContentItem:
     root = hd.sr.ContainerContentItem(name=REPORT, template_id=None)
     root.ContentSequence = hd.sr.ContentSequence(is_root=False)
     items = []
@@ -131,33 +108,32 @@ def _content(r: dict, bundle_name: str, bundle_version: str, source: pydicom.Dat
                                                        manufacturer_name=MANUFACTURER, model_name=bundle_name)
     items += hd.sr.ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=device)
     items += hd.sr.AlgorithmIdentification(name=bundle_name, version=bundle_version)
-    state = finding(r)
-    value = {"present": PRESENT, "absent": ABSENT}.get(state, NOT_ASSESSED)
-    items.append(hd.sr.CodeContentItem(name=_finding_concept(r), value=value, relationship_type="CONTAINS"))
-    if r.get("probability") is not None:
-        items.append(hd.sr.NumContentItem(name=PROBABILITY, value=round(float(r["probability"]), 6), unit=NO_UNITS,
-                                          relationship_type="CONTAINS"))
-    elif r.get("probabilities"):
-        for cls, p in r["probabilities"].items():
+    value = {Finding.PRESENT: PRESENT, Finding.ABSENT: ABSENT}.get(result.finding, NOT_ASSESSED_CODE)
+    items.append(hd.sr.CodeContentItem(name=_finding_concept(result), value=value, relationship_type="CONTAINS"))
+    if result.probability is not None:
+        items.append(hd.sr.NumContentItem(name=PROBABILITY, value=round(float(result.probability), 6),
+                                          unit=NO_UNITS, relationship_type="CONTAINS"))
+    elif result.probabilities:
+        for cls, p in result.probabilities.items():
             name = hd.sr.CodedConcept(f"p-{cls}"[:16], "99TORAX", f"Ensemble probability of {cls}")
             items.append(hd.sr.NumContentItem(name=name, value=round(float(p), 6), unit=NO_UNITS,
                                               relationship_type="CONTAINS"))
-    threshold = r.get("threshold")
+    threshold = result.threshold
     if isinstance(threshold, (int, float)):
         items.append(hd.sr.NumContentItem(name=THRESHOLD, value=round(float(threshold), 6), unit=NO_UNITS,
                                           relationship_type="CONTAINS"))
     elif isinstance(threshold, dict):
         text = ", ".join(f"{c} {float(v):.3f}" for c, v in threshold.items())
         items.append(hd.sr.TextContentItem(name=THRESHOLD, value=text, relationship_type="CONTAINS"))
-    items.append(hd.sr.TextContentItem(name=OPERATING_POINT, value=r.get("operating_point") or "custom",
+    items.append(hd.sr.TextContentItem(name=OPERATING_POINT, value=result.operating_point or "custom",
                                        relationship_type="CONTAINS"))
-    if r.get("site"):
-        items.append(hd.sr.TextContentItem(name=SITE, value=str(r["site"]), relationship_type="CONTAINS"))
-    for w in r.get("warnings") or []:
+    if result.site:
+        items.append(hd.sr.TextContentItem(name=SITE, value=str(result.site), relationship_type="CONTAINS"))
+    for w in result.warnings:
         items.append(hd.sr.TextContentItem(name=WARNING, value=f"{w.get('code')}: {w.get('message')}",
                                            relationship_type="CONTAINS"))
-    if r.get("error"):
-        items.append(hd.sr.TextContentItem(name=NOTE, value=f"Not analysed: {r['error'].get('message')}",
+    if result.error:
+        items.append(hd.sr.TextContentItem(name=NOTE, value=f"Not analysed: {result.error.get('message')}",
                                            relationship_type="CONTAINS"))
     items.append(hd.sr.TextContentItem(name=NOTE, value=DISCLAIMER, relationship_type="CONTAINS"))
     items.append(hd.sr.ImageContentItem(name=SOURCE, referenced_sop_class_uid=source.SOPClassUID,
@@ -171,10 +147,7 @@ def _content(r: dict, bundle_name: str, bundle_version: str, source: pydicom.Dat
 def _burn_in(rgb: np.ndarray, footer: str) -> np.ndarray:
     """The overlay, shrunk to SC_MAX_SIDE, with the disclaimer in a black band above and `footer` below."""
     rgb = np.ascontiguousarray(rgb[..., :3] if rgb.ndim == 3 else np.stack([rgb] * 3, -1), dtype=np.uint8)
-    h, w = rgb.shape[:2]
-    scale = SC_MAX_SIDE / max(h, w)
-    if scale < 1:
-        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    rgb = shrink(rgb, SC_MAX_SIDE)
     h, w = rgb.shape[:2]
     band = max(18, w // 22)
     canvas = np.zeros((h + 2 * band, w, 3), np.uint8)
@@ -190,24 +163,22 @@ def _burn_in(rgb: np.ndarray, footer: str) -> np.ndarray:
     return canvas
 
 
-def build_outputs(source_bytes: bytes, result, bundle, overlay_rgb: np.ndarray | None) -> DicomOutputs:
+def build_outputs(source_bytes: bytes, result: Result, bundle, overlay_rgb: np.ndarray | None) -> DicomOutputs:
     """The SR and the Secondary Capture for one analysed DICOM upload (no SC without an overlay). `bundle` needs
     `.name` and `.version`. Raises NotDicom for anything else."""
     source = read_source(source_bytes)
-    r = as_json(result)
     name, version = str(bundle.name), str(bundle.version)
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[source], content=_content(r, name, version, source),
+        evidence=[source], content=_content(result, name, version, source),
         series_instance_uid=generate_uid(), series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(),
         instance_number=1, manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False)
     sr.SeriesDescription = "Torax decision support (not for diagnosis)"
     _copy_patient_study(source, sr)
     if overlay_rgb is None:
         return DicomOutputs(sr=sr, sc=None)
-    state = finding(r)
-    p = r.get("probability")
+    state, p = result.finding, result.probability
     footer = f"Torax {name} {version} - Grad-CAM - " + (
-        "not assessed" if state == "not_assessed" else f"{state}" + (f", p={p:.3f}" if p is not None else ""))
+        "not assessed" if state == Finding.NOT_ASSESSED else f"{state}" + (f", p={p:.3f}" if p is not None else ""))
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=_burn_in(overlay_rgb, footer), photometric_interpretation="RGB",
         bits_allocated=8, coordinate_system="PATIENT", patient_orientation=("L", "F"),  # replaced just below
@@ -244,7 +215,7 @@ def read_sr(ds: pydicom.Dataset) -> dict:
         code = item.ConceptNameCodeSequence[0].CodeValue
         if item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodingSchemeDesignator in ("SCT", "99TORAX"):
             meaning = item.ConceptCodeSequence[0].CodeMeaning
-            out["finding"] = {"Present": "present", "Absent": "absent"}.get(meaning, "not_assessed")
+            out["finding"] = {"Present": Finding.PRESENT, "Absent": Finding.ABSENT}.get(meaning, Finding.NOT_ASSESSED)
         elif item.ValueType == "NUM" and code in (PROBABILITY.value, THRESHOLD.value):
             value = float(item.MeasuredValueSequence[0].NumericValue)
             out["probability" if code == PROBABILITY.value else "threshold"] = value

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from model.types import Task
+from model.core.types import Task
 
-BUNDLES_DIR = Path(__file__).parent / "bundles"
+BUNDLES_DIR = Path(__file__).parent.parent / "bundles"
 
 
 def bundles_dir() -> Path:

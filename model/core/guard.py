@@ -23,11 +23,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from model.core.preprocess import shrink
+from model.core.types import WarningCode
+
 __all__ = ["check", "for_bundle", "features", "population_features", "load_params", "GuardError", "PARAMS_DIR"]
 
 log = logging.getLogger(__name__)
 
-PARAMS_DIR = Path(__file__).with_name("guard_params")
+PARAMS_DIR = Path(__file__).parent.parent / "guard_params"
 FEATURE_VERSION = 1
 
 WORK_SIZE = 256
@@ -59,7 +62,7 @@ class GuardError(RuntimeError):
     """The guard's parameter files are missing, altered or from another version."""
 
 
-def _warning(code: str, message: str) -> dict:
+def _warning(code: WarningCode, message: str) -> dict:
     return {"code": code, "message": message}
 
 
@@ -74,12 +77,7 @@ def working_copy(pixels: np.ndarray) -> np.ndarray:
     step = max(1, max(h, w) // (2 * WORK_SIZE))
     if step > 1:
         pixels = np.ascontiguousarray(pixels[::step, ::step])
-        h, w = pixels.shape
-    scale = WORK_SIZE / max(h, w)
-    if scale >= 1:
-        return np.ascontiguousarray(pixels)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(shrink(pixels, WORK_SIZE))
 
 
 def _resize(img: np.ndarray, n: int) -> np.ndarray:
@@ -214,8 +212,10 @@ def _header_reasons(meta: dict) -> tuple[list[str], list[dict]]:
     view = str(meta.get("view_position") or "").strip().upper()
     if view in LATERAL_VIEWS:
         reasons.append("it is a side (lateral) view")
-        extra.append(_warning("lateral_view", "The file says this is a lateral (side) view. The model reads frontal "
-                                              "(PA or AP) chest X-rays only."))
+        extra.append(_warning(
+            WarningCode.LATERAL_VIEW,
+            "The file says this is a lateral (side) view. The model reads frontal "
+            "(PA or AP) chest X-rays only."))
     return reasons, extra
 
 
@@ -234,7 +234,7 @@ def check(decoded, population: str | None = None, params: dict | None = None) ->
         return _check(decoded, population, params)
     except Exception as e:  # the guard must never take a prediction down with it
         log.warning("input check failed: %s", type(e).__name__)
-        return [_warning("guard_unavailable", "The check that this is a chest X-ray could not run, so it was "
+        return [_warning(WarningCode.GUARD_UNAVAILABLE, "The check that this is a chest X-ray could not run, so it was "
                                               "skipped. Make sure the image is a frontal chest X-ray.")]
 
 
@@ -252,24 +252,30 @@ def _check(decoded, population, params) -> list[dict]:
     h, w = pixels.shape[:2] if pixels.ndim >= 2 else (0, 0)
     if pixels.ndim != 2 or min(h, w) < MIN_SIDE:
         reasons.append("it is too small to check")
-        extra.append(_warning("too_small", f"This image is only {w}×{h} pixels: too small to check what it shows, "
-                                           f"or to read (at least {MIN_SIDE} pixels on each side are needed)."))
+        extra.append(_warning(
+            WarningCode.TOO_SMALL,
+            f"This image is only {w}×{h} pixels: too small to check what it shows, "
+            f"or to read (at least {MIN_SIDE} pixels on each side are needed)."))
         return [_not_cxr(reasons)] + extra
 
     stats, thumb = features(pixels)
     exposure = exposure_problem(stats)
     if exposure == "blank":
         reasons.append("it is blank")
-        if "blank_image" not in have:
-            extra.append(_warning("blank_image", "This image is almost uniform: it shows nothing to analyse."))
+        if WarningCode.BLANK_IMAGE not in have:
+            extra.append(_warning(
+                WarningCode.BLANK_IMAGE,
+                "This image is almost uniform: it shows nothing to analyse."))
     elif exposure == "saturated":
         reasons.append("it is almost entirely black or white")
-        extra.append(_warning("saturated_image", "This image is almost entirely black or white (badly exposed, or "
-                                                 "not an X-ray)."))
+        extra.append(_warning(
+            WarningCode.SATURATED_IMAGE,
+            "This image is almost entirely black or white (badly exposed, or "
+            "not an X-ray)."))
     else:
         p = params if params is not None else load_params()
         score = float(mlp(cxr_vector(stats, thumb, p), p, "cxr_")[0])
-        colour = "color_image" in have
+        colour = WarningCode.COLOR_IMAGE in have
         if score < float(p["cxr_threshold_colour" if colour else "cxr_threshold"]):
             reasons.append("it is a colour picture" if colour else
                            "it looks like a photo, document, screen or other picture, or another kind of scan")
@@ -277,7 +283,7 @@ def _check(decoded, population, params) -> list[dict]:
             adult = float(mlp(population_features(thumb, p), p, "pop_")[0])
             if adult >= float(p["pop_threshold"]):
                 out.append(_warning(
-                    "outside_intended_population",
+                    WarningCode.OUTSIDE_INTENDED_POPULATION,
                     "This looks like an adult's chest X-ray, but this model learned from young children's "
                     f"X-rays only ({population.strip()}). Its result for adults has not been checked and may be "
                     "wrong."))
@@ -292,5 +298,7 @@ def _is_pediatric(population) -> bool:
 
 def _not_cxr(reasons: list[str]) -> dict:
     why = "; ".join(dict.fromkeys(reasons))
-    return _warning("not_chest_xray", f"This does not look like a frontal chest X-ray ({why}). The model was trained "
-                                      "on frontal chest X-rays only, so its result for this image cannot be relied on.")
+    return _warning(
+        WarningCode.NOT_CHEST_XRAY,
+        f"This does not look like a frontal chest X-ray ({why}). The model was trained "
+        "on frontal chest X-rays only, so its result for this image cannot be relied on.")

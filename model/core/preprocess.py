@@ -1,4 +1,5 @@
-"""The one function that turns a decoded radiograph into model input.
+"""The one function that turns a decoded radiograph into model input, and the one way to make an image smaller for
+showing or sending (`shrink`).
 
 Training builds its cache with `to_model_input` and serving calls it on every upload, so the two can never drift.
 Scaling to [-1, 1] (a Rescaling layer, x / 127.5 - 1) and any normalisation live inside the saved models: the input
@@ -28,3 +29,14 @@ def to_model_input(gray: np.ndarray, spec: dict = DEFAULT_INPUT) -> np.ndarray:
     out = out[..., None]
     channels = int(spec.get("channels", 1))
     return np.repeat(out, channels, axis=-1) if channels > 1 else out
+
+
+def shrink(image: np.ndarray, side: int) -> np.ndarray:
+    """`image` (H×W or H×W×C) with its longest side at most `side` pixels, aspect ratio kept (area-averaged); the
+    image itself when it is already small enough. What the browser, the PDF, the API's overlay and the DICOM
+    Secondary Capture get: pictures to look at, never model input (that is `to_model_input`)."""
+    h, w = image.shape[:2]
+    scale = side / max(h, w)
+    if scale >= 1:
+        return image
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)

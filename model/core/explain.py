@@ -7,8 +7,8 @@ import threading
 import cv2
 import numpy as np
 
-from model.preprocess import to_model_input
-from model.types import CamMethod, Task, look_up_option
+from model.core.preprocess import to_model_input
+from model.core.types import CamMethod, Task, look_up_option
 
 SCORECAM_MAX_N = 32  # Score-CAM masks with the 32 strongest channels: close to the full method, ~10× cheaper
 

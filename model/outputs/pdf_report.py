@@ -2,8 +2,7 @@
 and what it means (sensitivity and specificity at that threshold, and on which evidence), the warnings and the model
 version. Made in memory with reportlab (BSD).
 
-Like the other reports, it carries no patient identifiers and not the uploaded file's name. The result is taken
-through its JSON form (`result.to_json()` or the dict).
+Like the other reports, it carries no patient identifiers and not the uploaded file's name.
 """
 from __future__ import annotations
 
@@ -19,8 +18,10 @@ from reportlab.lib.styles import getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.platypus import Image, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
-from model.dicom_results import DISCLAIMER, as_json, finding
-from model.metrics import confusion, rates
+from model.core.metrics import confusion, rates
+from model.core.preprocess import shrink
+from model.core.types import Finding, Result, Task
+from model.outputs.dicom_results import DISCLAIMER
 
 __all__ = ["threshold_meaning", "pdf_report", "write_pdf"]
 
@@ -31,10 +32,9 @@ def threshold_meaning(bundle, threshold) -> dict | None:
     """Sensitivity and specificity at `threshold` for a binary bundle, with where they come from:
     the bundle's per-image evaluation scores when it ships them (any threshold), else the validation figures of the
     operating point at exactly this threshold. None when neither is there (or not a binary bundle)."""
-    if bundle.task != "binary" or not isinstance(threshold, (int, float)):
+    if bundle.task != Task.BINARY or not isinstance(threshold, (int, float)):
         return None
-    read = getattr(bundle, "read_report", None) or bundle.report  # renamed during issue 14
-    scores = read("scores")
+    scores = bundle.read_report("scores")
     if scores and scores.get("task") == "binary" and scores.get("y") is not None:
         y = np.asarray(scores["y"]).ravel()
         counts = confusion(y, np.asarray(scores["ensemble"]).ravel(), float(threshold))
@@ -55,11 +55,7 @@ def threshold_meaning(bundle, threshold) -> dict | None:
 
 
 def _png_file(pixels: np.ndarray, max_side: int = 900) -> BytesIO:
-    image = np.asarray(pixels)
-    h, w = image.shape[:2]
-    scale = max_side / max(h, w)
-    if scale < 1:
-        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    image = shrink(np.asarray(pixels), max_side)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     ok, buffer = cv2.imencode(".png", image)
@@ -78,10 +74,9 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def pdf_report(result, bundle, image: np.ndarray | None = None, overlay_rgb: np.ndarray | None = None,
+def pdf_report(result: Result, bundle, image: np.ndarray | None = None, overlay_rgb: np.ndarray | None = None,
                generated: str | None = None) -> bytes:
     """The report as PDF bytes. `image` is the decoded grayscale upload, `overlay_rgb` its Grad-CAM overlay."""
-    r = as_json(result)
     styles = getSampleStyleSheet()
     body, small = styles["BodyText"], styles["Italic"]
     p = lambda text, style=body: Paragraph(escape(str(text)), style)  # noqa: E731
@@ -102,29 +97,28 @@ def pdf_report(result, bundle, image: np.ndarray | None = None, overlay_rgb: np.
                                           if overlay_rgb is not None and image is not None else [])
         story += [Table([cells, captions[:len(cells)]]), Spacer(1, 4 * mm)]
 
-    if r.get("error"):
-        story.append(p(f"This file could not be analysed: {r['error'].get('message')}"))
+    if result.failed:
+        story.append(p(f"This file could not be analysed: {result.error.get('message')}"))
     else:
-        state = finding(r)
-        decision = {"not_assessed": "Not assessed (see the warnings)"}.get(state, _fmt(r.get("label")))
+        decision = "Not assessed (see the warnings)" if result.finding == Finding.NOT_ASSESSED else _fmt(result.label)
         rows = [["Result", decision],
-                ["Probability" if r.get("probability") is not None else "Probabilities",
-                 _fmt(r.get("probability") if r.get("probability") is not None else r.get("probabilities"))],
-                ["Threshold", _fmt(r.get("threshold"))],
-                ["Operating point", r.get("operating_point") or ("custom" if r.get("threshold") is not None else "—")]]
-        if r.get("site"):
-            rows.append(["Site profile", str(r["site"])])
-        if r.get("spread") is not None:
-            rows.append(["Member spread", _fmt(r.get("spread"))])
+                ["Probability" if result.probability is not None else "Probabilities",
+                 _fmt(result.probability if result.probability is not None else result.probabilities)],
+                ["Threshold", _fmt(result.threshold)],
+                ["Operating point", result.operating_point or ("custom" if result.threshold is not None else "—")]]
+        if result.site:
+            rows.append(["Site profile", str(result.site)])
+        if result.spread is not None:
+            rows.append(["Member spread", _fmt(result.spread)])
         story.append(Table([[p(a), p(b)] for a, b in rows], colWidths=[45 * mm, 120 * mm],
                            style=TableStyle([("LINEBELOW", (0, 0), (-1, -1), 0.3, colors.lightgrey),
                                              ("VALIGN", (0, 0), (-1, -1), "TOP")])))
-        meaning = threshold_meaning(bundle, r.get("threshold"))
+        meaning = threshold_meaning(bundle, result.threshold)
         story.append(Spacer(1, 3 * mm))
         story.append(Paragraph("What the threshold means", styles["Heading3"]))
         if meaning:
             positive = bundle.classes[-1]
-            story.append(p(f"At threshold {_fmt(r.get('threshold'))}, sensitivity is {meaning['sensitivity']:.1%} "
+            story.append(p(f"At threshold {_fmt(result.threshold)}, sensitivity is {meaning['sensitivity']:.1%} "
                            f"(share of {positive} images called {positive}) and specificity "
                            f"{meaning['specificity']:.1%} (share of {bundle.classes[0]} images called "
                            f"{bundle.classes[0]}), measured on {meaning['source']}. Other hospitals, devices and "
@@ -132,7 +126,7 @@ def pdf_report(result, bundle, image: np.ndarray | None = None, overlay_rgb: np.
         else:
             story.append(p("No evaluation figures are available for this threshold in this model bundle."))
     story.append(Paragraph("Warnings", styles["Heading3"]))
-    warnings = r.get("warnings") or []
+    warnings = result.warnings
     story += [p(f"• {w.get('message')}") for w in warnings] or [p("None.")]
     story += [Spacer(1, 4 * mm),
               p(bundle.manifest.get("intended_use") or "Decision support for trained readers of chest radiographs. "
@@ -149,7 +143,7 @@ def write_pdf(path, result, bundle, decoded, explainer) -> None:
     could be decoded."""
     from pathlib import Path
 
-    from model.explain import overlay
+    from model.core.explain import overlay
 
     picture = None
     if decoded is not None and explainer is not None:

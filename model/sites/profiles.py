@@ -2,10 +2,10 @@
 recalibration and operating points that make it fit there.
 
 A hospital labels a small sample (class folders, a CSV, or a ZIP of folders). `score` runs it through exactly the
-path `python -m model predict` uses (`model.analysis.analyse`, with the input guard), skipping and counting files
+path `python -m model predict` uses (`model.core.analysis.analyse`, with the input guard), skipping and counting files
 that cannot be read or are not chest radiographs. `validate` reports AUC, ECE and each operating point on it;
 `fit` fits Platt scaling on the ensemble logit and re-chooses the operating points with the bundle's own rules
-(`model.metrics.choose_operating_points`), and estimates how those choices do on images they were *not* fitted on
+(`model.core.metrics.choose_operating_points`), and estimates how those choices do on images they were *not* fitted on
 by repeated stratified cross-validation inside the sample. The result is a small JSON profile, tied to the bundle
 name, version and member sha256s, carrying a sha256 of its own canonical content; anything else is refused.
 
@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model import metrics as M
-from model.labelled_sets import (  # noqa: F401  (re-exported: callers read labelled sets through model.sites)
+from model.core import metrics as M
+from model.core.types import Task, WarningCode, plain
+from model.sites.labelled_sets import (  # noqa: F401  (re-exported: callers read labelled sets through model.sites.profiles)
     IGNORED_NAMES,
     MAX_ZIP_BYTES,
     MAX_ZIP_MEMBERS,
@@ -39,7 +40,6 @@ from model.labelled_sets import (  # noqa: F401  (re-exported: callers read labe
     labelled_from_uploads,
     labelled_from_zip,
 )
-from model.types import Task, plain
 
 SCHEMA = 1
 KIND = "torax-site-profile"
@@ -98,11 +98,11 @@ class Scored:
 
 
 def score(labelled: LabelledSet, ensemble, guard=None, progress=None) -> Scored:
-    """Read, check and predict every image of a labelled set, one at a time through `model.analysis.analyse` (so
+    """Read, check and predict every image of a labelled set, one at a time through `model.core.analysis.analyse` (so
     the probabilities are bit-for-bit those of `predict`). Unreadable files and files the guard calls
     `not_chest_xray` are skipped and listed; a byte-identical duplicate under the same label is skipped; the same
     image under two labels refuses the whole set (SiteError, raised before anything is written)."""
-    from model.analysis import analyse
+    from model.core.analysis import analyse
 
     bundle = ensemble.bundle
     _require_binary(bundle)
@@ -137,9 +137,10 @@ def score(labelled: LabelledSet, ensemble, guard=None, progress=None) -> Scored:
         if result.error:
             skipped.append({"file": item.name, **result.error})
             warnings[result.error["code"]] += 1
-        elif "not_chest_xray" in codes:
-            skipped.append({"file": item.name, "code": "not_chest_xray",
-                            "message": next(w["message"] for w in result.warnings if w["code"] == "not_chest_xray")})
+        elif WarningCode.NOT_CHEST_XRAY in codes:
+            skipped.append({"file": item.name, "code": WarningCode.NOT_CHEST_XRAY,
+                            "message": next(w["message"] for w in result.warnings
+                                            if w["code"] == WarningCode.NOT_CHEST_XRAY)})
         else:
             files.append(item.name)
             ys.append(int(item.label == bundle.classes[-1]))
@@ -426,7 +427,7 @@ class SiteProfile:
 
     def apply(self, prediction):
         """The prediction with every probability (ensemble and members) recalibrated for this site."""
-        from model.ensemble import Prediction
+        from model.core.ensemble import Prediction
 
         neg, pos = prediction.classes
         recal = lambda probs: {neg: 1 - self.calibrate(probs[pos]), pos: self.calibrate(probs[pos])}

@@ -1,8 +1,8 @@
 """What Tórax hands to people: the overlay PNG, the JSON and printable HTML reports of one `Result`, and the rows of
 the worklist table and its CSV.
 
-Pure functions over `model.types.Result` (no Streamlit, no disk). Reports carry no patient identifiers: of the upload
-they keep only the decoder's non-identifying metadata, never the file's name.
+Pure functions over `model.core.types.Result` (no Streamlit, no disk). Reports carry no patient identifiers: of the
+upload they keep only the decoder's non-identifying metadata, never the file's name.
 """
 from __future__ import annotations
 
@@ -14,10 +14,8 @@ from datetime import UTC, datetime
 import cv2
 import numpy as np
 
-from model.analysis import disagree
-from model.types import Result, plain
-
-NOT_ASSESSED = "not assessed"  # the decision of an upload that is not a chest radiograph (label null)
+from model.core.analysis import disagree
+from model.core.types import NOT_ASSESSED, Result, plain
 
 INTENDED_USE = {
     "en": "Decision support for trained readers of chest radiographs. Not a diagnosis: it must not be used alone "
@@ -28,27 +26,24 @@ INTENDED_USE = {
 
 
 def worklist_rows(results: list[Result]) -> list[dict]:
-    """One flat row per result (same order) for the worklist table and its CSV, read from `Result.to_json()` so the
-    CSV says what the JSON says."""
+    """One flat row per result (same order) for the worklist table and its CSV: the same fields the JSON carries
+    (`decision`: the label, NOT_ASSESSED, or None for an unreadable file)."""
     rows = []
     for result in results:
-        r = result.to_json()
-        p = r["probability"]
-        if p is None and r["probabilities"]:
-            p = max(r["probabilities"].values())
-        label = r["label"]
-        if label is None and not r["error"]:
-            label = NOT_ASSESSED
-        rows.append({
-            "file": r["file"],
-            "decision": ", ".join(label) if isinstance(label, list) else label,
-            "site": r["site"],
+        p = result.probability
+        if p is None and result.probabilities:
+            p = max(result.probabilities.values())
+        decision = result.decision
+        rows.append(plain({
+            "file": result.file,
+            "decision": ", ".join(decision) if isinstance(decision, list) else decision,
+            "site": result.site,
             "probability": p,
-            "spread": r["spread"],
-            "disagreement": disagree(result) if not r["error"] else None,
-            "warnings": "; ".join(w["message"] for w in r["warnings"]),
-            "error": (r["error"] or {}).get("message", ""),
-        })
+            "spread": result.spread,
+            "disagreement": None if result.failed else disagree(result),
+            "warnings": "; ".join(w["message"] for w in result.warnings),
+            "error": (result.error or {}).get("message", ""),
+        }))
     return rows
 
 
@@ -72,31 +67,30 @@ def report_data(result: Result, bundle, generated: str | None = None, site=None)
     """The report as a plain dict (what the JSON holds and the HTML shows), built from `Result.to_json()`. The file
     name is left out on purpose: names of clinical files often carry the patient's name. `site`: the site profile
     the result was decided with (its operating points are the ones named)."""
-    r = result.to_json()
     points = site.operating_points if site is not None else bundle.operating_points
-    point = next((p for p in points if p["name"] == r["operating_point"]), None)
+    point = next((p for p in points if p["name"] == result.operating_point), None)
     return plain({
         "product": "Tórax",
         "generated": generated or _now(),
         "intended_use": bundle.manifest.get("intended_use") or INTENDED_USE["en"],
         "model": {"bundle": bundle.name, "title": bundle.title, "version": bundle.version, "task": bundle.task,
-                  "classes": bundle.classes, "site_profile": r["site"]},
+                  "classes": bundle.classes, "site_profile": result.site},
         "result": {
-            "decision": r["label"] if r["label"] is not None or r["error"] else NOT_ASSESSED,
-            "probability": r["probability"],
-            "probabilities": r["probabilities"],
-            "threshold": r["threshold"],
+            "decision": result.decision,
+            "probability": result.probability,
+            "probabilities": result.probabilities,
+            "threshold": result.threshold,
             "operating_point": ({k: point[k] for k in ("name", "threshold", "thresholds", "val_sensitivity",
                                                        "val_specificity", "site_sensitivity", "site_specificity",
                                                        "chosen_on") if k in point}
                                 if point else None),
-            "members": r["members"],
-            "member_spread": r["spread"],
+            "members": result.members,
+            "member_spread": result.spread,
             "members_disagree": disagree(result),
         },
-        "warnings": [w["message"] for w in r["warnings"]],
-        "error": r["error"],
-        "image": r["meta"],
+        "warnings": [w["message"] for w in result.warnings],
+        "error": result.error,
+        "image": result.meta,
     })
 
 

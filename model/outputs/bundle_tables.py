@@ -3,7 +3,7 @@ series that the Dataset, Evaluation and Model card pages draw.
 
 Pure pandas/numpy: no Streamlit, no Keras. Nothing the export already computed is recomputed here; the only
 per-threshold work (confusion counts, the threshold sweep, the error lists) runs on the stored per-image test
-scores with `model.metrics`, so the app and the training report can never disagree.
+scores with `model.core.metrics`, so the app and the training report can never disagree.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model import metrics as M
-from model.formatting import fmt_num, is_number
+from model.core import metrics as M
+from model.outputs.formatting import fmt_num, is_number
 
 SPLIT_ORDER = ("train", "val", "test")
 SMALL_TRAINING_SET = 1000  # fewer training images than this: "research use only"

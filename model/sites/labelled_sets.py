@@ -1,5 +1,5 @@
 """Labelled sets for site checks: class folders, a CSV with `path,label`, uploaded files plus a CSV, or a ZIP of
-either, read safely (no path escape, no ZIP bomb) into items with their class. Used by `model.sites`.
+either, read safely (no path escape, no ZIP bomb) into items with their class. Used by `model.sites.profiles`.
 
 Never imports training/ or Streamlit; reads only what it is given.
 """

@@ -11,10 +11,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from model.ensemble import Ensemble, Prediction
+from model.core.ensemble import Ensemble, Prediction
+from model.core.preprocess import to_model_input
+from model.core.types import Result, Task
 from model.io import DecodeError, decode
-from model.preprocess import to_model_input
-from model.types import Result, Task
 
 BATCH = 32  # images per forward pass in a batch: enough to keep the CPU busy, small enough for memory
 
@@ -22,13 +22,28 @@ BATCH = 32  # images per forward pass in a batch: enough to keep the CPU busy, s
 # ---------------------------------------------------------------------------------------------------------------
 # Thresholds and decisions
 # ---------------------------------------------------------------------------------------------------------------
-NOT_ASSESSED = "not_chest_xray"  # a guard warning that withholds the decision: the model only knows chest X-rays
+def default_threshold(bundle, site=None):
+    """The threshold a result is decided at until the reader chooses another: the site profile's default operating
+    point when one is active, else the bundle's default operating point (binary: a number; multilabel:
+    {class: number}); a binary bundle without one decides at 0.5. None for multiclass (the most probable class
+    wins). The pages start their slider here and the worklist decides with it, so every surface agrees."""
+    if bundle.task == Task.MULTICLASS:
+        return None
+    if site is not None:
+        return float(site.operating_point()["threshold"])
+    point = next((p for p in bundle.operating_points if p["name"] == bundle.manifest.get("default_operating_point")),
+                 None)
+    if bundle.task == Task.BINARY:
+        return float(point["threshold"]) if point and "threshold" in point else 0.5
+    point = point if point and point.get("thresholds") else \
+        next((p for p in bundle.operating_points if p.get("thresholds")), None)
+    return point["thresholds"] if point else None
 
 
 def resolve_threshold(bundle, threshold: float | None = None, operating_point: str | None = None, site=None):
     """(threshold, operating point name) for a bundle: an explicit number wins; else the named (or default)
-    operating point, the site profile's when one is given (`model.sites.SiteProfile`). Multiclass bundles decide
-    by the most probable class and have no threshold."""
+    operating point, the site profile's when one is given (`model.sites.profiles.SiteProfile`). Multiclass bundles
+    decide by the most probable class and have no threshold."""
     if bundle.task == Task.MULTICLASS:
         return None, None
     if threshold is not None:
@@ -69,14 +84,8 @@ def describe(prediction: Prediction, bundle, threshold=None, operating_point=Non
             "site": site.name if site is not None else None}
 
 
-def assessed(result: Result) -> bool:
-    """Whether the result may carry a decision: not when the guard says the upload is not a chest radiograph (the
-    probability may stay, but no label is given)."""
-    return not any(w.get("code") == NOT_ASSESSED for w in result.warnings)
-
-
 def _withhold(result: Result) -> Result:
-    return result if assessed(result) else replace(result, label=None)
+    return result if result.assessed else replace(result, label=None)
 
 
 def apply_site(result: Result, site) -> Result:
@@ -124,7 +133,7 @@ def failed(name: str | None, bundle, code: str, message: str) -> Result:
 
 def read(data: bytes, name: str | None, bundle, guard=None) -> tuple[Result, object | None]:
     """The per-file step before inference: decode, then check with `guard(decoded)` (a list of warnings; see
-    `model.guard.for_bundle`). Returns (result without a prediction, Decoded or None when unreadable)."""
+    `model.core.guard.for_bundle`). Returns (result without a prediction, Decoded or None when unreadable)."""
     try:
         decoded = decode(data, name)
     except DecodeError as e:

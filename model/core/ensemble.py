@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.preprocess import to_model_input
-from model.types import Task
+from model.core.preprocess import to_model_input
+from model.core.types import Task
 
 _EPS = 1e-7
 

@@ -36,12 +36,12 @@ def _median_ms(fn, repeats: int) -> float:
 
 def cold_start_seconds(bundle_name: str) -> float:
     """A fresh Python process: import, load and verify the bundle, predict one image."""
-    code = ("import time; t=time.perf_counter(); from model.bundle import load_bundle, bundles_dir; "
-            "from model.ensemble import Ensemble; from model.io import decode; import sys; "
+    code = ("import time; t=time.perf_counter(); from model.core.bundle import load_bundle, bundles_dir; "
+            "from model.core.ensemble import Ensemble; from model.io import decode; import sys; "
             f"e=Ensemble(load_bundle(bundles_dir() / {bundle_name!r})); "
             "e.predict(decode(sys.stdin.buffer.read()).pixels); "
             "print(time.perf_counter()-t)")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", code], input=_png(99), capture_output=True, cwd=root,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, check=True)
     return float(out.stdout.decode().strip().splitlines()[-1])
@@ -50,11 +50,11 @@ def cold_start_seconds(bundle_name: str) -> float:
 def bench(bundle, repeats: int = 20) -> dict:
     import tensorflow as tf
 
-    from model.ensemble import Ensemble
-    from model.explain import Explainer
+    from model.core.ensemble import Ensemble
+    from model.core.explain import Explainer
+    from model.core.preprocess import to_model_input
+    from model.core.types import CamMethod
     from model.io import decode
-    from model.preprocess import to_model_input
-    from model.types import CamMethod
 
     ensemble, explainer = Ensemble(bundle), Explainer(bundle)
     images = [_png(i) for i in range(8)]
