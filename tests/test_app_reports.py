@@ -319,7 +319,7 @@ def with_external(tiny_bundles, use_bundles, tmp_path) -> Path:
 
 
 def test_model_card_and_evaluation_lead_with_external_numbers(with_external):
-    from model.metrics import roc_auc
+    from model.core.metrics import roc_auc
     external = read(with_external, "scores-external")
     auc = roc_auc(np.ravel(external["y"]), np.ravel(external["ensemble"]))
     ev = STRINGS["evidence"]["en"]

@@ -3,7 +3,7 @@ of its own set (issue 19, part 2)."""
 import numpy as np
 import pytest
 
-from model.evidence import compare_with_members, evidence
+from model.outputs.evidence import compare_with_members, evidence
 
 
 class Bundle:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from model.bundle import sha256_file
+from model.core.bundle import sha256_file
 
 
 def add_members(run: str | Path, bundle: str | Path) -> list[str]:

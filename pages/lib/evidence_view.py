@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from model import formatting as F
-from model.evidence import evidence
-from model.safe_text import md_escape
+from model.outputs import formatting as F
+from model.outputs.evidence import evidence
+from model.outputs.safe_text import md_escape
 from pages.lib.ui import fmt_int, tr
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model import metrics as M
-from model.sites import evidence_sets
+from model.core import metrics as M
+from model.sites.profiles import evidence_sets
 
 ORDER = ("site", "external", "internal")  # most external first
 SHOWN_DECIMALS = 3  # AUCs are printed to three decimals; equal at that precision reads as a tie
