@@ -9,10 +9,7 @@ import functools
 import io
 import json
 import logging
-import os
 import struct
-import subprocess
-import sys
 import time
 import tracemalloc
 import warnings
@@ -23,6 +20,7 @@ import numpy as np
 import pydicom
 import pydicom.data
 import pytest
+from helpers.cli import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
@@ -905,9 +903,7 @@ def test_compressed_dicom_cut_off_inside_its_pixel_data_is_truncated(name):
 
 
 def test_cli_predict_answers_every_shipped_dicom_on_one_json_line(tiny_bundles):
-    env = {**os.environ, "TORAX_BUNDLES": str(tiny_bundles), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, "-m", "model", "predict", "--json", *map(str, SHIPPED)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=900)
+    done = run_cli(["predict", "--json", *SHIPPED], tiny_bundles)
     assert "Traceback" not in done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == len(SHIPPED)

@@ -2,21 +2,16 @@
 evidence), the warnings and the model version, and shows two pictures. Also `predict --pdf-dir`."""
 import io
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import cv2
 import numpy as np
+from helpers.cli import run_cli
 from pypdf import PdfReader
 
 from model.core.types import Result, Task
 
 from synthetic import phantom
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class Bundle:
@@ -87,9 +82,7 @@ def test_a_chest_check_failure_reads_not_assessed_and_a_decode_error_is_stated()
 def test_predict_writes_one_pdf_per_file(tiny_bundles, tmp_path):
     image = tmp_path / "chest.png"
     cv2.imwrite(str(image), phantom((220, 180), True, seed=3))
-    env = {**os.environ, "TORAX_BUNDLES": str(tiny_bundles), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    run = subprocess.run([sys.executable, "-m", "model", "predict", str(image), "--json", "--pdf-dir",
-                          str(tmp_path / "pdf")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    run = run_cli(["predict", image, "--json", "--pdf-dir", tmp_path / "pdf"], tiny_bundles)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.splitlines()[-1])
     [pdf] = (tmp_path / "pdf").glob("*.pdf")

@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from helpers.cli import run_cli
 from PIL import Image
 
 from synthetic import phantom
 from test_guard import colour_photo, ct_slice, dicom, document, overexposed
-
-ROOT = Path(__file__).resolve().parent.parent
 
 PATIENT = {"PatientName": "Zyxwobble^Quintessa^Marguerite", "PatientID": "PID-7781-9932",
            "PatientBirthDate": "19470312", "InstitutionName": "Qwertzuiop Infirmary",
@@ -59,9 +54,7 @@ def folder(tmp_path_factory) -> dict[str, bool]:
 
 @pytest.fixture(scope="module")
 def cli(folder, tiny_bundles):
-    env = {**os.environ, "TORAX_BUNDLES": str(tiny_bundles), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, "-m", "model", "predict", "--json", *folder], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = run_cli(["predict", "--json", *folder], tiny_bundles)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

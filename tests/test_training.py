@@ -1,13 +1,12 @@
 """The training pipeline on synthetic data: reading both layouts, patient-level splitting, de-duplication,
 operating points, and the whole path data → train → evaluate → export → load → predict."""
 import json
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.cli import run_cli
 
 from model.core import metrics as M
 from training import data as data_lib
@@ -118,9 +117,7 @@ def test_whole_pipeline_produces_a_bundle_the_cli_serves(tiny_bundles, tmp_path)
         cv2.imwrite(str(images[-1]), radiograph((200, 180), pneumonia, seed=100 + i))
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"not an image at all")
-    proc = subprocess.run([sys.executable, "-m", "model", "predict", "--json", str(images[0]), str(bad),
-                           str(images[1])], capture_output=True, text=True, cwd=_repo(),
-                          env=_env(tiny_bundles), timeout=120)
+    proc = run_cli(["predict", "--json", images[0], bad, images[1]], tiny_bundles)
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["file"] for r in lines] == [str(images[0]), str(bad), str(images[1])]
     assert proc.returncode == 1, "a file that could not be read makes the exit code 1"
@@ -131,16 +128,6 @@ def test_whole_pipeline_produces_a_bundle_the_cli_serves(tiny_bundles, tmp_path)
         assert r["label"] in ((None,) if not_a_radiograph else ("NORMAL", "PNEUMONIA"))
         assert set(r["members"]) == {"cnn", "mobilenetv2"}
         assert r["probability"] == pytest.approx(np.mean(list(r["members"].values())))
-
-
-def _repo():
-    from pathlib import Path
-    return str(Path(__file__).resolve().parent.parent)
-
-
-def _env(bundles):
-    import os
-    return {**os.environ, "TORAX_BUNDLES": str(bundles), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def _nih_like_folder(root):
