@@ -123,11 +123,9 @@ class Pacs:
 
             if self.insecure():
                 raise PacsError(self.insecure())
-            session = requests.Session()
+            session = _Session(str(self.ca_bundle) if self.ca_bundle else None)
             if self.user is not None:
                 session.auth = (self.user, self.password or "")
-            if self.ca_bundle:
-                session.verify = str(self.ca_bundle)
             if self.client_cert:
                 session.cert = (str(self.client_cert), str(self.client_key)) if self.client_key else \
                     str(self.client_cert)
@@ -263,6 +261,21 @@ class Pacs:
             raise PacsError(f"The PACS at {self.where()} refused to store "
                             f"{len(response.FailedSOPSequence)} of {len(datasets)} result objects.")
         return outputs.uids()
+
+
+class _Session(requests.Session):
+    """A session whose CA bundle, when given, wins: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from the
+    environment override `session.verify`, so --ca-bundle would be silently ignored wherever they are set."""
+
+    def __init__(self, ca_bundle: str | None):
+        super().__init__()
+        self.ca_bundle = ca_bundle
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if self.ca_bundle:
+            settings["verify"] = self.ca_bundle
+        return settings
 
 
 def _multipart(body: bytes, content_type: str) -> list[bytes]:
