@@ -113,6 +113,14 @@ class Orthanc:
         if getattr(self, "log", None):
             self.log.close()
 
+    def clear(self) -> None:
+        """Delete every patient, so a test sharing this server starts from an empty PACS."""
+        import requests
+
+        base, auth = self.url.removesuffix("/dicom-web"), (self.user, self.password)
+        for patient in requests.get(f"{base}/patients", auth=auth, timeout=30).json():
+            requests.delete(f"{base}/patients/{patient}", auth=auth, timeout=30).raise_for_status()
+
     def client(self):
         from dicomweb_client.api import DICOMwebClient
         from dicomweb_client.session_utils import create_session_from_user_pass
@@ -126,3 +134,88 @@ class Orthanc:
 def orthanc_available() -> bool:
     return Path(ORTHANC).exists() and Path(DICOMWEB_PLUGIN).exists() and shutil.which(ORTHANC) is not None \
         and os.access(ORTHANC, os.X_OK)
+
+
+class StubDicomWeb:
+    """A misbehaving DICOMweb server on a loopback port: `answer(path) -> (status, content type, body)` answers every
+    GET (without Content-Length when not `length`: the body ends when the connection closes), `requests` counts
+    them. With `tls` (paths from `tls_files`) it speaks HTTPS, asking for a client certificate when `client_ca`."""
+
+    def __init__(self, answer, tls: dict | None = None, client_ca: bool = False, length: bool = True):
+        import ssl
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        stub = self
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                stub.requests += 1
+                status, content_type, body = answer(self.path)
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                if length:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls["server_cert"], tls["server_key"])
+            if client_ca:
+                context.verify_mode = ssl.CERT_REQUIRED
+                context.load_verify_locations(tls["ca"])
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def tls_files(folder: Path) -> dict:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, both signed by it (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    paths = {}
+
+    def issue(name, key, issuer_name, issuer_key, ca=False, san=None):
+        builder = x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])) \
+            .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number()) \
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1)) \
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def write(stem, cert, key):
+        paths[f"{stem}_cert" if stem != "ca" else "ca"] = folder / f"{stem}.crt"
+        (folder / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths[f"{stem}_key"] = folder / f"{stem}.key"
+        (folder / f"{stem}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Torax test CA")])
+    ca = issue("Torax test CA", ca_key, ca_name, ca_key, ca=True)
+    write("ca", ca, ca_key)
+    for stem, san in (("server", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), ("client", None)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        write(stem, issue(f"torax-{stem}", key, ca_name, ca_key, san=san), key)
+    return {k: str(v) for k, v in paths.items()}

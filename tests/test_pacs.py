@@ -15,7 +15,7 @@ import pytest
 from model.core.types import Result, Task
 
 from synthetic import phantom
-from synthetic_dicom import Orthanc, chest_dx, free_port, orthanc_available, to_bytes
+from synthetic_dicom import Orthanc, StubDicomWeb, chest_dx, free_port, orthanc_available, tls_files, to_bytes
 from test_guard import chest_phantom  # drawn from anatomy: the input check takes it for a chest X-ray
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,11 +23,18 @@ PATIENT_ID, PATIENT_NAME = "HOSP-778899", "Doe^Jane"
 needs_orthanc = pytest.mark.skipif(not orthanc_available(), reason="Orthanc with the DICOMweb plugin not installed")
 
 
-@pytest.fixture
-def orthanc(tmp_path):
-    server = Orthanc(tmp_path / "orthanc").start()
+@pytest.fixture(scope="module")
+def orthanc_server(tmp_path_factory):
+    server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()  # one per module: it takes seconds to start
     yield server
     server.stop()
+
+
+@pytest.fixture
+def orthanc(orthanc_server):
+    """The module's Orthanc, emptied for this test."""
+    orthanc_server.clear()
+    return orthanc_server
 
 
 def torax(args, tiny_bundles, state: Path, password: str | None, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -116,7 +123,7 @@ def test_watch_files_an_sr_and_an_overlay_in_the_source_study_once(orthanc, tiny
     assert again.returncode == 0, again.stderr
     assert json_lines(again.stdout) == []
     assert study_instances(orthanc, source.StudyInstanceUID) == found
-    assert list(state.glob("pacs-127.0.0.1-*.json"))
+    assert (state / "pacs.json").exists()
 
 
 @needs_orthanc
@@ -164,10 +171,10 @@ def test_state_remembers_instances_and_outputs_by_digest_only(tmp_path):
 
     os.environ["TORAX_STATE"] = str(tmp_path)
     try:
-        path = state_path("http://pacs.example:8042/dicom-web")
+        path = state_path()
     finally:
         del os.environ["TORAX_STATE"]
-    assert path == tmp_path / "pacs-pacs.example-8042.json"
+    assert path == tmp_path / "pacs.json"
     state = State(path)
     state.add("1.2.3", "1.2.3.4", {"sr_sop_instance_uid": "1.2.3.5", "study_instance_uid": "1.2"})
     again = State(path)
@@ -244,3 +251,317 @@ def test_a_file_that_is_not_dicom_gets_no_dicom_outputs():
     with pytest.raises(NotDicom) as caught:
         build_outputs(b"\x89PNG\r\n\x1a\nrest", result(), FakeBundle(), None)
     assert "DICOM" in str(caught.value)
+
+
+# --- issue 23: safe unattended ---------------------------------------------------------------------------------------
+SMITH = "SMITH JOHN"  # no caret: highdicom warns, quoting it
+
+
+@pytest.fixture(scope="module")
+def models(tiny_bundles):
+    """The tiny bundle's ensemble, explainer and guard, loaded once for the in-process watch tests."""
+    from model.core.bundle import load_bundle
+    from model.core.ensemble import Ensemble
+    from model.core.explain import Explainer
+    from model.core.guard import for_bundle
+
+    bundle = load_bundle(Path(tiny_bundles) / "pneumonia-kermany")
+    return Ensemble(bundle), Explainer(bundle), for_bundle(bundle)
+
+
+def watch_here(pacs, models, state=None, guard=None, **kwargs) -> list[dict]:
+    """model.channels.pacs.watch --once in this process; the results it emitted."""
+    from model.channels.pacs import watch
+
+    ensemble, explainer, bundle_guard = models
+    out = []
+    watch(pacs, ensemble, explainer, guard or bundle_guard, once=True, state=state,
+          emit=lambda filed: out.append(filed.to_json()), **kwargs)
+    return out
+
+
+def pacs_for(server, url=None, **kwargs):
+    from model.channels.pacs import Pacs
+
+    return Pacs(url or server.url, server.user, server.password, sleep=lambda s: None, **kwargs)
+
+
+@needs_orthanc
+def test_a_bad_instance_never_stops_the_watcher_and_its_name_never_shows(orthanc, tiny_bundles, tmp_path):
+    # Issue 23 items 1 and 3: PatientSex U, malformed dates and a caret-less name, as real archives hold them.
+    from model.outputs.dicom_results import read_sr
+
+    bad = chest_dx(chest_phantom(seed=7), patient_id="HOSP-1", patient_name=SMITH)
+    bad.PatientSex, bad.PatientBirthDate, bad.StudyDate, bad.StudyTime = "U", "2020-01-01", "bad", "25xx"
+    good = chest_dx(chest_phantom(seed=8), patient_id="HOSP-2")
+    orthanc.store(bad, good)
+    state = tmp_path / "state"
+    first, second = watch_once(orthanc, tiny_bundles, state), watch_once(orthanc, tiny_bundles, state)
+    for run in (first, second):
+        assert run.returncode == 0, run.stderr
+        assert "Traceback" not in run.stderr
+        for part in SMITH.split():
+            assert part not in run.stdout + run.stderr
+    assert json_lines(second.stdout) == []
+    filed = {line["source_sop_instance_uid"]: line["stored"] for line in json_lines(first.stdout)}
+    assert set(filed) == {bad.SOPInstanceUID, good.SOPInstanceUID}
+    sr = retrieve(orthanc, bad.StudyInstanceUID, filed[bad.SOPInstanceUID]["sr_sop_instance_uid"])
+    assert read_sr(sr)["source_sop_instance_uid"] == bad.SOPInstanceUID
+    assert sr.PatientSex == "" and sr.PatientBirthDate == "" and sr.StudyDate == "" and sr.PatientID == "HOSP-1"
+
+
+def test_library_warnings_never_carry_the_patients_name(caplog, capfd):
+    # Issue 23 item 3, without a PACS: building the outputs warns about the name in highdicom and pydicom.
+    import logging
+    import warnings
+
+    from model.outputs.dicom_results import build_outputs
+
+    source = chest_dx(phantom((120, 100), seed=3), patient_name=SMITH)
+    source.PatientBirthDate = "2020-01-01"
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = build_outputs(to_bytes(source), result(), FakeBundle(), np.zeros((120, 100, 3), np.uint8))
+    assert str(out.sr.PatientName) == SMITH  # filed as the archive holds it
+    said = " ".join(str(w.message) for w in caught) + caplog.text + "".join(capfd.readouterr())
+    assert "SMITH" not in said and "2020-01-01" not in said
+
+
+def test_values_highdicom_refuses_are_omitted_from_the_outputs():
+    from model.outputs.dicom_results import build_outputs
+
+    source = chest_dx(phantom((120, 100), seed=4))
+    source.PatientSex, source.PatientBirthDate, source.StudyDate, source.StudyTime = "U", "1.1.2020", "2024", "9999"
+    out = build_outputs(to_bytes(source), result(), FakeBundle(), np.zeros((120, 100, 3), np.uint8))
+    for ds in (out.sr, out.sc):
+        assert (ds.PatientSex, ds.PatientBirthDate, ds.StudyDate, ds.StudyTime) == ("", "", "", "")
+    kept = chest_dx(phantom((120, 100), seed=4))
+    out = build_outputs(to_bytes(kept), result(), FakeBundle(), None)
+    assert (out.sr.PatientSex, out.sr.PatientBirthDate, out.sr.StudyDate) == ("F", "20200101", "20240102")
+
+
+@needs_orthanc
+def test_failures_are_recorded_retried_with_back_off_then_parked_and_listed(orthanc, models, tiny_bundles,
+                                                                             tmp_path):
+    # Issue 23 item 1: a 404 on retrieve, a WADO body that is not DICOM, a 409 on STOW; the good instance is filed.
+    from model.channels.pacs import FAILURE_BACKOFF_S, MAX_INSTANCE_TRIES, Pacs, State
+
+    good, not_dicom, refused = (chest_dx(chest_phantom((256, 224), seed=s)) for s in (9, 10, 11))
+    orthanc.store(good, not_dicom, refused)
+    gone = "1.2.826.0.1.3680043.8.498.404"
+
+    class Troubled(Pacs):
+        fetched: list = []
+
+        def new_instances(self, done, now=None):
+            yield from super().new_instances(done, now)
+            if not done.has(gone) and done.due(gone, now):
+                yield good.StudyInstanceUID, good.SeriesInstanceUID, gone
+
+        def fetch(self, study_uid, series_uid, sop_uid):
+            self.fetched.append(sop_uid)
+            return b"<html>Login</html>" if sop_uid == not_dicom.SOPInstanceUID else \
+                super().fetch(study_uid, series_uid, sop_uid)
+
+        def store(self, outputs):
+            if outputs.sr.StudyInstanceUID == refused.StudyInstanceUID:  # a study the PACS will not take it into
+                self.call("store", self.client.store_instances, outputs.datasets(), study_instance_uid="1.2.3.4")
+            return super().store(outputs)
+
+    pacs = Troubled(orthanc.url, orthanc.user, orthanc.password, sleep=lambda s: None)
+    state, now, reported = State(tmp_path / "pacs.json"), [1000.0], []
+    run = lambda: watch_here(pacs, models, state, clock=lambda: now[0], report=reported.append)  # noqa: E731
+
+    assert [r["source_sop_instance_uid"] for r in run()] == [good.SOPInstanceUID]
+    failures = {e["sop_instance_uid"]: e for e in State(state.path).failures.values()}
+    assert set(failures) == {gone, not_dicom.SOPInstanceUID, refused.SOPInstanceUID}
+    assert "HTTP 404" in failures[gone]["reason"] and "HTTP 409" in failures[refused.SOPInstanceUID]["reason"]
+    assert "not a DICOM" in failures[not_dicom.SOPInstanceUID]["reason"]
+    assert all(e["tries"] == 1 and not e.get("parked") for e in failures.values())
+
+    fetched = len(pacs.fetched)
+    now[0] += FAILURE_BACKOFF_S - 1  # not yet due: nothing is asked for
+    assert run() == [] and len(pacs.fetched) == fetched
+    for tries in range(2, MAX_INSTANCE_TRIES + 1):
+        now[0] += FAILURE_BACKOFF_S * 4 ** (tries - 1)
+        assert run() == []
+        assert {e["tries"] for e in State(state.path).failures.values()} == {tries}
+    assert all(e["parked"] for e in State(state.path).failures.values())
+    fetched = len(pacs.fetched)
+    now[0] += 10 ** 7  # parked for good
+    assert run() == [] and len(pacs.fetched) == fetched
+    assert len(reported) == 3 * MAX_INSTANCE_TRIES
+
+    listed = torax(["pacs", "watch", "--failed"], tiny_bundles, tmp_path, None)
+    assert listed.returncode == 0, listed.stderr
+    lines = json_lines(listed.stdout)
+    assert {line["sop_instance_uid"] for line in lines} == set(failures)
+    assert all(line["parked"] and line["tries"] == MAX_INSTANCE_TRIES and line["reason"] for line in lines)
+
+
+@needs_orthanc
+def test_an_adult_radiograph_is_filed_not_assessed_unless_allowed(orthanc, models):
+    # Issue 23 item 2: an unattended channel files no diagnosis outside the intended population.
+    from model.outputs.dicom_results import FilingPolicy, read_sr
+
+    adult = {"code": "outside_intended_population", "message": "This looks like an adult's chest X-ray."}
+    guard = lambda decoded: [adult]  # noqa: E731 - the input check's verdict, without drawing an adult
+    first, second = chest_dx(chest_phantom((256, 224), seed=12)), chest_dx(chest_phantom((256, 224), seed=13))
+    orthanc.store(first)
+    [withheld] = watch_here(pacs_for(orthanc), models, guard=guard)
+    assert withheld["label"] is None and withheld["probability"] is not None  # kept for reference, not filed
+    stored = retrieve(orthanc, first.StudyInstanceUID, withheld["stored"]["sr_sop_instance_uid"])
+    assert read_sr(stored)["finding"] == "not_assessed"
+    notes = [i.TextValue for i in stored.ContentSequence if i.ValueType == "TEXT"]
+    assert "Not assessed: outside the intended population" in notes
+
+    orthanc.store(second)
+    [allowed] = watch_here(pacs_for(orthanc), models, guard=guard,
+                           policy=FilingPolicy(allow_outside_population=True))
+    said = read_sr(retrieve(orthanc, second.StudyInstanceUID, allowed["stored"]["sr_sop_instance_uid"]))
+    assert allowed["label"] in ("NORMAL", "PNEUMONIA")
+    assert said["finding"] == ("present" if allowed["label"] == "PNEUMONIA" else "absent")
+    assert any(w.startswith("outside_intended_population:") for w in said["warnings"])
+
+
+def test_the_sr_says_why_it_was_not_assessed():
+    from model.outputs.dicom_results import FilingPolicy, build_outputs
+
+    adult = [{"code": "outside_intended_population", "message": "adult"}]
+    filed = FilingPolicy().apply(result(warnings=adult))
+    assert filed.finding == "not_assessed" and FilingPolicy(True).apply(result(warnings=adult)).finding == "present"
+    assert FilingPolicy().apply(result()) == result()
+    sr = build_outputs(to_bytes(chest_dx(phantom((64, 64), seed=1))), filed, FakeBundle(), None).sr
+    notes = [i.TextValue for i in sr.ContentSequence if i.ValueType == "TEXT"]
+    assert "Not assessed: outside the intended population" in notes
+
+
+@needs_orthanc
+def test_instances_over_the_size_cap_are_refused_and_recorded(orthanc, models, tmp_path):
+    # Issue 23 item 10: the cap holds with the PACS's Content-Length, and while streaming a body without one.
+    from model.channels.pacs import InstanceTooLarge, Pacs, State
+
+    big = chest_dx(chest_phantom((512, 448), seed=14))  # about 230 kB
+    orthanc.store(big)
+    state = State(tmp_path / "pacs.json")
+    assert watch_here(pacs_for(orthanc, max_instance_bytes=100_000), models, state) == []
+    [failure] = state.failures.values()
+    assert failure["sop_instance_uid"] == big.SOPInstanceUID and "MiB cap" in failure["reason"]
+
+    stub = StubDicomWeb(lambda path: (200, "application/dicom", b"\0" * 3_000_000), length=False)
+    try:
+        with pytest.raises(InstanceTooLarge):
+            Pacs(stub.url, max_instance_bytes=1_000_000).fetch("1.2", "1.2.3", "1.2.3.4")
+    finally:
+        stub.stop()
+
+
+def test_a_server_that_ignores_offset_is_not_asked_forever(tmp_path):
+    # Issue 23 item 11: the same page again ends the search (today's paging asked 47k times in 2 minutes).
+    from model.channels.pacs import Pacs, State
+
+    series = [{"0020000D": {"vr": "UI", "Value": ["1.2"]}, "0020000E": {"vr": "UI", "Value": ["1.2.3"]}}]
+    instances = [{"00080018": {"vr": "UI", "Value": ["1.2.3.4"]}}]
+
+    def answer(path):
+        if stub.requests > 100:
+            return 400, "text/plain", b"enough"
+        return 200, "application/dicom+json", json.dumps(instances if "/instances" in path else series).encode()
+
+    stub = StubDicomWeb(answer)
+    try:
+        found = list(Pacs(stub.url, sleep=lambda s: None).new_instances(State(tmp_path / "pacs.json")))
+    finally:
+        stub.stop()
+    assert found == [("1.2", "1.2.3", "1.2.3.4")] * 2  # one series per modality (CR, DX), as the stub says
+    assert stub.requests == 8  # per modality: two pages of series, two of instances, the second a repeat
+
+
+def test_the_poll_interval_has_a_floor(tmp_path):
+    from model.channels.pacs import MIN_INTERVAL_S, Pacs, State, watch
+
+    waits = []
+
+    def sleep(seconds):
+        waits.append(seconds)
+        raise KeyboardInterrupt
+
+    stub = StubDicomWeb(lambda path: (200, "application/dicom+json", b"[]"))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            watch(Pacs(stub.url, sleep=sleep), None, None, None, once=False, interval=0,
+                  state=State(tmp_path / "pacs.json"))
+    finally:
+        stub.stop()
+    assert waits == [MIN_INTERVAL_S]
+
+
+@needs_orthanc
+def test_the_pacs_url_spelt_another_way_files_nothing_twice(orthanc, models, tmp_path, monkeypatch):
+    # Issue 23 item 12: localhost after 127.0.0.1 (same state folder), and a fresh state folder, file no second SR.
+    from model.channels.pacs import State
+
+    source = chest_dx(chest_phantom((256, 224), seed=15))
+    orthanc.store(source)
+    monkeypatch.setenv("TORAX_STATE", str(tmp_path / "state"))
+    assert len(watch_here(pacs_for(orthanc), models)) == 1
+    localhost = orthanc.url.replace("127.0.0.1", "localhost")
+    assert watch_here(pacs_for(orthanc, localhost), models) == []
+    fresh = State(tmp_path / "fresh" / "pacs.json")
+    assert watch_here(pacs_for(orthanc, localhost), models, fresh) == []
+    assert fresh.has(source.SOPInstanceUID)  # known from the PACS: our SR for it is already there
+    assert len(study_instances(orthanc, source.StudyInstanceUID)["SR"]) == 1
+
+
+@pytest.mark.parametrize("options", [
+    ["--url", "notaurl"], ["--interval", "-1"], ["--interval", "0"], ["--threshold", "2"], ["--threshold", "nan"],
+    ["--operating-point", "foo"], ["--url", "http://pacs.example:8042/dicom-web"]])
+def test_bad_options_are_one_line_errors_before_connecting(options, tiny_bundles, tmp_path):
+    # Issue 23 items 17, 11 and 18: no traceback, nothing asked of the PACS (a dead port would be retried).
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    run = torax(["pacs", "watch", "--url", url, "--once", *options], tiny_bundles, tmp_path / "state", "pw")
+    assert run.returncode == 2, run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "trying again" not in run.stderr
+    if "pacs.example" in options[-1]:
+        assert "plain HTTP" in line and "--allow-insecure" in line
+
+
+def test_an_answer_that_is_not_json_is_a_one_line_error(tiny_bundles, tmp_path):
+    stub = StubDicomWeb(lambda path: (200, "text/html", b"<html><body>Welcome</body></html>"))
+    try:
+        run = torax(["pacs", "watch", "--url", stub.url, "--once"], tiny_bundles, tmp_path / "state", None)
+    finally:
+        stub.stop()
+    assert run.returncode == 5 and "Traceback" not in run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert "not DICOMweb JSON" in line
+
+
+def test_tls_errors_are_named_and_certificates_can_be_given(tiny_bundles, tmp_path):
+    # Issue 23 item 18: a self-signed PACS is a TLS error, not "not answering"; --ca-bundle and a client certificate
+    # get through; a password over plain HTTP to another host is refused unless allowed.
+    from model.channels.pacs import Pacs, PacsError, PacsUnavailable
+
+    tls = tls_files(tmp_path / "tls")
+    stub = StubDicomWeb(lambda path: (200, "application/dicom+json", b"[]"), tls=tls, client_ca=True)
+    try:
+        with pytest.raises(PacsError) as caught:
+            Pacs(stub.url, sleep=lambda s: None).check()
+        assert not isinstance(caught.value, PacsUnavailable)
+        assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value) and "--ca-bundle" in str(caught.value)
+        Pacs(stub.url, ca_bundle=tls["ca"], client_cert=tls["client_cert"], client_key=tls["client_key"]).check()
+        run = torax(["pacs", "watch", "--url", stub.url, "--once"], tiny_bundles, tmp_path / "state", None)
+    finally:
+        stub.stop()
+    assert run.returncode == 5 and "Traceback" not in run.stderr and "not answering" not in run.stderr
+    assert "certificate verify failed" in run.stderr
+
+    clear = Pacs("http://pacs.example/dicom-web", "torax", "pw")
+    assert "plain HTTP" in clear.insecure()
+    with pytest.raises(PacsError):
+        clear.check()
+    assert Pacs("http://pacs.example/dicom-web", "torax", "pw", allow_insecure=True).insecure() is None
+    assert Pacs("http://localhost:8042/dicom-web", "torax", "pw").insecure() is None
+    assert Pacs("https://pacs.example/dicom-web", "torax", "pw").insecure() is None

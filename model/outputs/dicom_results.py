@@ -3,11 +3,19 @@ Secondary Capture of the Grad-CAM overlay, both in the source study (built with 
 
 Patient and study attributes come from re-reading the uploaded bytes here (model.io's decode strips them from
 `meta` on purpose); they go straight into the two output datasets and nowhere else: never into a result, a log line
-or an exception message. Takes the `Result` every other surface takes.
+or an exception message. Takes the `Result` every other surface takes. pydicom's and highdicom's own warnings quote
+attribute values (a name without a caret, an invalid date), so this module silences both libraries' loggers and
+warnings (see `quiet_libraries`). Values highdicom refuses but real archives hold (PatientSex "U", a malformed date)
+are omitted from the outputs rather than being fatal.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import re
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
 from io import BytesIO
 
 import cv2
@@ -18,9 +26,10 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from model.core.preprocess import shrink
-from model.core.types import Finding, Result, Task
+from model.core.types import Finding, Result, Task, WarningCode
 
-__all__ = ["DISCLAIMER", "DicomOutputs", "NotDicom", "build_outputs", "dicom_bytes", "read_sr"]
+__all__ = ["DISCLAIMER", "DicomOutputs", "FilingPolicy", "NotDicom", "build_outputs", "dicom_bytes", "filed_uids",
+           "quiet_libraries", "read_sr"]
 
 DISCLAIMER = "Decision support, not for diagnosis"
 MANUFACTURER = "Torax"  # ASCII on purpose: LO values are read by PACSs with many character sets
@@ -46,6 +55,56 @@ NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 COPIED = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
           "OtherPatientIDsSequence", "StudyInstanceUID", "StudyID", "StudyDate", "StudyTime", "AccessionNumber",
           "ReferringPhysicianName", "StudyDescription")
+
+
+# Their warnings quote values from the dataset (e.g. 'The string "SMITH JOHN" is unlikely to represent...'): a
+# patient attribute must never reach a log or a stream, so neither library's log records go anywhere, and their
+# warnings are dropped (model code that handles a patient's dataset runs inside quiet_libraries() as well).
+for _name in ("pydicom", "highdicom"):
+    logging.getLogger(_name).addHandler(logging.NullHandler())
+    logging.getLogger(_name).propagate = False
+    warnings.filterwarnings("ignore", module=rf"{_name}(\.|$)")
+
+
+@contextmanager
+def quiet_libraries():
+    """Drop every Python warning raised inside (whichever module it is attributed to): the caller is handling a
+    patient's dataset, and a library's warning may quote its attributes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+OUTSIDE_POPULATION = "outside the intended population"
+NOT_A_CHEST = "not a frontal chest radiograph"
+
+
+@dataclass(frozen=True)
+class FilingPolicy:
+    """What an unattended channel (`pacs watch`, scoring a whole archive) may file with no reader looking first.
+    By default no finding is filed for an image the input check places outside the bundle's intended population
+    (an adult's radiograph for a bundle that learned from children): it is filed "not assessed", as a radiograph
+    that is not a chest is. `allow_outside_population` files the label anyway, with the warning."""
+    allow_outside_population: bool = False
+
+    def withheld(self, result: Result) -> bool:
+        return result.has_warning(WarningCode.OUTSIDE_INTENDED_POPULATION) and not self.allow_outside_population
+
+    def apply(self, result: Result) -> Result:
+        """The result as this channel files it: without a label when withheld (its finding is then NOT_ASSESSED;
+        the SR says why, from the warning)."""
+        return replace(result, label=None) if self.withheld(result) else result
+
+
+def not_assessed_because(result: Result) -> str | None:
+    """Why an analysed result carries no decision, in the SR's words; None when it has one or was not analysed."""
+    if result.failed or result.finding is not Finding.NOT_ASSESSED:
+        return None
+    if result.has_warning(WarningCode.NOT_CHEST_XRAY):
+        return NOT_A_CHEST
+    if result.has_warning(WarningCode.OUTSIDE_INTENDED_POPULATION):
+        return OUTSIDE_POPULATION
+    return None
 
 
 class NotDicom(ValueError):
@@ -92,6 +151,38 @@ def read_source(data: bytes) -> pydicom.Dataset:
         raise NotDicom("This file is not a DICOM image with a study to file results into.") from None
 
 
+_VALID = {"PatientSex": re.compile(r"[MFO]"), "PatientAge": re.compile(r"\d{3}[DWMY]"),
+          "StudyTime": re.compile(r"([01]\d|2[0-3])([0-5]\d([0-5]\d(\.\d{1,6})?)?)?")}
+
+
+def _valid(keyword: str, value) -> bool:
+    text = str(value).strip()
+    if keyword.endswith("Date"):
+        try:
+            return datetime.strptime(text, "%Y%m%d") is not None and len(text) == 8
+        except ValueError:
+            return False
+    return keyword not in _VALID or bool(_VALID[keyword].fullmatch(text))
+
+
+def sanitise(source: pydicom.Dataset) -> pydicom.Dataset:
+    """`source` without the patient and study values highdicom refuses but real archives hold (PatientSex "U", a
+    date like "2020-01-01", a time "25:00"): each is omitted from the outputs (empty), never fatal."""
+    for keyword in ("PatientSex", "PatientAge", "PatientBirthDate", "StudyDate", "StudyTime"):
+        if keyword in source and source[keyword].value not in (None, "") and not _valid(keyword, source[keyword].value):
+            source[keyword].value = ""
+    return source
+
+
+def filed_uids(source_sop_uid: str, bundle_name: str) -> dict:
+    """The UIDs of the SR and SC filed for one source instance by one bundle, derived from both: filing the same
+    instance twice (a restart with another state file, the PACS's URL spelt another way) names the same objects,
+    and whether it is already answered can be asked of the PACS."""
+    seed = f"torax:{bundle_name}:{source_sop_uid}"
+    return {key: generate_uid(entropy_srcs=[seed, key]) for key in
+            ("sr_series_instance_uid", "sr_sop_instance_uid", "sc_series_instance_uid", "sc_sop_instance_uid")}
+
+
 def _copy_patient_study(source: pydicom.Dataset, out: pydicom.Dataset) -> None:
     for keyword in COPIED:
         if keyword in source:
@@ -132,6 +223,8 @@ def _content(result: Result, bundle_name: str, bundle_version: str,
     for w in result.warnings:
         items.append(hd.sr.TextContentItem(name=WARNING, value=f"{w.get('code')}: {w.get('message')}",
                                            relationship_type="CONTAINS"))
+    if why := not_assessed_because(result):
+        items.append(hd.sr.TextContentItem(name=NOTE, value=f"Not assessed: {why}", relationship_type="CONTAINS"))
     if result.error:
         items.append(hd.sr.TextContentItem(name=NOTE, value=f"Not analysed: {result.error.get('message')}",
                                            relationship_type="CONTAINS"))
@@ -163,14 +256,23 @@ def _burn_in(rgb: np.ndarray, footer: str) -> np.ndarray:
     return canvas
 
 
-def build_outputs(source_bytes: bytes, result: Result, bundle, overlay_rgb: np.ndarray | None) -> DicomOutputs:
+def build_outputs(source_bytes: bytes, result: Result, bundle, overlay_rgb: np.ndarray | None,
+                  uids: dict | None = None) -> DicomOutputs:
     """The SR and the Secondary Capture for one analysed DICOM upload (no SC without an overlay). `bundle` needs
-    `.name` and `.version`. Raises NotDicom for anything else."""
-    source = read_source(source_bytes)
+    `.name` and `.version`; `uids` (see `filed_uids`) names the outputs, else new UIDs do. Raises NotDicom for
+    anything else."""
+    with quiet_libraries():
+        return _build_outputs(source_bytes, result, bundle, overlay_rgb, uids or {})
+
+
+def _build_outputs(source_bytes: bytes, result: Result, bundle, overlay_rgb, uids: dict) -> DicomOutputs:
+    source = sanitise(read_source(source_bytes))
     name, version = str(bundle.name), str(bundle.version)
+    uid = lambda key: uids.get(key) or generate_uid()  # noqa: E731
     sr = hd.sr.Comprehensive3DSR(
         evidence=[source], content=_content(result, name, version, source),
-        series_instance_uid=generate_uid(), series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(),
+        series_instance_uid=uid("sr_series_instance_uid"), series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=uid("sr_sop_instance_uid"),
         instance_number=1, manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False)
     sr.SeriesDescription = "Torax decision support (not for diagnosis)"
     _copy_patient_study(source, sr)
@@ -182,8 +284,8 @@ def build_outputs(source_bytes: bytes, result: Result, bundle, overlay_rgb: np.n
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=_burn_in(overlay_rgb, footer), photometric_interpretation="RGB",
         bits_allocated=8, coordinate_system="PATIENT", patient_orientation=("L", "F"),  # replaced just below
-        series_instance_uid=generate_uid(),
-        series_number=SC_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
+        series_instance_uid=uid("sc_series_instance_uid"),
+        series_number=SC_SERIES_NUMBER, sop_instance_uid=uid("sc_sop_instance_uid"), instance_number=1,
         manufacturer=MANUFACTURER, transfer_syntax_uid=ExplicitVRLittleEndian)
     # The overlay keeps the source's axes; highdicom insists on some orientation, so the source's (or "unknown",
     # an empty type 2 value) replaces the placeholder rather than inventing one.
