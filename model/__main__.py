@@ -171,7 +171,7 @@ def cmd_serve(args) -> int:
     from uvicorn.config import LOGGING_CONFIG
 
     from model.api import create_app
-    from model.http_guard import KEEP_ALIVE_S, MAX_HEADER_BYTES, HeaderTimeoutH11Protocol, is_loopback, tokens_from_env
+    from model.http_guard import is_loopback, tokens_from_env, uvicorn_options
 
     if not is_loopback(args.host) and not tokens_from_env():
         print(f"python -m model serve: error: binding {args.host} (not loopback) needs bearer tokens: set "
@@ -181,13 +181,10 @@ def cmd_serve(args) -> int:
     # status and time instead, and never a body or a file name. Its lines go out through uvicorn's handler.
     log_config = copy.deepcopy(LOGGING_CONFIG)
     log_config["loggers"]["model"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    # Header deadline (HeaderTimeoutH11Protocol), header size cap, short keep-alive; the body has its own deadline
-    # in model.api (UPLOAD_TIMEOUT_S) and the analysis its own (REQUEST_TIMEOUT_S).
+    # Header deadline and per-client pending limit, header size cap, short keep-alive (model.http_guard); the body
+    # has its own deadline in model.api (UPLOAD_TIMEOUT_S) and the analysis its own (REQUEST_TIMEOUT_S).
     uvicorn.run(create_app(max_inflight=args.max_inflight), host=args.host, port=args.port, access_log=False,
-                log_config=log_config,
-                http=HeaderTimeoutH11Protocol, timeout_keep_alive=KEEP_ALIVE_S,
-                h11_max_incomplete_event_size=MAX_HEADER_BYTES, limit_concurrency=args.max_connections,
-                server_header=False)
+                log_config=log_config, **uvicorn_options(args.max_connections))
     return 0
 
 
