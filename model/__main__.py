@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from model.safe_text import log_safe
 from model.types import CamMethod
 
 OPERATING_POINTS = ("screening", "balanced", "confirmatory", "per-class")
@@ -38,6 +39,26 @@ def port_number(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port")
     return value
+
+
+def output_folder(option: str, folder: str | None) -> str | None:
+    """None when `folder` can take --cam-dir/--pdf-dir output (created if missing), else the one-line reason."""
+    import os
+
+    if folder is None:
+        return None
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"{option} {log_safe(folder)} is a file, not a folder"
+    except OSError as e:
+        return f"{option} {log_safe(folder)} could not be created ({e.strerror})"
+    if not path.is_dir():
+        return f"{option} {log_safe(folder)} is not a folder"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{option} {log_safe(folder)} is not writable"
+    return None
 
 
 def _load(bundle_name: str | None):
@@ -93,6 +114,11 @@ def cmd_predict(args) -> int:
     from model.explain import Explainer, overlay
     from model.guard import for_bundle
 
+    for option, folder in (("--cam-dir", args.cam_dir), ("--pdf-dir", args.pdf_dir)):
+        problem = output_folder(option, folder)  # before loading models: a typo costs nothing
+        if problem:
+            print(f"python -m model predict: error: {problem}", file=sys.stderr)
+            return 2
     _, bundle = _load(args.bundle)
     site = _site(args.site, bundle)
     try:
@@ -115,27 +141,34 @@ def cmd_predict(args) -> int:
             result, decoded = analyse(data, path.name, ensemble, args.threshold, args.operating_point, guard=guard,
                                       site=site)
         result.file = str(file)
-        if decoded is not None and args.cam_dir:
-            cam = explainer.cams(decoded.pixels, args.cam_method)["ensemble"]
-            out = Path(args.cam_dir) / f"{i:04d}-{path.stem}-cam.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            import cv2
-            cv2.imwrite(str(out), cv2.cvtColor(overlay(decoded.pixels, cam), cv2.COLOR_RGB2BGR))
-            result.cam = str(out)
-        if args.pdf_dir:
-            from model.pdf_report import write_pdf
-            write_pdf(Path(args.pdf_dir) / f"{i:04d}-{path.stem}-report.pdf", result, bundle, decoded, explainer)
+        try:
+            if decoded is not None and args.cam_dir:
+                cam = explainer.cams(decoded.pixels, args.cam_method)["ensemble"]
+                out = Path(args.cam_dir) / f"{i:04d}-{path.stem}-cam.png"
+                import cv2
+                encoded = cv2.imencode(".png", cv2.cvtColor(overlay(decoded.pixels, cam), cv2.COLOR_RGB2BGR))[1]
+                out.write_bytes(encoded.tobytes())  # unlike cv2.imwrite, says when it can't
+                result.cam = str(out)
+            if args.pdf_dir:
+                from model.pdf_report import write_pdf
+                write_pdf(Path(args.pdf_dir) / f"{i:04d}-{path.stem}-report.pdf", result, bundle, decoded,
+                          explainer)
+        except OSError as e:
+            print(f"python -m model predict: error: could not write the output for {log_safe(file)} "
+                  f"({e.strerror or type(e).__name__})", file=sys.stderr)
+            return 2
         any_failed |= result.failed
+        shown_file = log_safe(file, 4096)  # a newline in a file name can't forge a result line
         if args.json:
             print(json.dumps(result.to_json()), flush=True)
         elif result.error:
-            print(f"{file}: ERROR {result.error['message']}")
+            print(f"{shown_file}: ERROR {result.error['message']}")
         else:
             p = result.probability
             shown = f"p({bundle.classes[-1]})={p:.3f}" if p is not None else json.dumps(result.probabilities)
             warn = "; ".join(w["message"] for w in result.warnings)
             label = result.label if result.label is not None else "not assessed"
-            print(f"{file}: {label} {shown} (threshold {result.threshold}){'  ⚠ ' + warn if warn else ''}")
+            print(f"{shown_file}: {label} {shown} (threshold {result.threshold}){'  ⚠ ' + warn if warn else ''}")
     return 1 if any_failed else 0
 
 

@@ -516,8 +516,10 @@ def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int 
         try:
             profile = load(site, served.bundle) if site else None
         except SiteError as e:
-            raise ApiError(404 if e.code == "not_found" else 422,
-                           "unknown_site" if e.code == "not_found" else f"site_{e.code}", e.message) from None
+            if e.code == "not_found":  # SiteError's own message names the server's folder and every profile
+                raise ApiError(404, "unknown_site", f"There is no site profile named {log_safe(site, 80)!r} for "
+                                                    "this bundle here.") from None
+            raise ApiError(422, f"site_{e.code}", e.message) from None
         try:
             resolve_threshold(served.bundle, threshold, operating_point, profile)
         except KeyError as e:
