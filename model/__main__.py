@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from model.core.types import CamMethod
+from model.outputs.safe_text import log_safe
 
 OPERATING_POINTS = ("screening", "balanced", "confirmatory", "per-class")
 """The operating point names bundles and site profiles use (training.evaluate, model.sites.profiles)."""
@@ -38,6 +39,26 @@ def port_number(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port")
     return value
+
+
+def output_folder(option: str, folder: str | None) -> str | None:
+    """None when `folder` can take --cam-dir/--pdf-dir output (created if missing), else the one-line reason."""
+    import os
+
+    if folder is None:
+        return None
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"{option} {log_safe(folder)} is a file, not a folder"
+    except OSError as e:
+        return f"{option} {log_safe(folder)} could not be created ({e.strerror})"
+    if not path.is_dir():
+        return f"{option} {log_safe(folder)} is not a folder"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{option} {log_safe(folder)} is not writable"
+    return None
 
 
 def _load(bundle_name: str | None):
@@ -93,6 +114,11 @@ def cmd_predict(args) -> int:
     from model.core.explain import Explainer, overlay
     from model.core.guard import for_bundle
 
+    for option, folder in (("--cam-dir", args.cam_dir), ("--pdf-dir", args.pdf_dir)):
+        problem = output_folder(option, folder)  # before loading models: a typo costs nothing
+        if problem:
+            print(f"python -m model predict: error: {problem}", file=sys.stderr)
+            return 2
     _, bundle = _load(args.bundle)
     site = _site(args.site, bundle)
     try:
@@ -115,27 +141,34 @@ def cmd_predict(args) -> int:
             result, decoded = analyse(data, path.name, ensemble, args.threshold, args.operating_point, guard=guard,
                                       site=site)
         result.file = str(file)
-        if decoded is not None and args.cam_dir:
-            cam = explainer.cams(decoded.pixels, args.cam_method)["ensemble"]
-            out = Path(args.cam_dir) / f"{i:04d}-{path.stem}-cam.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            import cv2
-            cv2.imwrite(str(out), cv2.cvtColor(overlay(decoded.pixels, cam), cv2.COLOR_RGB2BGR))
-            result.cam = str(out)
-        if args.pdf_dir:
-            from model.outputs.pdf_report import write_pdf
-            write_pdf(Path(args.pdf_dir) / f"{i:04d}-{path.stem}-report.pdf", result, bundle, decoded, explainer)
+        try:
+            if decoded is not None and args.cam_dir:
+                cam = explainer.cams(decoded.pixels, args.cam_method)["ensemble"]
+                out = Path(args.cam_dir) / f"{i:04d}-{path.stem}-cam.png"
+                import cv2
+                encoded = cv2.imencode(".png", cv2.cvtColor(overlay(decoded.pixels, cam), cv2.COLOR_RGB2BGR))[1]
+                out.write_bytes(encoded.tobytes())  # unlike cv2.imwrite, says when it can't
+                result.cam = str(out)
+            if args.pdf_dir:
+                from model.outputs.pdf_report import write_pdf
+                write_pdf(Path(args.pdf_dir) / f"{i:04d}-{path.stem}-report.pdf", result, bundle, decoded,
+                          explainer)
+        except OSError as e:
+            print(f"python -m model predict: error: could not write the output for {log_safe(file)} "
+                  f"({e.strerror or type(e).__name__})", file=sys.stderr)
+            return 2
         any_failed |= result.failed
+        shown_file = log_safe(file, 4096)  # a newline in a file name can't forge a result line
         if args.json:
             print(json.dumps(result.to_json()), flush=True)
         elif result.error:
-            print(f"{file}: ERROR {result.error['message']}")
+            print(f"{shown_file}: ERROR {result.error['message']}")
         else:
             p = result.probability
             shown = f"p({bundle.classes[-1]})={p:.3f}" if p is not None else json.dumps(result.probabilities)
             warn = "; ".join(w["message"] for w in result.warnings)
             label = result.label if result.label is not None else "not assessed"
-            print(f"{file}: {label} {shown} (threshold {result.threshold}){'  ⚠ ' + warn if warn else ''}")
+            print(f"{shown_file}: {label} {shown} (threshold {result.threshold}){'  ⚠ ' + warn if warn else ''}")
     return 1 if any_failed else 0
 
 
@@ -171,13 +204,7 @@ def cmd_serve(args) -> int:
     from uvicorn.config import LOGGING_CONFIG
 
     from model.channels.api import create_app
-    from model.channels.http_guard import (
-        KEEP_ALIVE_S,
-        MAX_HEADER_BYTES,
-        HeaderTimeoutH11Protocol,
-        is_loopback,
-        tokens_from_env,
-    )
+    from model.channels.http_guard import is_loopback, tokens_from_env, uvicorn_options
 
     if not is_loopback(args.host) and not tokens_from_env():
         print(f"python -m model serve: error: binding {args.host} (not loopback) needs bearer tokens: set "
@@ -187,13 +214,11 @@ def cmd_serve(args) -> int:
     # status and time instead, and never a body or a file name. Its lines go out through uvicorn's handler.
     log_config = copy.deepcopy(LOGGING_CONFIG)
     log_config["loggers"]["model"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    # Header deadline (HeaderTimeoutH11Protocol), header size cap, short keep-alive; the body has its own deadline
-    # in model.channels.api (UPLOAD_TIMEOUT_S) and the analysis its own (REQUEST_TIMEOUT_S).
+    # Header deadline and per-client pending limit, header size cap, short keep-alive (model.channels.http_guard);
+    # the body has its own deadline in model.channels.api (UPLOAD_TIMEOUT_S) and the analysis its own
+    # (REQUEST_TIMEOUT_S).
     uvicorn.run(create_app(max_inflight=args.max_inflight), host=args.host, port=args.port, access_log=False,
-                log_config=log_config,
-                http=HeaderTimeoutH11Protocol, timeout_keep_alive=KEEP_ALIVE_S,
-                h11_max_incomplete_event_size=MAX_HEADER_BYTES, limit_concurrency=args.max_connections,
-                server_header=False)
+                log_config=log_config, **uvicorn_options(args.max_connections))
     return 0
 
 

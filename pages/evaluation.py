@@ -56,7 +56,9 @@ def sweep(bundle_name: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False)
 def histories(bundle_name: str, reports_dir: str) -> pd.DataFrame:
-    return tables.read_histories(reports_dir)
+    from pages.lib.common import load_bundles
+
+    return tables.read_histories(reports_dir, read=load_bundles()[0][bundle_name].report_bytes)
 
 
 def set_threshold(value: float):

@@ -114,3 +114,39 @@ def test_a_zip_that_climbs_out_of_itself_is_refused(evaluation):
     assert "points outside the archive" in "\n".join(e.value for e in at.error)
     assert "Images scored" not in seen(at)
     assert not sites_dir.exists() or not list(sites_dir.iterdir())
+
+
+LINK = "[Session expired…](https://evil.example/login)"
+
+
+def test_names_and_labels_in_refusals_are_shown_as_text(evaluation):
+    """Issue 23, item 5: a CSV label, a ZIP folder name and the archive's own name are quoted in the refusals, as
+    escaped Markdown: no link can come from them."""
+    from model.outputs.safe_text import md_escape
+
+    at, _ = evaluation
+    errors = lambda: "\n".join(e.value for e in at.error)  # noqa: E731
+    at.radio(key="sc_mode").set_value("files").run()
+    at.file_uploader(key="sc_files").set_value([("a.png", png(chest_phantom(seed=1)), "image/png"),
+                                                ("b.png", png(chest_phantom(seed=2)), "image/png")]).run()
+    at.file_uploader(key="sc_csv").set_value(
+        ("labels.csv", f"path,label\na.png,NORMAL\nb.png,\"{LINK}\"\n".encode(), "text/csv")).run()
+    at.button(key="sc_run").click().run()
+    assert not at.exception, at.exception
+    assert "Unknown label" in errors() and md_escape(LINK) in errors() and "](https" not in errors()
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("NORMAL/a.png", png(chest_phantom(seed=1)))
+        z.writestr(f"{LINK}/b.png", png(chest_phantom(seed=2)))
+    at.radio(key="sc_mode").set_value("zip").run()
+    at.file_uploader(key="sc_zip").set_value((f"{LINK}.zip", buffer.getvalue(), "application/zip")).run()
+    at.button(key="sc_run").click().run()
+    assert "Unknown class folder" in errors() and md_escape(LINK) in errors() and "](https" not in errors()
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("NORMAL/a.png", png(chest_phantom(seed=1)))
+    at.file_uploader(key="sc_zip").set_value((f"{LINK}.zip", buffer.getvalue(), "application/zip")).run()
+    at.button(key="sc_run").click().run()
+    assert "labelled NORMAL" in errors() and md_escape(f"'{LINK}.zip'") in errors() and "](https" not in errors()

@@ -7,7 +7,7 @@ from model.outputs.evidence import compare_with_members, evidence
 
 
 class Bundle:
-    """The few parts of model.bundle.Bundle that model.evidence reads."""
+    """The few parts of model.core.bundle.Bundle that model.evidence reads."""
 
     def __init__(self, reports: dict, threshold: float = 0.5):
         self.reports, self.manifest = reports, {"evaluation": {"auc_ci95": [0.9, 1.0],

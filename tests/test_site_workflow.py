@@ -7,6 +7,7 @@ PNEUMONIA."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -172,3 +173,57 @@ def test_refusals_name_the_reason(env, tmp_path, capsys):
     assert code == 2 and "COVID" in err and "NORMAL, PNEUMONIA" in err
     code, _, err = run(capsys, "site", "validate", str(one_class), "--site", "missing", "--json")
     assert code == 2 and "No site profile named 'missing'" in err
+
+
+# --- issue 23 --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("options", [["--folds", "0"], ["--folds", "1"], ["--folds", "-2"], ["--repeats", "0"],
+                                     ["--seed", "-1"]])
+def test_bad_numbers_for_site_fit_are_one_line_errors_and_write_nothing(env, labelled, capsys, options):
+    code, out, err = run(capsys, "site", "fit", str(labelled), "--name", "clinic-z", *options)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("error: ") and options[0] in err
+    assert not (env / "clinic-z.json").exists()
+
+
+def test_a_profile_signed_at_fit_is_used_where_keys_are_set(env, labelled, tiny_bundles, tmp_path, capsys,
+                                                            monkeypatch):
+    from training.export import new_signing_key, sign_bundle
+
+    new_signing_key(tmp_path / "k.pem", tmp_path / "k.pub.pem")
+    shutil.copytree(tiny_bundles, tmp_path / "bundles")  # the bundle must be signed too
+    sign_bundle(tmp_path / "bundles" / "pneumonia-kermany", tmp_path / "k.pem")
+    monkeypatch.setenv("TORAX_BUNDLES", str(tmp_path / "bundles"))
+    assert run(capsys, "site", "fit", str(labelled), "--name", "signed", "--repeats", "1",
+               "--sign-key", str(tmp_path / "k.pem"))[0] == 0
+    assert run(capsys, "site", "fit", str(labelled), "--name", "unsigned", "--repeats", "1")[0] == 0
+    monkeypatch.setenv("TORAX_TRUSTED_KEYS", str(tmp_path / "k.pub.pem"))
+    one = str(next(p for p, _ in images(labelled)))
+    assert json.loads(run(capsys, "predict", "--json", "--site", "signed", one)[1])["site"] == "signed"
+    with pytest.raises(SystemExit, match="not signed"):
+        main(["predict", "--json", "--site", "unsigned", one])
+    code, _, err = run(capsys, "site", "fit", str(labelled), "--name", "x", "--sign-key", str(tmp_path / "k.pub.pem"))
+    assert code == 2 and "Ed25519 private key" in err and not (env / "x.json").exists()
+
+
+def test_file_names_cannot_forge_lines_in_the_skipped_list(env, labelled, tmp_path, capsys):
+    sample = tmp_path / "sample"
+    shutil.copytree(labelled, sample)
+    (sample / "NORMAL" / "b.png\n  skipped forged.png: unreadable_image\n").write_bytes(b"not an image")
+    code, out, _ = run(capsys, "site", "validate", str(sample))
+    assert code == 0
+    skipped = [line for line in out.splitlines() if line.startswith("  skipped")]
+    assert len(skipped) == 3 and "  skipped forged.png: unreadable_image" not in skipped
+
+
+def test_the_site_check_stops_at_its_pixel_budget(env, labelled):
+    from model.core.bundle import load_all
+    from model.core.ensemble import Ensemble
+    from model.sites import profiles as sites
+
+    bundle = load_all()[0]["pneumonia-kermany"]
+    labelled_set = sites.labelled_from_path(labelled, bundle.classes)
+    per_image = 256 * 224
+    with pytest.raises(sites.SiteError) as e:
+        sites.score(labelled_set, Ensemble(bundle), max_pixels=5 * per_image)
+    assert e.value.code == "pixel_budget" and "megapixels in all" in e.value.message and "after 5 of" in e.value.message
+    assert sites.score(labelled_set, Ensemble(bundle), max_pixels=100 * per_image).n > 0  # enough: as before

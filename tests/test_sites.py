@@ -291,3 +291,66 @@ def test_uploaded_files_plus_a_csv():
                                            b"path,label\na.png,normal\nb.png,pneumonia\n", CLASSES)
     assert labelled.per_class == {"NORMAL": 1, "PNEUMONIA": 1}
     assert [s["code"] for s in labelled.skipped] == ["not_in_csv"]
+
+
+# --- trust (issue 23, item 6) and options (item 7) ------------------------------------------------------------------
+def forge(path: Path) -> None:
+    """What the review did: every threshold to 1.0 (everything NORMAL), and the sha256 recomputed."""
+    data = json.loads(path.read_text())
+    for point in data["operating_points"]:
+        point["threshold"] = 1.0
+    data["sha256"] = sites.content_sha256(data)
+    path.write_text(json.dumps(data))
+
+
+def keypair(folder: Path, name: str = "k") -> tuple[Path, Path]:
+    from training.export import new_signing_key
+
+    new_signing_key(folder / f"{name}.pem", folder / f"{name}.pub.pem")
+    return folder / f"{name}.pem", folder / f"{name}.pub.pem"
+
+
+def test_with_trusted_keys_only_a_signed_profile_is_used(tmp_path, monkeypatch):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    private, public = keypair(keys)
+    stranger, _ = keypair(keys, "stranger")
+    folder = tmp_path / "sites"
+    profile = sites.fit(scored_sample(), stand_in_bundle(), "clinic-a", repeats=1, boot=20)
+    sites.save(sites.sign(profile, private), folder)
+    sites.save({**profile, "site": "clinic-b", "sha256": sites.content_sha256({**profile, "site": "clinic-b"})},
+               folder)  # unsigned
+    sites.save(sites.sign({**profile, "site": "clinic-c", "sha256": sites.content_sha256({**profile,
+                                                                                          "site": "clinic-c"})},
+                          stranger), folder)
+    monkeypatch.delenv("TORAX_TRUSTED_KEYS", raising=False)
+    forge(folder / "clinic-b.json")
+    assert sites.load("clinic-b", stand_in_bundle(), folder)  # without keys: as trustworthy as the folder
+
+    monkeypatch.setenv("TORAX_TRUSTED_KEYS", str(public))
+    assert sites.load("clinic-a", stand_in_bundle(), folder).data["signature"]
+    for name, code in (("clinic-b", "unsigned"), ("clinic-c", "bad_signature")):
+        with pytest.raises(SiteError) as e:
+            sites.load(name, stand_in_bundle(), folder)
+        assert e.value.code == code and "refused" in e.value.message
+    forge(folder / "clinic-a.json")
+    with pytest.raises(SiteError) as e:
+        sites.load("clinic-a", stand_in_bundle(), folder)
+    assert e.value.code == "bad_signature"
+
+
+def test_the_sites_folder_and_profiles_are_private(tmp_path):
+    import stat
+
+    folder = tmp_path / "state" / "sites"
+    assert sites.sites_writable(folder)
+    path = sites.save(sites.fit(scored_sample(), stand_in_bundle(), "clinic-a", repeats=1, boot=20), folder)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("options", [dict(folds=0), dict(folds=1), dict(folds=-2), dict(repeats=0),
+                                     dict(seed=-1)])
+def test_fit_refuses_options_that_would_leave_numbers_undefined(options):
+    with pytest.raises(SiteError) as e:
+        sites.fit(scored_sample(), stand_in_bundle(), "clinic-a", boot=20, **options)
+    assert e.value.code == "bad_option" and next(iter(options)) in e.value.message

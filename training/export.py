@@ -1,8 +1,10 @@
 """Write a model bundle from an evaluated run: manifest.json (the bundle contract), member files with sha256,
-and the reports the app's pages plot (`reports/evaluation.json`, `reports/scores.json`, `reports/eda.json`)."""
+and the reports the app's pages plot (`reports/evaluation.json`, `reports/scores.json`, `reports/eda.json`), whose
+sha256s the manifest lists too, so that its signature covers what the app shows."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -74,7 +76,6 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
                      "minutes_per_member": config["minutes_per_member"]},
         "version": config["created"][:10] + "-" + config["code_commit"][:8],
     }
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (bundle / "reports" / "evaluation.json").write_text((run / "evaluation.json").read_text())
     shutil.copyfile(run / "scores.json", bundle / "reports" / "scores.json")
     for optional in ("scores-external.json", "input-size.json", "decisions.json"):  # reports a run may carry
@@ -83,15 +84,24 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
     (bundle / "reports" / "eda.json").write_text(json.dumps(eda_report(run, config)))
     for history in run.glob("history-*.csv"):
         shutil.copyfile(history, bundle / "reports" / history.name)
+    manifest["reports"] = report_digests(bundle)
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
     if sign_key is not None:
         sign_bundle(bundle, sign_key)
     return bundle
 
 
+def report_digests(bundle: Path) -> dict[str, str]:
+    """{file name: sha256} of every file in `bundle/reports/` (the manifest's `reports`)."""
+    folder = Path(bundle) / "reports"
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()} if folder.is_dir() else {}
+
+
 def sign_bundle(bundle: str | Path, key: str | Path) -> Path:
     """Sign `bundle/manifest.json`'s exact bytes with the Ed25519 private key in PEM file `key`; writes the raw
-    64-byte signature to `bundle/manifest.sig` and returns its path. The manifest carries every member's sha256,
-    so the signature covers the members too. Re-sign after any change to the manifest."""
+    64-byte signature to `bundle/manifest.sig` and returns its path. The manifest carries every member's and
+    report's sha256 (the reports' are recorded here first when they are missing or stale), so the signature covers
+    them too. Re-sign after any change to the manifest."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -99,6 +109,11 @@ def sign_bundle(bundle: str | Path, key: str | Path) -> Path:
     private = load_pem_private_key(Path(key).read_bytes(), password=None)
     if not isinstance(private, Ed25519PrivateKey):
         raise ValueError("the signing key must be an Ed25519 private key (PEM)")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    reports = report_digests(bundle)
+    if manifest.get("reports", {}) != reports:
+        manifest["reports"] = reports
+        (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
     out = bundle / "manifest.sig"  # model.core.bundle.SIGNATURE_FILE
     out.write_bytes(private.sign((bundle / "manifest.json").read_bytes()))
     return out
@@ -110,8 +125,11 @@ def new_signing_key(private_path: str | Path, public_path: str | Path) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     private = Ed25519PrivateKey.generate()
-    Path(private_path).write_bytes(private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # readable by its owner only
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # also when the file was there before with wider permissions
+        f.write(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
     Path(public_path).write_bytes(private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 

@@ -6,10 +6,12 @@ and never logged; nor is the uploaded file's name. Models are loaded once, at st
 Streamlit.
 
 Bounded work (docs/SECURITY.md): at most `max_inflight` analyses are admitted at once (queued or running, an
-abandoned one included until its thread ends); beyond that a request is answered at once with 503 `busy` and a
-Retry-After. A request that times out sets its analysis' cancel flag, checked between steps, and decoding itself
-is bounded by model.io's pixel budget. CAM overlays are downscaled to MAX_OVERLAY_SIDE. With no `bundle=` the
-configured default answers, or nobody: when it was refused the request gets 503 `default_bundle_unavailable`.
+abandoned one included until its thread ends); beyond that a request is answered with 503 `busy` and a Retry-After
+as soon as its upload has arrived. An upload still arriving counts against nothing but its own deadline
+(UPLOAD_TIMEOUT_S), so slow clients can't lock others out (model.channels.http_guard limits their connections). A
+request that times out sets its analysis' cancel flag, checked between steps, and decoding itself is bounded by
+model.io's pixel budget. CAM overlays are downscaled to MAX_OVERLAY_SIDE. With no `bundle=` the configured default
+answers, or nobody: when it was refused the request gets 503 `default_bundle_unavailable`.
 """
 from __future__ import annotations
 
@@ -48,8 +50,9 @@ MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 REQUEST_TIMEOUT_S = 60.0
 """Longest an analysis (decode, predict, CAM) may take before the request is answered with 504."""
 
-UPLOAD_TIMEOUT_S = 120.0
-"""Longest the upload itself may take to arrive before the request is answered with 408."""
+UPLOAD_TIMEOUT_S = 60.0
+"""Longest the upload itself may take to arrive (from the end of the headers) before the request is answered with
+408: 32 MiB at 0.5 MiB/s."""
 
 MAX_OVERLAY_SIDE = 1024
 """Longest side, in pixels, of a CAM overlay in an answer (a larger upload's overlay is downscaled)."""
@@ -267,9 +270,10 @@ class _FileField:
             "on_part_data", "on_part_end")}
 
 
-async def read_upload(request: Request, limit: int) -> tuple[bytes, str | None]:
+async def read_upload(request: Request, limit: int, timeout_s: float = UPLOAD_TIMEOUT_S) -> tuple[bytes, str | None]:
     """The `file` field of a multipart/form-data request: (bytes, file name). Refuses a body over `limit` bytes
-    from its Content-Length before reading anything, and while it arrives when it has none (chunked)."""
+    from its Content-Length before reading anything, and while it arrives when it has none (chunked); 408 when it
+    has not all arrived within `timeout_s`."""
     kind, params = parse_options_header(request.headers.get("content-type", ""))
     if kind != b"multipart/form-data":
         raise ApiError(415, "unsupported_media_type",
@@ -283,7 +287,7 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str | None]:
     received = 0
     try:
         parser = MultipartParser(params[b"boundary"], field.callbacks())
-        async with asyncio.timeout(UPLOAD_TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
             async for chunk in request.stream():
                 received += len(chunk)
                 if received > limit:
@@ -293,7 +297,7 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str | None]:
         raise ApiError(400, "invalid_multipart", "The multipart/form-data request is malformed.") from None
     except TimeoutError:
         raise ApiError(408, "upload_timeout",
-                       f"The upload did not arrive within {UPLOAD_TIMEOUT_S:g} s. Please try again.") from None
+                       f"The upload did not arrive within {timeout_s:g} s. Please try again.") from None
     except ClientDisconnect:
         raise ApiError(400, "incomplete_upload", "The upload was interrupted before it was complete.") from None
     if field.data is None:
@@ -414,11 +418,12 @@ class _AccessLog:
 # --------------------------------------------------------------------------------------------------------------------
 def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                timeout_s: float = REQUEST_TIMEOUT_S, workers: int | None = None,
-               max_inflight: int = MAX_INFLIGHT,
+               max_inflight: int = MAX_INFLIGHT, upload_timeout_s: float = UPLOAD_TIMEOUT_S,
                tokens=None, docs: bool | None = None) -> FastAPI:
     """The ASGI app. Bundles are loaded from `bundles_root` (default: $TORAX_BUNDLES, else model/bundles) when
     the app starts, once; at most `max_inflight` analyses are admitted at once, each on its own thread (so a
-    cheap request never waits for a thread behind slow ones); `workers` is kept for compatibility, unused.
+    cheap request never waits for a thread behind slow ones), counted from when their upload has arrived (within
+    `upload_timeout_s`); `workers` is kept for compatibility, unused.
     `tokens`: bearer tokens required on every path but /healthz (default: $TORAX_API_TOKENS; empty: none).
     `docs`: serve /docs and /redoc (default: only with $TORAX_API_DOCS=1, as Swagger UI loads its scripts from a
     CDN); /openapi.json is always served."""
@@ -496,14 +501,18 @@ def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int 
         try:
             profile = load(site, served.bundle) if site else None
         except SiteError as e:
-            raise ApiError(404 if e.code == "not_found" else 422,
-                           "unknown_site" if e.code == "not_found" else f"site_{e.code}", e.message) from None
+            if e.code == "not_found":  # SiteError's own message names the server's folder and every profile
+                raise ApiError(404, "unknown_site", f"There is no site profile named {log_safe(site, 80)!r} for "
+                                                    "this bundle here.") from None
+            raise ApiError(422, f"site_{e.code}", e.message) from None
         try:
             resolve_threshold(served.bundle, threshold, operating_point, profile)
         except KeyError as e:
             raise ApiError(422, "unknown_operating_point", e.args[0]) from None
         state = request.app.state
-        if state.inflight >= state.max_inflight:  # answered at once, before the upload is read
+        # Only a whole upload is counted: one still arriving (a slow client) holds no analysis slot.
+        data, filename = await read_upload(request, max_upload_bytes, upload_timeout_s)
+        if state.inflight >= state.max_inflight:
             raise ApiError(503, "busy", "The server is busy with other analyses. Please try again shortly.",
                            headers={"Retry-After": str(RETRY_AFTER_S)})
         state.inflight += 1  # released when the analysis' thread is done, not when the request gives up on it
@@ -514,7 +523,6 @@ def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int 
 
         cancel = threading.Event()
         try:
-            data, filename = await read_upload(request, max_upload_bytes)
             work = partial(analyse_upload, served, data, filename, threshold, operating_point, cam, profile, cancel)
             job = state.pool.submit(work)
             submitted = True

@@ -1,6 +1,7 @@
-"""Network-facing guards for the REST API (docs/SECURITY.md): a header-read deadline at the HTTP protocol level
-(uvicorn has none: a client trickling header bytes would hold its connection for ever), optional bearer tokens,
-and log-safe text. Kept apart from model.channels.api so that each piece can be tested alone.
+"""Network-facing guards for the REST API (docs/SECURITY.md): a header-read deadline and a per-client limit on
+connections still sending their request at the HTTP protocol level (uvicorn has neither: a client trickling bytes
+would hold its connections for ever, and crowd everyone else out), the uvicorn settings `serve` runs with, and
+optional bearer tokens. Kept apart from model.channels.api so that each piece can be tested alone.
 """
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ MAX_HEADER_BYTES = 16 * 1024
 KEEP_ALIVE_S = 5
 """Idle time after a response before a kept-alive connection is closed (uvicorn's timeout_keep_alive)."""
 
+MAX_PENDING_PER_CLIENT = 8
+"""Connections one client address may hold that are still sending a request (its headers or body, or idle between
+requests). A new connection beyond this closes that client's oldest such connection: one slow or hostile client
+can't take the server's connection slots, and its own new requests still get through. Behind a reverse proxy every
+client shares the proxy's address, but a buffering proxy (nginx's default) sends each request whole and at once."""
+
+MAX_CONNECTIONS = 64
+"""Open connections uvicorn accepts (`serve --max-connections`); beyond it, requests are answered 503."""
+
 PUBLIC_PATHS = frozenset({"/healthz"})
 """Paths answered without a token when tokens are configured (liveness probes)."""
 
@@ -28,14 +38,35 @@ PUBLIC_PATHS = frozenset({"/healthz"})
 class HeaderTimeoutH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a deadline on each request's headers: a connection that hasn't sent a complete
     request line and headers within HEADER_TIMEOUT_S of connecting (or of the first byte of a later request on a
-    kept-alive connection) is closed. Pass it as `uvicorn.run(..., http=HeaderTimeoutH11Protocol)`."""
+    kept-alive connection) is closed. And at most `max_pending_per_client` connections per client address may be
+    pending (still sending a request, or idle): a new one closes that client's oldest pending connection. Pass it
+    as `uvicorn.run(..., http=HeaderTimeoutH11Protocol)` (see uvicorn_options)."""
 
     header_timeout_s = HEADER_TIMEOUT_S
+    max_pending_per_client = MAX_PENDING_PER_CLIENT
     _header_timer = None
+    _since = 0.0
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._since = self.loop.time()
+        self._shed_oldest_pending()
         self._arm()
+
+    def pending(self) -> bool:
+        """Still sending a request (headers or body), or idle between requests: nothing the server works on."""
+        return self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing()
+
+    def _shed_oldest_pending(self) -> None:
+        host = self.client[0] if self.client else None
+        if host is None:
+            return
+        mine = sorted((c for c in self.connections if isinstance(c, HeaderTimeoutH11Protocol) and c is not self
+                       and c.client and c.client[0] == host and c.pending()), key=lambda c: c._since)
+        for oldest in mine[:max(0, len(mine) + 1 - self.max_pending_per_client)]:
+            self.logger.info("closed a pending connection: its client holds more than %d",
+                             self.max_pending_per_client)
+            oldest.transport.close()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -63,6 +94,15 @@ class HeaderTimeoutH11Protocol(H11Protocol):
             self.logger.info("closed a connection that did not send its request headers in %g s",
                              self.header_timeout_s)
             self.transport.close()
+
+
+def uvicorn_options(max_connections: int = MAX_CONNECTIONS) -> dict:
+    """The uvicorn settings `python -m model serve` runs with (tests start their servers with the same): header
+    deadline and per-client pending limit (HeaderTimeoutH11Protocol), header size cap, short keep-alive, a
+    connection limit, no server header. The body has its own deadline in model.channels.api (UPLOAD_TIMEOUT_S)."""
+    return {"http": HeaderTimeoutH11Protocol, "timeout_keep_alive": KEEP_ALIVE_S,
+            "h11_max_incomplete_event_size": MAX_HEADER_BYTES, "limit_concurrency": max_connections,
+            "server_header": False}
 
 
 def tokens_from_env() -> frozenset[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from model.outputs.safe_text import log_safe
 from model.sites import profiles as sites
 
 
@@ -21,6 +22,9 @@ def add_cli(sub):
     fit.add_argument("--folds", type=int, default=sites.FOLDS)
     fit.add_argument("--repeats", type=int, default=sites.REPEATS)
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--sign-key", default=None,
+                     help="Ed25519 private key (PEM, from `python -m training keygen`) to sign the profile with: "
+                          "servers that set TORAX_TRUSTED_KEYS use only signed profiles")
     fit.add_argument("--json", action="store_true", help="print the saved profile instead of a summary")
     validate = commands.add_parser("validate", help="AUC, ECE and the operating points on a labelled sample")
     validate.add_argument("labelled", help=labelled_help)
@@ -56,9 +60,11 @@ def scored_sample(path: str, bundle) -> sites.Scored:
 
 def cli(args) -> int:
     try:
+        if args.site_command == "fit":  # before loading anything, so a bad number costs nothing and writes nothing
+            sites.check_options(args.folds, args.repeats, args.seed)
         return {"fit": _fit, "validate": _validate, "list": _list}[args.site_command](args)
     except sites.SiteError as e:
-        print(f"error: {e.message}", file=sys.stderr)
+        print(f"error: {log_safe(e.message, 4000)}", file=sys.stderr)  # names in it can't start a line of their own
         return 2
 
 
@@ -69,8 +75,12 @@ def _fit(args) -> int:
     if path.exists() and not args.force:  # say so before minutes of scoring, not after
         raise sites.SiteError("exists", f"A site profile named '{args.name}' already exists ({path}). Use --force "
                                         "to replace it.")
+    if args.sign_key:
+        sites.sign({}, args.sign_key)  # an unreadable key is said before minutes of scoring
     scored = scored_sample(args.labelled, bundle)
     profile = sites.fit(scored, bundle, args.name, folds=args.folds, repeats=args.repeats, seed=args.seed)
+    if args.sign_key:
+        profile = sites.sign(profile, args.sign_key)
     path = sites.save(profile, force=args.force)
     if args.json:
         print(json.dumps(profile))
@@ -90,13 +100,14 @@ def _validate(args) -> int:
           f"({', '.join(f'{c} {n}' for c, n in report['per_class'].items())})")
     lo, hi = report["auc_ci95"]
     print(f"AUC {report['auc']:.3f} (95% CI {lo:.3f}–{hi:.3f}), ECE {report['ece']:.3f}")
+    num = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731  (a PPV with no positive call is undefined)
     for name, p in report["points"].items():
-        print(f"  {name:<12} threshold {p['threshold']:.3f}: sensitivity {p['sensitivity']:.3f}, specificity "
-              f"{p['specificity']:.3f}, PPV {p['ppv']:.3f}, NPV {p['npv']:.3f}, accuracy {p['accuracy']:.3f}")
+        print(f"  {name:<12} threshold {num(p['threshold'])}: sensitivity {num(p['sensitivity'])}, specificity "
+              f"{num(p['specificity'])}, PPV {num(p['ppv'])}, NPV {num(p['npv'])}, accuracy {num(p['accuracy'])}")
     if report["warnings"]:
         print("warnings: " + ", ".join(f"{k} ×{n}" for k, n in report["warnings"].items()))
     for s in report["skipped"]:
-        print(f"  skipped {s['file']}: {s['code']}")
+        print(f"  skipped {log_safe(s['file'], 1000)}: {s['code']}")
     for note in report["notes"]:
         print(f"note: {note}")
     return 0

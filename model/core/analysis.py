@@ -14,7 +14,7 @@ import numpy as np
 from model.core.ensemble import Ensemble, Prediction
 from model.core.preprocess import to_model_input
 from model.core.types import Result, Task
-from model.io import DecodeError, decode
+from model.io import MAX_PIXELS, DecodeError, decode
 
 BATCH = 32  # images per forward pass in a batch: enough to keep the CPU busy, small enough for memory
 
@@ -131,11 +131,13 @@ def failed(name: str | None, bundle, code: str, message: str) -> Result:
     return Result(name, bundle.name, bundle.task, error={"code": code, "message": message})
 
 
-def read(data: bytes, name: str | None, bundle, guard=None) -> tuple[Result, object | None]:
-    """The per-file step before inference: decode, then check with `guard(decoded)` (a list of warnings; see
-    `model.core.guard.for_bundle`). Returns (result without a prediction, Decoded or None when unreadable)."""
+def read(data: bytes, name: str | None, bundle, guard=None,
+         max_pixels: int = MAX_PIXELS) -> tuple[Result, object | None]:
+    """The per-file step before inference: decode (refusing more than `max_pixels` per frame), then check with
+    `guard(decoded)` (a list of warnings; see `model.core.guard.for_bundle`). Returns (result without a prediction,
+    Decoded or None when unreadable)."""
     try:
-        decoded = decode(data, name)
+        decoded = decode(data, name, max_pixels=max_pixels)
     except DecodeError as e:
         return failed(name, bundle, e.code, e.message), None
     warnings = list(decoded.warnings) + (guard(decoded) if guard else [])
@@ -143,10 +145,11 @@ def read(data: bytes, name: str | None, bundle, guard=None) -> tuple[Result, obj
 
 
 def analyse(data: bytes, name: str | None, ensemble, threshold: float | None = None,
-            operating_point: str | None = None, guard=None, site=None) -> tuple[Result, object | None]:
+            operating_point: str | None = None, guard=None, site=None,
+            max_pixels: int = MAX_PIXELS) -> tuple[Result, object | None]:
     """Decode, check and predict one file (with a site profile's calibration and thresholds when given).
     Returns (Result, Decoded or None)."""
-    result, decoded = read(data, name, ensemble.bundle, guard)
+    result, decoded = read(data, name, ensemble.bundle, guard, max_pixels)
     if decoded is None:
         return result, None
     prediction = ensemble.predict(decoded.pixels)

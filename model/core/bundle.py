@@ -7,7 +7,9 @@ which file; the other bundles still load.
 Provenance (docs/SECURITY.md): member paths must stay inside their bundle folder (relative, no `..`, no symlink
 that leads out). Where `$TORAX_TRUSTED_KEYS` names Ed25519 public keys (PEM files, separated by the OS path
 separator or commas), a bundle loads only when `manifest.sig` is a valid signature of its exact `manifest.json`
-bytes by one of them, so the member checksums can't be edited along with the members. Messages name the bundle and
+bytes by one of them, so the member checksums can't be edited along with the members. The manifest's `reports`
+lists the sha256 of every file in `reports/` (what the app's pages draw); each is checked at load and again when
+read, and with keys set a report the manifest doesn't list is not shown. Messages name the bundle and
 a code, never a server path. The default bundle fails closed: when it is refused or missing, nothing answers in its
 place unless the operator names another (`--bundle`, `$TORAX_DEFAULT_BUNDLE`).
 """
@@ -102,6 +104,7 @@ class Bundle:
     path: Path
     manifest: dict
     members: list[Member] = field(default_factory=list)
+    signed: bool = False  # its signature was checked ($TORAX_TRUSTED_KEYS): only reports it lists are shown
 
     name = property(lambda self: self.manifest["name"])
     title = property(lambda self: self.manifest.get("title", self.manifest["name"]))
@@ -119,9 +122,32 @@ class Bundle:
         raise KeyError(f"Bundle {self.name} has no operating point {name!r} (it has: {known}).")
 
     def read_report(self, name: str) -> dict | None:
-        """A bundle report (`reports/<name>.json`), or None when the bundle has none."""
-        path = self.path / "reports" / f"{name}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        """A bundle report (`reports/<name>.json`), or None when the bundle has none (or none that can be shown:
+        see report_bytes)."""
+        data = self.report_bytes(f"{name}.json")
+        return json.loads(data) if data is not None else None
+
+    def report_bytes(self, filename: str) -> bytes | None:
+        """The bytes of `reports/<filename>` when they may be shown: they match the sha256 the manifest lists, or
+        the manifest lists none for it and the bundle is not signed. Else None (logged)."""
+        listed = self.manifest.get("reports") or {}
+        if "/" in filename or "\\" in filename or filename.startswith("."):
+            return None
+        path = self.path / "reports" / filename
+        if filename not in listed:
+            if self.signed and path.exists():
+                log.warning("bundle %s: reports/%s is not covered by its signature: not shown", self.name,
+                            filename)
+                return None
+            return path.read_bytes() if path.is_file() else None
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if hashlib.sha256(data).hexdigest() != listed[filename]:
+            log.warning("bundle %s: reports/%s does not match its recorded checksum: not shown", self.name, filename)
+            return None
+        return data
 
     @cached_property
     def version(self) -> str:
@@ -161,13 +187,21 @@ def trusted_keys() -> list | None:
 
 def check_signature(path: Path, raw: bytes, keys: list) -> None:
     """Refuse the bundle unless `manifest.sig` (raw 64-byte Ed25519 signature, or its base64) signs `raw`."""
-    from cryptography.exceptions import InvalidSignature
-
     sig_file = path / SIGNATURE_FILE
     if not sig_file.is_file():
         raise UnsignedBundle(f"Model bundle '{path.name}' was refused: it is not signed, and this server only "
                              "loads bundles signed by a trusted key (code unsigned_bundle).")
-    signature = sig_file.read_bytes()
+    if not signature_valid(raw, sig_file.read_bytes(), keys):
+        raise BadSignature(f"Model bundle '{path.name}' was refused: its signature does not match its manifest or "
+                           "no trusted key made it (code bad_signature).")
+
+
+def signature_valid(raw: bytes, signature: bytes | str, keys: list) -> bool:
+    """Whether `signature` (raw 64-byte Ed25519, or its base64) signs `raw` by one of `keys`."""
+    from cryptography.exceptions import InvalidSignature
+
+    if isinstance(signature, str):
+        signature = signature.encode("ascii", "replace")
     if len(signature) != 64:
         import base64
         import binascii
@@ -175,15 +209,14 @@ def check_signature(path: Path, raw: bytes, keys: list) -> None:
         try:
             signature = base64.b64decode(signature.strip(), validate=True)
         except (binascii.Error, ValueError):
-            signature = b""
+            return False
     for key in keys:
         try:
             key.verify(signature, raw)
-            return
+            return True
         except (InvalidSignature, ValueError):
             continue
-    raise BadSignature(f"Model bundle '{path.name}' was refused: its signature does not match its manifest or no "
-                       "trusted key made it (code bad_signature).")
+    return False
 
 
 def read_manifest(path: Path) -> dict:
@@ -224,6 +257,23 @@ def verify(path: Path, manifest: dict) -> list[Member]:
     return members
 
 
+def verify_reports(path: Path, manifest: dict) -> None:
+    """Check every report the manifest lists: a plain file name in reports/, there, and matching its sha256."""
+    listed = manifest.get("reports") or {}
+    if not isinstance(listed, dict):
+        raise InvalidManifest(f"Model bundle '{manifest['name']}' has an invalid list of reports.")
+    for filename, digest in listed.items():
+        if not isinstance(filename, str) or "/" in filename or "\\" in filename or filename.startswith("."):
+            raise UnsafePath(f"Model bundle '{manifest['name']}' was refused: a report path is not inside its "
+                             "reports folder (code unsafe_path).")
+        file = path / "reports" / filename
+        if not file.is_file() or file.is_symlink():
+            raise MissingMember(f"Model bundle '{manifest['name']}' is missing its report reports/{filename}.")
+        if sha256_file(file) != digest:
+            raise ChecksumMismatch(f"Model bundle '{manifest['name']}' was refused: reports/{filename} does not "
+                                   "match its recorded checksum (the file was changed or damaged).")
+
+
 def member_path(path: Path, manifest: dict, info) -> Path:
     """`info["file"]` resolved inside the bundle folder; UnsafePath when it is absolute, has `..`, or leads out
     of the folder (symlinks included)."""
@@ -247,8 +297,10 @@ def load_bundle(path: str | Path) -> Bundle:
     import keras
 
     path = Path(path)
-    manifest = read_manifest(path)
-    bundle = Bundle(path, manifest, verify(path, manifest))
+    manifest = read_manifest(path)  # checks the signature when TORAX_TRUSTED_KEYS is set
+    members = verify(path, manifest)
+    verify_reports(path, manifest)
+    bundle = Bundle(path, manifest, members, signed=bool(os.environ.get("TORAX_TRUSTED_KEYS", "").strip()))
     for member in bundle.members:
         try:
             member.model = keras.saving.load_model(member.path, compile=False, safe_mode=True)

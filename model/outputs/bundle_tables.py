@@ -7,6 +7,7 @@ scores with `model.core.metrics`, so the app and the training report can never d
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -273,12 +274,16 @@ def per_class_curves(evaluation: dict) -> pd.DataFrame:
 
 # --- training curves (history-<member>.csv) --------------------------------------------------------------------------
 
-def read_histories(reports_dir: str | Path) -> pd.DataFrame:
+def read_histories(reports_dir: str | Path, read=None) -> pd.DataFrame:
     """All members' Keras training histories: member, epoch (from 1), then the logged columns (auc, val_auc,
-    loss, val_loss, ...). Empty when the bundle has none."""
+    loss, val_loss, ...). Empty when the bundle has none. `read(file name)`: the file's bytes or None when it may
+    not be shown (`Bundle.report_bytes`, which checks them against the manifest)."""
     frames = []
     for path in sorted(Path(reports_dir).glob("history-*.csv")):
-        df = pd.read_csv(path)
+        data = read(path.name) if read else path.read_bytes()
+        if data is None:
+            continue
+        df = pd.read_csv(io.BytesIO(data))
         df.insert(0, "member", path.stem.removeprefix("history-"))
         df["epoch"] = (df["epoch"] if "epoch" in df else pd.Series(range(len(df)))) + 1
         frames.append(df)

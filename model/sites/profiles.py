@@ -9,6 +9,11 @@ that cannot be read or are not chest radiographs. `validate` reports AUC, ECE an
 by repeated stratified cross-validation inside the sample. The result is a small JSON profile, tied to the bundle
 name, version and member sha256s, carrying a sha256 of its own canonical content; anything else is refused.
 
+Trust (docs/SECURITY.md): the sha256 only shows damage, since whoever can edit a profile can recompute it. Where
+$TORAX_TRUSTED_KEYS is set, a profile is used only when it carries an Ed25519 signature of its canonical content by
+one of those keys (`site fit --sign-key`), as for bundles; without keys a profile is as trustworthy as the sites
+folder's permissions, which is why the folder is created 0700 and profiles written 0600.
+
 Binary bundles only. Never imports training/ or Streamlit; writes only profiles, atomically, into `sites_dir()`.
 """
 from __future__ import annotations
@@ -47,6 +52,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FEW_PER_CLASS = 30          # below this many images of a class, say how wide the intervals are
 MIN_PER_CLASS_TO_FIT = 5    # cross-validation needs a few of each class in every fold's training part
 FOLDS, REPEATS, BOOTSTRAP = 5, 5, 1000
+UPLOAD_PIXEL_BUDGET = 4_000_000_000
+"""Pixels decoded, in all, for one labelled set uploaded in the app (about 1,000 images of 4 megapixels, a minute
+or two of CPU): a ZIP of thousands of tiny-compressed huge images stops there instead of taking an hour."""
 
 
 def sites_dir() -> Path:
@@ -60,7 +68,7 @@ def sites_dir() -> Path:
 def sites_writable(folder: Path | None = None) -> bool:
     folder = Path(folder or sites_dir())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         return False
     return os.access(folder, os.W_OK)
@@ -97,12 +105,16 @@ class Scored:
         return {self.classes[0]: int((self.y == 0).sum()), self.classes[1]: int((self.y == 1).sum())}
 
 
-def score(labelled: LabelledSet, ensemble, guard=None, progress=None) -> Scored:
+def score(labelled: LabelledSet, ensemble, guard=None, progress=None, max_pixels: int | None = None) -> Scored:
     """Read, check and predict every image of a labelled set, one at a time through `model.core.analysis.analyse` (so
     the probabilities are bit-for-bit those of `predict`). Unreadable files and files the guard calls
     `not_chest_xray` are skipped and listed; a byte-identical duplicate under the same label is skipped; the same
-    image under two labels refuses the whole set (SiteError, raised before anything is written)."""
+    image under two labels refuses the whole set (SiteError, raised before anything is written). `max_pixels`:
+    pixels decoded in all (UPLOAD_PIXEL_BUDGET for uploads); past it the set is refused (SiteError
+    `pixel_budget`): each image's header is checked against what is left before its pixels are decoded."""
     from model.core.analysis import analyse
+    from model.io import MAX_PIXELS
+    from model.io.base import MAX_TOTAL_PIXELS
 
     bundle = ensemble.bundle
     _require_binary(bundle)
@@ -110,6 +122,7 @@ def score(labelled: LabelledSet, ensemble, guard=None, progress=None) -> Scored:
     conflicts, skipped = [], list(labelled.skipped)
     files, ys, ps = [], [], []
     warnings: Counter = Counter(s["code"] for s in skipped)
+    left = max_pixels
     for k, item in enumerate(labelled.items):
         if progress:
             progress(k, len(labelled.items))
@@ -131,7 +144,18 @@ def score(labelled: LabelledSet, ensemble, guard=None, progress=None) -> Scored:
                 warnings["duplicate"] += 1
             continue
         seen[digest] = (item.name, item.label)
-        result, _ = analyse(data, item.name, ensemble, guard=guard)
+        limit = MAX_PIXELS if left is None else min(MAX_PIXELS, left)
+        result, decoded = analyse(data, item.name, ensemble, guard=guard, max_pixels=limit)
+        if left is not None:
+            code = (result.error or {}).get("code")
+            if code == "image_too_large" and limit < MAX_PIXELS or limit <= 0:
+                raise SiteError("pixel_budget", f"Stopped: this upload holds more image data than a site check "
+                                                f"reads at once ({max_pixels / 1e6:,.0f} megapixels in all), after "
+                                                f"{k:,} of its {len(labelled.items):,} images. Check a smaller "
+                                                "sample, or smaller images; nothing was saved.")
+            # what decoding cost: the image's pixels, or the frames scanned for a multi-frame file with none usable
+            left -= decoded.pixels.size if decoded is not None else MAX_TOTAL_PIXELS if code == "no_usable_frame" \
+                else 0
         codes = [w["code"] for w in result.warnings]
         warnings.update(codes)
         if result.error:
@@ -246,6 +270,14 @@ def fit_rules(y, z, targets: dict) -> tuple[tuple[float, float], list[dict]]:
     return (a, b), M.choose_operating_points(y, M.sigmoid(a * z + b), targets, on="site")
 
 
+def check_options(folds: int = FOLDS, repeats: int = REPEATS, seed: int = 0) -> None:
+    """SiteError `bad_option` unless the cross-validation options make sense (checked before any work: fold
+    counts below 2 or no repeats would leave numbers uninitialised)."""
+    for name, value, least in (("folds", folds, 2), ("repeats", repeats, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+            raise SiteError("bad_option", f"--{name} must be a whole number of at least {least} (got {value!r}).")
+
+
 def cross_validate(y, p, targets: dict, folds: int = FOLDS, repeats: int = REPEATS, seed: int = 0) -> dict:
     """Repeated stratified k-fold: calibration and thresholds fitted on k−1 folds, applied to the held-out fold;
     the held-out results pooled over the folds of each repeat. Returns the out-of-fold probabilities
@@ -313,6 +345,7 @@ def fit(scored: Scored, bundle, name: str, folds: int = FOLDS, repeats: int = RE
     """A site profile (a dict, not yet saved) from a scored labelled sample."""
     _require_binary(bundle)
     check_name(name)
+    check_options(folds, repeats, seed)
     small = {c: n for c, n in scored.per_class.items() if n < MIN_PER_CLASS_TO_FIT}
     if small:
         raise SiteError("too_few", "Too few images to fit a site profile: "
@@ -362,10 +395,56 @@ def check_name(name: str) -> str:
     return name
 
 
+def canonical(profile: dict) -> bytes:
+    """The bytes a profile's sha256 and signature cover: everything but those two, in one fixed JSON form."""
+    return json.dumps({k: v for k, v in profile.items() if k not in ("sha256", "signature")}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
 def content_sha256(profile: dict) -> str:
-    canonical = json.dumps({k: v for k, v in profile.items() if k != "sha256"}, sort_keys=True,
-                           separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(canonical(profile)).hexdigest()
+
+
+def sign(profile: dict, key: str | Path) -> dict:
+    """The profile with `signature`: base64 Ed25519 signature of its canonical content by the private key in PEM
+    file `key` (`python -m training keygen`). Servers with TORAX_TRUSTED_KEYS use only profiles so signed."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        private = load_pem_private_key(Path(key).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError):
+        private = None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise SiteError("bad_key", "The signing key could not be read as an Ed25519 private key (PEM, as written "
+                                   "by `python -m training keygen`).")
+    return {**profile, "signature": base64.b64encode(private.sign(canonical(profile))).decode("ascii")}
+
+
+def signature_required() -> bool:
+    """Whether this server uses only signed profiles ($TORAX_TRUSTED_KEYS is set)."""
+    return bool(os.environ.get("TORAX_TRUSTED_KEYS", "").strip())
+
+
+def _check_trust(profile: dict, label: str) -> None:
+    """With TORAX_TRUSTED_KEYS set, refuse a profile that no trusted key signed."""
+    from model.core.bundle import TrustedKeysUnreadable, signature_valid, trusted_keys
+
+    try:
+        keys = trusted_keys()
+    except TrustedKeysUnreadable as e:
+        raise SiteError("untrusted", f"{label} was refused: {e.message}") from None
+    if keys is None:
+        return
+    if not isinstance(profile.get("signature"), str):
+        raise SiteError("unsigned", f"{label} was refused: it is not signed, and this server only uses profiles "
+                                    "signed by a trusted key (TORAX_TRUSTED_KEYS). Fit it with "
+                                    "`python -m model site fit --sign-key KEY`.")
+    if not signature_valid(canonical(profile), profile["signature"], keys):
+        raise SiteError("bad_signature", f"{label} was refused: its signature does not match its content or no "
+                                         "trusted key made it (it was edited after signing?).")
 
 
 def _pretty(profile: dict) -> str:
@@ -388,10 +467,9 @@ def save(profile: dict, folder: Path | None = None, force: bool = False) -> Path
                                   "name, or confirm that it should be replaced (--force).")
     if profile.get("sha256") != content_sha256(profile):
         raise SiteError("tampered", "Refused to save a profile whose content does not match its sha256.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # only the service user may write (or read) them
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)  # 0600
     try:
-        os.chmod(fd, 0o644)  # mkstemp makes it private; a profile is meant to be read by the app's user too
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(_pretty(profile))
             f.flush()
@@ -452,6 +530,7 @@ def verify(profile: dict, bundle, where: str = "") -> SiteProfile:
     if not same:
         raise SiteError("tampered", f"{label} was refused: its content does not match its recorded sha256 (it was "
                                     "edited or damaged). Fit it again with `python -m model site fit`.")
+    _check_trust(profile, label)
     try:
         a, b = float(profile["calibration"]["a"]), float(profile["calibration"]["b"])
         thresholds = [float(o["threshold"]) for o in profile["operating_points"]]
@@ -478,7 +557,9 @@ def load(name: str, bundle, folder: Path | None = None) -> SiteProfile:
         raise SiteError("not_found", f"No site profile named '{name}' in {path.parent} (available: {known}).")
     try:
         profile = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError:  # its message would quote the server's path
+        raise SiteError("malformed", f"Site profile '{name}' was refused: it could not be read.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SiteError("malformed", f"Site profile '{name}' was refused: it is not readable JSON ({e}).") from None
     if isinstance(profile, dict) and profile.get("site") != name:
         raise SiteError("malformed", f"Site profile file {path.name} names another site "

@@ -15,6 +15,7 @@ import streamlit as st
 
 from model.core import metrics as M
 from model.core.types import Task
+from model.outputs.safe_text import md_escape
 from model.sites import profiles as sites
 from pages.lib.ui import UPLOAD_TYPES, tr
 
@@ -33,7 +34,8 @@ def active_site(bundle) -> sites.SiteProfile | None:
     try:
         return sites.load(name, bundle)
     except sites.SiteError as e:
-        st.warning(tr("sites")("site_refused", name=name, message=e.message), icon=":material/warning:")
+        st.warning(tr("sites")("site_refused", name=md_escape(name), message=md_escape(e.message)),
+                   icon=":material/warning:")
         return None
 
 
@@ -50,7 +52,7 @@ def sidebar_site(bundle):
                          format_func=lambda n: t("site_none") if n is None else n)
     for p in found:
         if not p["ok"]:
-            st.sidebar.caption(t("site_refused", name=p["name"], message=p["message"]))
+            st.sidebar.caption(t("site_refused", name=md_escape(p["name"]), message=md_escape(p["message"])))
 
 
 def site_caption(site: sites.SiteProfile | None):
@@ -222,7 +224,7 @@ def _save(bundle, scored, name: str | None, force: bool):
         st.session_state["site_save_message"] = ("ok", t("saved", name=name, path=path),
                                                  sites.summary_lines(profile))
     except sites.SiteError as e:
-        st.session_state["site_save_message"] = ("error", t("save_failed", message=e.message), None)
+        st.session_state["site_save_message"] = ("error", t("save_failed", message=md_escape(e.message)), None)
 
 
 def save_section(bundle, scored):
@@ -230,7 +232,10 @@ def save_section(bundle, scored):
     st.markdown(f"**{t('h_save')}**")
     folder = sites.sites_dir()
     if not sites.sites_writable(folder):
-        st.caption(t("save_unavailable", folder=folder))
+        st.caption(t("save_unavailable", folder=md_escape(folder)))
+        return
+    if sites.signature_required():  # the app holds no signing key: a profile saved here would be refused
+        st.caption(t("save_needs_signature"))
         return
     st.caption(t("save_intro", folds=sites.FOLDS))
     pending = st.session_state.get("site_save_pending")
@@ -282,11 +287,12 @@ def site_check(bundle, ensemble_for):
                                                        bundle.classes)
             bar = st.progress(0.0, text=t("check_running", n=len(labelled.items)))
             scored = sites.score(labelled, ensemble_for(bundle.name), guard=for_bundle(bundle),
-                                 progress=lambda done, total: bar.progress(done / max(total, 1)))
+                                 progress=lambda done, total: bar.progress(done / max(total, 1)),
+                                 max_pixels=sites.UPLOAD_PIXEL_BUDGET)
             bar.empty()
             st.session_state["site_check"] = {"bundle": bundle.name, "scored": scored}
-        except sites.SiteError as e:
-            st.error(e.message, icon=":material/error:")
+        except sites.SiteError as e:  # its message quotes entry, folder and archive names and CSV labels
+            st.error(md_escape(e.message), icon=":material/error:")
     check = st.session_state.get("site_check")
     if not check or check["bundle"] != bundle.name:
         return
