@@ -1,3 +1,6 @@
+from __future__ import annotations
+
+import contextlib
 import os
 from pathlib import Path
 
@@ -9,27 +12,61 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 @pytest.fixture(scope="session")
 def tiny_bundles(tmp_path_factory) -> Path:
     """A bundles folder with one real (tiny, barely trained) binary bundle, built once per test session."""
-    from synthetic import make_tiny_bundle
+    from helpers.bundles import make_tiny_bundle
 
     return make_tiny_bundle(tmp_path_factory.mktemp("tiny"))
 
 
-def serve_bundles(bundles):
-    """Generator body for a fixture that points the app at `bundles` (None: the repo's own model/bundles) with
-    fresh Streamlit caches, and restores the environment afterwards."""
+# ---------------------------------------------------------------------------------------------------------------------
+# Pointing the in-process app (AppTest) at a bundles folder
+# ---------------------------------------------------------------------------------------------------------------------
+_UNSET = object()
+_cached_from = {"folder": _UNSET}  # the bundles folder Streamlit's caches were filled from, in this process
+
+
+@contextlib.contextmanager
+def _app_bundles(folder: Path | None):
+    """Set TORAX_BUNDLES to `folder` (None: the repo's own model/bundles) for AppTest runs, and restore it after.
+    Streamlit's caches (the loaded bundles and models, cached results) are emptied only when the folder changes, so
+    modules sharing the session's `tiny_bundles` load its models once. Every AppTest module points the app through
+    here: the record of which folder the caches hold is only right if nothing else changes it."""
     import streamlit as st
 
     before = os.environ.pop("TORAX_BUNDLES", None)
-    if bundles is not None:
-        os.environ["TORAX_BUNDLES"] = str(bundles)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    os.environ.pop("TORAX_BUNDLES", None)
-    if before is not None:
-        os.environ["TORAX_BUNDLES"] = before
+    if folder is not None:
+        os.environ["TORAX_BUNDLES"] = str(folder)
+    key = None if folder is None else str(folder)
+    if _cached_from["folder"] != key:
+        st.cache_resource.clear()
+        st.cache_data.clear()
+        _cached_from["folder"] = key
+    try:
+        yield folder
+    finally:
+        os.environ.pop("TORAX_BUNDLES", None)
+        if before is not None:
+            os.environ["TORAX_BUNDLES"] = before
+
+
+@pytest.fixture(scope="module")
+def app_on_tiny_bundles(tiny_bundles):
+    """The app serves the session's tiny bundle for the whole module (`pytest.mark.usefixtures`)."""
+    with _app_bundles(tiny_bundles):
+        yield tiny_bundles
+
+
+@pytest.fixture(scope="module")
+def app_on_committed_bundles():
+    """The app serves the repository's own model/bundles for the whole module."""
+    with _app_bundles(None):
+        yield
+
+
+@pytest.fixture
+def point_app_at():
+    """`point_app_at(folder)` points the app at `folder` for the rest of this test; returns `folder`."""
+    with contextlib.ExitStack() as stack:
+        yield lambda folder: stack.enter_context(_app_bundles(folder))
 
 
 @pytest.fixture

@@ -2,45 +2,21 @@
 import base64
 import json
 import logging
-import socket
 import struct
-import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import cv2
 import httpx
 import numpy as np
 import pytest
 import uvicorn
+from helpers.images import png_bytes, radiograph, toy_chest
+from helpers.servers import serving
 
 from model.channels.api import MAX_UPLOAD_BYTES, create_app
 from model.core.analysis import analyse
-
-from synthetic import phantom, radiograph
-
-
-@contextmanager
-def serving(app):
-    """Run `app` with uvicorn in a background thread on a free loopback port; yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the API server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +32,6 @@ def api(tiny_bundles):
 @pytest.fixture(scope="module")
 def url(api):
     return api[0]
-
-
-def png(img) -> bytes:
-    return cv2.imencode(".png", img)[1].tobytes()
 
 
 def post(url, data: bytes, filename="chest.png", **params) -> httpx.Response:
@@ -107,7 +79,7 @@ def test_bundles_describe_classes_operating_points_and_evaluation(url, tiny_bund
 
 def test_a_radiograph_gets_the_same_result_object_as_the_cli(api):
     url, app = api
-    data = png(phantom(pneumonia=True, seed=1))
+    data = png_bytes(toy_chest(pneumonia=True, seed=1))
     r = post(url, data)
     assert r.status_code == 200, r.text
     result = r.json()
@@ -119,14 +91,14 @@ def test_a_radiograph_gets_the_same_result_object_as_the_cli(api):
 
     served = app.state.served["pneumonia-kermany"]
     expected = analyse(data, "chest.png", served.ensemble, guard=for_bundle(served.bundle))[0].to_json()
-    assert any(w["code"] == "not_chest_xray" for w in result["warnings"])  # a phantom is not a radiograph
+    assert any(w["code"] == "not_chest_xray" for w in result["warnings"])  # a toy_chest is not a radiograph
     assert {k: result[k] for k in expected} == json.loads(json.dumps(expected))
 
 
 def test_operating_point_or_threshold_sets_the_decision(url, tiny_bundles):
     manifest = json.loads((tiny_bundles / "pneumonia-kermany" / "manifest.json").read_text())
     screening = next(p["threshold"] for p in manifest["operating_points"] if p["name"] == "screening")
-    data = png(radiograph(seed=2))
+    data = png_bytes(radiograph((256, 224), seed=2))
     r = post(url, data, operating_point="screening").json()
     assert r["operating_point"] == "screening" and r["threshold"] == screening
     r = post(url, data, threshold=0).json()
@@ -134,7 +106,7 @@ def test_operating_point_or_threshold_sets_the_decision(url, tiny_bundles):
 
 
 def test_gradcam_overlay_is_a_png_of_the_uploads_size(url):
-    r = post(url, png(phantom((300, 200), pneumonia=True, seed=3)), cam="gradcam")
+    r = post(url, png_bytes(toy_chest((300, 200), pneumonia=True, seed=3)), cam="gradcam")
     assert r.status_code == 200, r.text
     result = r.json()
     assert result["cam"] == "gradcam" and result["cam_class"] == "PNEUMONIA"
@@ -143,7 +115,7 @@ def test_gradcam_overlay_is_a_png_of_the_uploads_size(url):
 
 
 def test_concurrent_requests_each_get_their_own_images_probability(url):
-    images = [png(phantom(pneumonia=i % 2 == 1, seed=10 + i)) for i in range(4)]
+    images = [png_bytes(toy_chest(pneumonia=i % 2 == 1, seed=10 + i)) for i in range(4)]
     single = [post(url, img).json()["probability"] for img in images]
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(lambda i: post(url, images[i % 4]), range(16)))
@@ -154,7 +126,7 @@ def test_concurrent_requests_each_get_their_own_images_probability(url):
 # --------------------------------------------------------------------------------------------------------------------
 # Bad requests: a 4xx with {"error": {"code", "message"}}, never a 5xx
 # --------------------------------------------------------------------------------------------------------------------
-TRUNCATED = png(phantom(seed=4))[:2000]
+TRUNCATED = png_bytes(toy_chest(seed=4))[:2000]
 
 
 @pytest.mark.parametrize("data, status, code", [
@@ -169,7 +141,7 @@ def test_bad_upload_is_rejected_with_the_decoders_code(url, data, status, code):
 
 def test_request_without_a_file_field_or_not_multipart(url):
     assert_error(httpx.post(f"{url}/v1/predict", files={"image": ("x.png", b"abc")}), 422, "missing_file")
-    assert_error(httpx.post(f"{url}/v1/predict", content=png(phantom()),
+    assert_error(httpx.post(f"{url}/v1/predict", content=png_bytes(toy_chest()),
                             headers={"content-type": "image/png"}), 415, "unsupported_media_type")
     assert_error(httpx.post(f"{url}/v1/predict", content=b"--x\r\nnot a part",
                             headers={"content-type": "multipart/form-data; boundary=x"}), 400, "invalid_multipart")
@@ -192,27 +164,27 @@ def test_oversize_body_is_413(url):
 @pytest.mark.parametrize("params", [{"threshold": "1.5"}, {"threshold": "-0.1"}, {"threshold": "nan"},
                                     {"threshold": "high"}, {"threshold": "0.5", "operating_point": "screening"}])
 def test_bad_threshold_is_422(url, params):
-    assert_error(post(url, png(phantom()), **params), 422, "invalid_parameter")
+    assert_error(post(url, png_bytes(toy_chest()), **params), 422, "invalid_parameter")
 
 
 def test_unknown_operating_point_is_422_and_unknown_cam_method_too(url):
-    assert_error(post(url, png(phantom()), operating_point="lenient"), 422, "unknown_operating_point")
-    assert_error(post(url, png(phantom()), cam="lime"), 422, "invalid_parameter")
+    assert_error(post(url, png_bytes(toy_chest()), operating_point="lenient"), 422, "unknown_operating_point")
+    assert_error(post(url, png_bytes(toy_chest()), cam="lime"), 422, "invalid_parameter")
 
 
 def test_unknown_bundle_is_404(url):
-    assert_error(post(url, png(phantom()), bundle="no-such-bundle"), 404, "unknown_bundle")
+    assert_error(post(url, png_bytes(toy_chest()), bundle="no-such-bundle"), 404, "unknown_bundle")
 
 
 def test_analysis_past_the_time_limit_is_504(tiny_bundles):
     with serving(create_app(tiny_bundles, timeout_s=0)) as slow_url:
-        assert_error(post(slow_url, png(phantom())), 504, "timeout")
+        assert_error(post(slow_url, png_bytes(toy_chest())), 504, "timeout")
 
 
 def test_server_logs_name_the_path_but_never_the_file_or_the_query(url, caplog):
     caplog.set_level(logging.INFO)
     secret = "DOE_JANE_1967-03-02"
-    assert post(url, png(phantom()), filename=f"{secret}.png", operating_point="screening").status_code == 200
+    assert post(url, png_bytes(toy_chest()), filename=f"{secret}.png", operating_point="screening").status_code == 200
     assert post(url, b"not an image", filename=f"{secret}.dcm").status_code == 415
     logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith(("httpx", "httpcore")))
     assert "POST /v1/predict 200" in logged and "POST /v1/predict 415" in logged

@@ -5,21 +5,14 @@ from pathlib import Path
 
 import cv2
 import pytest
+from helpers.images import radiograph
 from streamlit.testing.v1 import AppTest
-
-from conftest import serve_bundles
-from synthetic import radiograph
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLES = ROOT / "model" / "bundles"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def serve_committed_bundles():
-    yield from serve_bundles(None)
-
-
-pytestmark = pytest.mark.usefixtures("router_runs_every_time")
+pytestmark = pytest.mark.usefixtures("app_on_committed_bundles", "router_runs_every_time")
 
 
 def test_every_committed_bundle_loads_and_says_what_it_is():

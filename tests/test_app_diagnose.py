@@ -10,29 +10,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers.images import png_bytes, radiograph
 from streamlit.testing.v1 import AppTest
-
-from conftest import serve_bundles
-from synthetic import radiograph
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def serve_tiny_bundle(tiny_bundles):
-    yield from serve_bundles(tiny_bundles)
-
-
-pytestmark = pytest.mark.usefixtures("router_runs_every_time")
+pytestmark = pytest.mark.usefixtures("app_on_tiny_bundles", "router_runs_every_time")
 
 
 @pytest.fixture(scope="module")
 def manifest(tiny_bundles):
     return json.loads((Path(tiny_bundles) / "pneumonia-kermany" / "manifest.json").read_text())
-
-
-def png(image: np.ndarray) -> bytes:
-    return cv2.imencode(".png", image)[1].tobytes()
 
 
 def open_app() -> AppTest:
@@ -66,7 +55,7 @@ def decision(at: AppTest) -> str:
 @pytest.fixture
 def diagnosed():
     at = open_app()
-    return upload(at, "chest.png", png(radiograph((256, 200), pneumonia=True, seed=3)))
+    return upload(at, "chest.png", png_bytes(radiograph((256, 200), pneumonia=True, seed=3)))
 
 
 def test_the_landing_page_asks_for_a_radiograph():
@@ -153,7 +142,7 @@ def test_sliders_and_selectors_reuse_the_prediction_and_the_cam(monkeypatch):
 
     monkeypatch.setattr(Ensemble, "predict", counting("predict", Ensemble.predict))
     monkeypatch.setattr(Explainer, "cams", counting("cams", Explainer.cams))
-    at = upload(open_app(), "fresh.png", png(radiograph((210, 190), pneumonia=True, seed=123)))
+    at = upload(open_app(), "fresh.png", png_bytes(radiograph((210, 190), pneumonia=True, seed=123)))
     at.toggle(key="dx_cam").set_value(True).run()
     assert calls == {"predict": 1, "cams": 1}
 
@@ -185,15 +174,15 @@ def test_switching_the_language_shows_the_page_in_spanish(diagnosed):
 def test_a_file_that_is_not_an_image_is_explained_and_the_page_keeps_working():
     at = upload(open_app(), "notes.png", b"these are notes, not pixels")
     assert at.error and "could not be analysed" in at.error[0].value
-    upload(at, "chest.png", png(radiograph((240, 240), seed=5)))
+    upload(at, "chest.png", png_bytes(radiograph((240, 240), seed=5)))
     assert not at.error
     assert "Probability of PNEUMONIA" in seen(at)
 
 
 def test_decoder_warnings_are_shown_prominently():
-    colour = cv2.cvtColor(radiograph((200, 180), seed=7), cv2.COLOR_GRAY2BGR)
-    colour[..., 2] = 255 - colour[..., 2]  # clearly not gray
-    at = upload(open_app(), "colour.png", png(colour))
+    colour = cv2.cvtColor(radiograph((200, 180), seed=7), cv2.COLOR_GRAY2RGB)
+    colour[..., 0] = 255 - colour[..., 0]  # clearly not gray
+    at = upload(open_app(), "colour.png", png_bytes(colour))
     assert at.warning and "colour image" in at.warning[0].value
 
 
@@ -236,7 +225,8 @@ def test_a_dicom_is_shown_windowed_with_its_non_identifying_details_only():
 
 def test_an_image_opened_from_the_worklist_is_shown_without_a_new_upload():
     at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["current_upload"] = {"name": "from-list.png", "data": png(radiograph((300, 260), True, seed=9))}
+    at.session_state["current_upload"] = {"name": "from-list.png",
+                                          "data": png_bytes(radiograph((300, 260), True, seed=9))}
     at.run()
     assert not at.exception
     text = seen(at)
@@ -255,7 +245,7 @@ def test_reports_carry_the_result_and_model_but_no_file_name(tiny_bundles):
     from model.outputs.downloads import report_html, report_json
 
     bundle = load_all(tiny_bundles)[0]["pneumonia-kermany"]
-    result, _ = analyse(png(radiograph((120, 100), True, seed=2)), "Doe^Jane_<script>.png", Ensemble(bundle))
+    result, _ = analyse(png_bytes(radiograph((120, 100), True, seed=2)), "Doe^Jane_<script>.png", Ensemble(bundle))
     result = decide(result, bundle, 0.0)
     data = json.loads(report_json(result, bundle))
     assert data["model"]["version"] == bundle.version

@@ -4,19 +4,12 @@ from pathlib import Path
 
 import cv2
 import pytest
+from helpers.dicom import Orthanc, chest_dx, orthanc_available, to_bytes
+from helpers.images import radiograph
 from streamlit.testing.v1 import AppTest
 
-from conftest import serve_bundles
-from synthetic_dicom import Orthanc, chest_dx, orthanc_available, to_bytes
-from test_guard import chest_phantom
-
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-pytestmark = pytest.mark.usefixtures("router_runs_every_time")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def serve_tiny_bundle(tiny_bundles):
-    yield from serve_bundles(tiny_bundles)
+pytestmark = pytest.mark.usefixtures("app_on_tiny_bundles", "router_runs_every_time")
 
 
 @pytest.fixture
@@ -38,7 +31,7 @@ def downloads(at: AppTest) -> list[str]:
 
 
 def test_a_picture_gets_a_pdf_but_no_dicom_outputs(no_pacs):
-    at = diagnose("chest.png", cv2.imencode(".png", chest_phantom(seed=1))[1].tobytes())
+    at = diagnose("chest.png", cv2.imencode(".png", radiograph((512, 448), seed=1))[1].tobytes())
     labels = downloads(at)
     assert "Report (PDF)" in labels
     assert not any("DICOM" in label for label in labels)
@@ -46,7 +39,7 @@ def test_a_picture_gets_a_pdf_but_no_dicom_outputs(no_pacs):
 
 
 def test_a_dicom_gets_sr_and_sc_downloads_and_says_how_to_configure_a_pacs(no_pacs):
-    at = diagnose("study.dcm", to_bytes(chest_dx(chest_phantom(seed=2), patient_id="HOSP-4242")))
+    at = diagnose("study.dcm", to_bytes(chest_dx(radiograph((512, 448), seed=2), patient_id="HOSP-4242")))
     labels = downloads(at)
     assert {"Report (PDF)", "Structured report (DICOM SR)",
             "Overlay for the PACS (DICOM Secondary Capture)"} <= set(labels)
@@ -61,7 +54,7 @@ def test_send_result_to_pacs_stores_both_objects_in_the_study(tmp_path, monkeypa
         monkeypatch.setenv("TORAX_PACS_URL", server.url)
         monkeypatch.setenv("TORAX_PACS_USER", server.user)
         monkeypatch.setenv("TORAX_PACS_PASSWORD", server.password)
-        source = chest_dx(chest_phantom(seed=3), patient_id="HOSP-5151")
+        source = chest_dx(radiograph((512, 448), seed=3), patient_id="HOSP-5151")
         at = diagnose("study.dcm", to_bytes(source))
         at.button(key="dx_send_pacs").click().run()
         assert not at.exception, at.exception

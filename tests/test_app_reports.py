@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from model.core import metrics as M
@@ -18,26 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = "pneumonia-kermany"
 STRINGS = {page: json.loads((ROOT / "assets" / "strings" / f"{page}.json").read_text(encoding="utf-8"))
            for page in ("dataset", "evaluation", "model_card", "evidence")}
-_current_root = {"path": None}
 
 
 @pytest.fixture
-def use_bundles(monkeypatch):
-    """Point the app at a bundles folder; Streamlit's caches are emptied whenever the folder changes (and on the
-    first use, in case another test module loaded other bundles in this process)."""
-    def use(root: Path):
-        monkeypatch.setenv("TORAX_BUNDLES", str(root))
-        if _current_root["path"] != root:
-            st.cache_data.clear()
-            st.cache_resource.clear()
-            _current_root["path"] = root
-        return root
-    return use
-
-
-@pytest.fixture
-def bundle_dir(tiny_bundles, use_bundles) -> Path:
-    return use_bundles(tiny_bundles) / BUNDLE
+def bundle_dir(tiny_bundles, point_app_at) -> Path:
+    return point_app_at(tiny_bundles) / BUNDLE
 
 
 def read(bundle_dir: Path, name: str) -> dict:
@@ -301,7 +285,7 @@ def test_model_card_shows_the_manifest_numbers(bundle_dir):
 
 
 @pytest.fixture
-def with_external(tiny_bundles, use_bundles, tmp_path) -> Path:
+def with_external(tiny_bundles, point_app_at, tmp_path) -> Path:
     """The tiny bundle plus an external scores report on which the ensemble does worse than a member: half the
     internal test scores, the ensemble's order reversed on the positives."""
     root = tmp_path / "bundles"
@@ -315,7 +299,7 @@ def with_external(tiny_bundles, use_bundles, tmp_path) -> Path:
     external = {**internal, "dataset": "later-collection", "split": "external", "ensemble": ensemble,
                 "members": {member: [[float(label)] for label in y]}}  # a perfect member
     (root / BUNDLE / "reports" / "scores-external.json").write_text(json.dumps(external))
-    return use_bundles(root) / BUNDLE
+    return point_app_at(root) / BUNDLE
 
 
 def test_model_card_and_evaluation_lead_with_external_numbers(with_external):
@@ -384,8 +368,8 @@ def multiclass_root(tiny_bundles, tmp_path_factory) -> Path:
     return root
 
 
-def test_multiclass_evaluation_shows_per_class_auc_and_the_confusion_matrix(multiclass_root, use_bundles, monkeypatch):
-    use_bundles(multiclass_root)
+def test_multiclass_evaluation_shows_per_class_auc_and_the_confusion_matrix(multiclass_root, point_app_at, monkeypatch):
+    point_app_at(multiclass_root)
     monkeypatch.setenv("TORAX_DEFAULT_BUNDLE", "pneumonia-type")  # fail closed: no silent fallback
     evaluation = json.loads((multiclass_root / "pneumonia-type" / "reports" / "evaluation.json").read_text())
     en = STRINGS["evaluation"]["en"]
@@ -403,8 +387,8 @@ def test_multiclass_evaluation_shows_per_class_auc_and_the_confusion_matrix(mult
     assert not at.slider  # no single threshold for a multiclass model
 
 
-def test_multiclass_model_card_and_dataset_pages_render(multiclass_root, use_bundles, monkeypatch):
-    use_bundles(multiclass_root)
+def test_multiclass_model_card_and_dataset_pages_render(multiclass_root, point_app_at, monkeypatch):
+    point_app_at(multiclass_root)
     monkeypatch.setenv("TORAX_DEFAULT_BUNDLE", "pneumonia-type")  # fail closed: no silent fallback
     evaluation = json.loads((multiclass_root / "pneumonia-type" / "reports" / "evaluation.json").read_text())
     en = STRINGS["model_card"]["en"]

@@ -7,40 +7,14 @@ import io
 import zipfile
 from pathlib import Path
 
-import cv2
 import pytest
+from helpers.images import png_bytes, radiograph, sample_zip
 from streamlit.testing.v1 import AppTest
-
-from conftest import serve_bundles
-from test_guard import chest_phantom, colour_photo
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def serve_tiny_bundle(tiny_bundles):
-    yield from serve_bundles(tiny_bundles)
-
-
-pytestmark = pytest.mark.usefixtures("router_runs_every_time")
-
-
-def png(image) -> bytes:
-    return cv2.imencode(".png", image)[1].tobytes()
-
-
-def sample_zip(per_class: int = 6) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as z:
-        for label, pneumonia in (("NORMAL", False), ("PNEUMONIA", True)):
-            for i in range(per_class):
-                image = chest_phantom(size=(256, 224), seed=200 * pneumonia + i)
-                if pneumonia:
-                    cv2.circle(image, (70, 140), 22, 235, -1)
-                z.writestr(f"my-site/{label}/{i}.png", png(image))
-        z.writestr("my-site/NORMAL/holiday.png", png(colour_photo(seed=4)))
-        z.writestr("my-site/README.txt", "labelled by Dr. X")
-    return buffer.getvalue()
+pytestmark = pytest.mark.usefixtures("app_on_tiny_bundles", "router_runs_every_time")
 
 
 def seen(at: AppTest) -> str:
@@ -94,7 +68,7 @@ def test_upload_report_save_and_use_a_site_profile(evaluation):
     assert "with site profile clinic-a" in seen(at)  # the report now applies it
     at.switch_page("pages/diagnose.py").run()
     assert not at.exception, at.exception
-    at.file_uploader(key="dx_upload").set_value(("x.png", png(chest_phantom(seed=9)), "image/png")).run()
+    at.file_uploader(key="dx_upload").set_value(("x.png", png_bytes(radiograph((512, 448), seed=9)), "image/png")).run()
     assert not at.exception, at.exception
     assert "Site profile in use: **clinic-a**" in seen(at)
     assert at.radio(key="dx_evidence").value == "site"  # the most external evidence first
@@ -127,8 +101,9 @@ def test_names_and_labels_in_refusals_are_shown_as_text(evaluation):
     at, _ = evaluation
     errors = lambda: "\n".join(e.value for e in at.error)  # noqa: E731
     at.radio(key="sc_mode").set_value("files").run()
-    at.file_uploader(key="sc_files").set_value([("a.png", png(chest_phantom(seed=1)), "image/png"),
-                                                ("b.png", png(chest_phantom(seed=2)), "image/png")]).run()
+    at.file_uploader(key="sc_files").set_value(
+        [("a.png", png_bytes(radiograph((512, 448), seed=1)), "image/png"),
+         ("b.png", png_bytes(radiograph((512, 448), seed=2)), "image/png")]).run()
     at.file_uploader(key="sc_csv").set_value(
         ("labels.csv", f"path,label\na.png,NORMAL\nb.png,\"{LINK}\"\n".encode(), "text/csv")).run()
     at.button(key="sc_run").click().run()
@@ -137,8 +112,8 @@ def test_names_and_labels_in_refusals_are_shown_as_text(evaluation):
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:
-        z.writestr("NORMAL/a.png", png(chest_phantom(seed=1)))
-        z.writestr(f"{LINK}/b.png", png(chest_phantom(seed=2)))
+        z.writestr("NORMAL/a.png", png_bytes(radiograph((512, 448), seed=1)))
+        z.writestr(f"{LINK}/b.png", png_bytes(radiograph((512, 448), seed=2)))
     at.radio(key="sc_mode").set_value("zip").run()
     at.file_uploader(key="sc_zip").set_value((f"{LINK}.zip", buffer.getvalue(), "application/zip")).run()
     at.button(key="sc_run").click().run()
@@ -146,7 +121,7 @@ def test_names_and_labels_in_refusals_are_shown_as_text(evaluation):
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:
-        z.writestr("NORMAL/a.png", png(chest_phantom(seed=1)))
+        z.writestr("NORMAL/a.png", png_bytes(radiograph((512, 448), seed=1)))
     at.file_uploader(key="sc_zip").set_value((f"{LINK}.zip", buffer.getvalue(), "application/zip")).run()
     at.button(key="sc_run").click().run()
     assert "labelled NORMAL" in errors() and md_escape(f"'{LINK}.zip'") in errors() and "](https" not in errors()

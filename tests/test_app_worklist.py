@@ -2,31 +2,17 @@
 of good and bad files becomes one ranked table; a selected row opens in Diagnose; the list survives the trip."""
 from pathlib import Path
 
-import cv2
 import pytest
+from helpers.images import png_bytes, radiograph
 from streamlit.testing.v1 import AppTest
 
-from conftest import serve_bundles
-from synthetic import radiograph
-
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
+pytestmark = pytest.mark.usefixtures("app_on_tiny_bundles", "router_runs_every_time")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def serve_tiny_bundle(tiny_bundles):
-    yield from serve_bundles(tiny_bundles)
-
-
-pytestmark = pytest.mark.usefixtures("router_runs_every_time")
-
-
-def png(image) -> bytes:
-    return cv2.imencode(".png", image)[1].tobytes()
-
-
-GOOD = [(f"chest-{i}.png", png(radiograph((220 + 10 * i, 200), pneumonia=i % 2 == 0, seed=20 + i)), "image/png")
+GOOD = [(f"chest-{i}.png", png_bytes(radiograph((220 + 10 * i, 200), pneumonia=i % 2 == 0, seed=20 + i)), "image/png")
         for i in range(4)]
-BAD = [("truncated.png", png(radiograph((200, 200), seed=1))[:200], "image/png"),
+BAD = [("truncated.png", png_bytes(radiograph((200, 200), seed=1))[:200], "image/png"),
        ("empty.jpg", b"", "image/jpeg"),
        ("letter.png", b"Dear colleague, please find attached", "image/png")]
 

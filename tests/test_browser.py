@@ -8,9 +8,8 @@ import time
 
 import cv2
 import pytest
-
-from live_app import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
-from synthetic import radiograph
+from helpers.images import radiograph
+from helpers.servers import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
 
 pytestmark = pytest.mark.browser
 

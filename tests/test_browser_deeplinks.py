@@ -10,8 +10,7 @@ import re
 import shutil
 
 import pytest
-
-from live_app import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
+from helpers.servers import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
 
 pytestmark = pytest.mark.browser
 

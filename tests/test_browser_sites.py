@@ -4,9 +4,8 @@ $TORAX_SITES). Skips without /usr/bin/chromium; never runs `playwright install`.
 import json
 
 import pytest
-from test_app_sites import sample_zip
-
-from live_app import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
+from helpers.images import sample_zip
+from helpers.servers import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
 
 pytestmark = pytest.mark.browser
 

@@ -257,7 +257,7 @@ def test_the_data_folder_comes_from_the_environment_first(monkeypatch, tmp_path)
 
 
 def test_sample_images_from_a_folder_layout_and_from_a_manifest(tmp_path):
-    from synthetic import make_kermany_folder
+    from helpers.bundles import make_kermany_folder
 
     root = make_kermany_folder(tmp_path, n_per_class=4, size=(32, 32))
     found = data_folder.sample_paths(str(root), ["NORMAL", "PNEUMONIA"], per_class=3, seed=0)

@@ -1,150 +1,26 @@
 """model.core.guard.check: uploads that are not frontal chest radiographs are flagged, adults are flagged for a
 pediatric bundle, and the check is fast and never raises.
 
-Every input is generated here; nothing is read from ../shared. A drawn chest phantom is NOT a real radiograph:
-that it passes shows the check is not flagging everything, nothing more. The real false-alarm and catch rates are
-the held-out measurements in model/guard_params/metrics.json (docs/GUARD.md).
+Every input is generated here (tests/helpers/images.py); nothing is read from ../shared. A drawn `radiograph` is
+NOT a real radiograph: that it passes shows the check is not flagging everything, nothing more. The real false-alarm
+and catch rates are the held-out measurements in model/guard_params/metrics.json (docs/GUARD.md).
 """
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from helpers.dicom import secondary_capture
+from helpers.images import colour_photo, ct_slice, document, overexposed, png_bytes, radiograph
 
 import model.core.guard as guard
 from model.core.guard import GuardError, check, load_params
 from model.io import Decoded, decode
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Pictures
-# ---------------------------------------------------------------------------------------------------------------------
-def chest_phantom(size=(512, 448), seed: int = 0) -> np.ndarray:
-    """A frontal chest radiograph drawn from its anatomy: trunk and arms, two dark lung fields crossed by
-    posterior ribs, clavicles, mediastinum and spine, the heart bulging to the patient's left, diaphragm domes.
-    Bone white, air black, as displayed."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    img = np.full((h, w), 15, np.float32)
-    trunk = np.array([[0.12, 0.0], [0.88, 0.0], [0.97, 0.25], [0.95, 1.0], [0.05, 1.0], [0.03, 0.25]])
-    cv2.fillPoly(img, [(trunk * [w, h]).astype(np.int32)], 120)
-    for side in (-1, 1):
-        x = int(w / 2 + side * w * 0.47)
-        cv2.line(img, (x, int(0.15 * h)), (x, h), 105, int(0.07 * w))
-        cv2.line(img, (x, int(0.15 * h)), (x, h), 175, int(0.02 * w))
-    lungs = np.zeros((h, w), np.float32)
-    for side in (-1, 1):
-        cx = w / 2 + side * w * 0.2
-        outline = np.array([[cx - side * 0.08 * w, 0.14 * h], [cx + side * 0.06 * w, 0.16 * h],
-                            [cx + side * 0.17 * w, 0.45 * h], [cx + side * 0.19 * w, 0.78 * h],
-                            [cx - side * 0.04 * w, 0.70 * h], [cx - side * 0.11 * w, 0.6 * h],
-                            [cx - side * 0.1 * w, 0.25 * h]])
-        cv2.fillPoly(lungs, [outline.astype(np.int32)], 1)
-    img *= 1 - 0.6 * cv2.GaussianBlur(lungs, (0, 0), w * 0.015)
-    cv2.ellipse(img, (int(w * 0.55), int(h * 0.6)), (int(w * 0.16), int(h * 0.13)), -15, 0, 360, 150, -1)
-    cv2.rectangle(img, (int(w * 0.45), int(h * 0.05)), (int(w * 0.55), int(h * 0.62)), 160, -1)
-    cv2.rectangle(img, (int(w * 0.475), 0), (int(w * 0.525), h), 185, -1)
-    ribs = np.zeros((h, w), np.float32)
-    for k in range(10):
-        y0 = h * (0.13 + k * 0.065)
-        xs = np.linspace(0, 0.42 * w, 40)
-        ys = y0 + 0.25 * h * (xs / (0.42 * w)) ** 1.6 - 0.05 * h * np.sin(np.pi * xs / (0.42 * w))
-        for side in (-1, 1):
-            pts = np.stack([w / 2 + side * (0.03 * w + xs), ys], 1).astype(np.int32)
-            cv2.polylines(ribs, [pts], False, 1, max(2, int(0.012 * h)))
-    img += 45 * cv2.GaussianBlur(ribs, (0, 0), 1.5)
-    for side in (-1, 1):
-        cv2.line(img, (int(w * (0.5 + side * 0.05)), int(h * 0.14)), (int(w * (0.5 + side * 0.33)), int(h * 0.09)),
-                 200, max(3, int(0.02 * h)))
-    abdomen = np.zeros((h, w), np.float32)
-    for side in (-1, 1):
-        cv2.ellipse(abdomen, (int(w / 2 + side * w * 0.2), int(h * 0.86)), (int(w * 0.24), int(h * 0.12)), 0, 180,
-                    360, 1, -1)
-    cv2.rectangle(abdomen, (int(w * 0.05), int(h * 0.86)), (int(w * 0.95), h), 1, -1)
-    img = np.maximum(img, 150 * cv2.GaussianBlur(abdomen, (0, 0), 3) * (img > 20))
-    texture = cv2.resize(rng.normal(0, 6, (24, 24)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-    img = cv2.GaussianBlur(img + texture, (0, 0), 2) + rng.normal(0, 3, (h, w))
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def colour_photo(h=360, w=480, seed=0) -> np.ndarray:
-    """A smooth random colour field: what a photograph looks like at thumbnail scale."""
-    rng = np.random.default_rng(seed)
-    small = rng.uniform(0, 255, (5, 6, 3)).astype(np.float32)
-    return np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC), 0, 255).astype(np.uint8)
-
-
-def document(h=800, w=600, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    page = Image.new("L", (w, h), 250)
-    draw = ImageDraw.Draw(page)
-    draw.text((50, 40), "DISCHARGE SUMMARY", fill=0, font=ImageFont.load_default(size=28))
-    font = ImageFont.load_default(size=14)
-    words = "the patient was seen today and is well no acute findings follow up in two weeks".split()
-    for y in range(100, h - 60, 22):
-        draw.text((50, y), " ".join(rng.choice(words, 9)), fill=20, font=font)
-    return np.asarray(page)
-
-
-def ct_slice(n=512, seed=0) -> np.ndarray:
-    """Axial chest CT: air black, body ellipse, two dark lungs, heart, spine, ribs in a ring, the table."""
-    rng = np.random.default_rng(seed)
-    a = np.zeros((n, n), np.float32)
-    c = (n // 2, n // 2)
-    cv2.ellipse(a, c, (int(n * 0.42), int(n * 0.3)), 0, 0, 360, 100, -1)
-    cv2.ellipse(a, c, (int(n * 0.39), int(n * 0.27)), 0, 0, 360, 135, -1)
-    for side in (-1, 1):
-        cv2.ellipse(a, (c[0] + side * int(n * 0.18), c[1]), (int(n * 0.14), int(n * 0.2)), 0, 0, 360, 12, -1)
-    cv2.ellipse(a, (c[0] + int(n * 0.04), c[1] - int(n * 0.02)), (int(n * 0.09), int(n * 0.1)), 0, 0, 360, 145, -1)
-    cv2.circle(a, (c[0], c[1] + int(n * 0.2)), int(n * 0.045), 240, -1)
-    for t in np.linspace(0, 2 * np.pi, 14, endpoint=False):
-        cv2.circle(a, (int(c[0] + n * 0.37 * np.cos(t)), int(c[1] + n * 0.26 * np.sin(t))), 6, 230, -1)
-    cv2.rectangle(a, (int(n * 0.05), int(n * 0.83)), (int(n * 0.95), int(n * 0.86)), 170, -1)
-    return np.clip(cv2.GaussianBlur(a, (0, 0), 1) + rng.normal(0, 5, a.shape), 0, 255).astype(np.uint8)
-
-
-def overexposed() -> np.ndarray:
-    """Burnt out: almost all white, a little structure left in one corner."""
-    a = np.full((300, 300), 255, np.uint8)
-    a[:110, :110] = chest_phantom((110, 110))
-    return a
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def dicom(arr: np.ndarray, **elements) -> bytes:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = arr.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = np.ascontiguousarray(arr, np.uint8).tobytes()
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def codes(data: bytes, **kwargs) -> set[str]:
@@ -163,7 +39,7 @@ def all_codes(data: bytes) -> set[str]:
 # ---------------------------------------------------------------------------------------------------------------------
 def test_a_drawn_chest_radiograph_is_not_flagged():
     for seed in range(3):
-        assert check(decode(png(chest_phantom(seed=seed)))) == []
+        assert check(decode(png_bytes(radiograph((512, 448), seed=seed)))) == []
 
 
 @pytest.mark.parametrize("make, also", [
@@ -171,18 +47,18 @@ def test_a_drawn_chest_radiograph_is_not_flagged():
     (lambda: cv2.cvtColor(colour_photo(seed=3), cv2.COLOR_RGB2GRAY), set()),
     (lambda: document(), set()),
     (lambda: ct_slice(), set()),
-    (lambda: chest_phantom()[:40, :60], {"too_small"}),
+    (lambda: radiograph((512, 448))[:40, :60], {"too_small"}),
     (lambda: np.full((300, 300), 128, np.uint8), {"blank_image"}),
     (lambda: overexposed(), {"saturated_image"}),
 ], ids=["colour-photo", "gray-photo", "document", "ct-slice", "tiny", "blank", "saturated"])
 def test_pictures_that_are_not_chest_radiographs_are_flagged(make, also):
-    found = all_codes(png(make()))
+    found = all_codes(png_bytes(make()))
     assert "not_chest_xray" in found
     assert also <= found
 
 
 def test_the_decoders_blank_warning_is_not_repeated():
-    decoded = decode(png(np.zeros((200, 200), np.uint8)))
+    decoded = decode(png_bytes(np.zeros((200, 200), np.uint8)))
     assert [w["code"] for w in decoded.warnings] == ["blank_image"]
     assert [w["code"] for w in check(decoded)] == ["not_chest_xray"]
 
@@ -198,14 +74,14 @@ def test_the_decoders_blank_warning_is_not_repeated():
 ])
 def test_dicom_header_fields_decide_when_they_can(elements, expected):
     # The pixels are a drawn chest, so anything flagged comes from the header.
-    assert codes(dicom(chest_phantom(), **elements)) == expected
+    assert codes(secondary_capture(radiograph((512, 448)), **elements)) == expected
 
 
 def test_messages_are_plain_and_say_why():
-    warnings = check(decode(dicom(chest_phantom(), Modality="CT")))
+    warnings = check(decode(secondary_capture(radiograph((512, 448)), Modality="CT")))
     message = next(w["message"] for w in warnings if w["code"] == "not_chest_xray")
     assert "CT" in message and "frontal chest X-ray" in message
-    for w in warnings + check(decode(png(document()))) + check(decode(png(np.zeros((20, 20), np.uint8)))):
+    for w in warnings + check(decode(png_bytes(document()))) + check(decode(png_bytes(np.zeros((20, 20), np.uint8)))):
         assert set(w) == {"code", "message"} and w["message"][0].isupper() and w["message"].endswith(".")
 
 
@@ -224,7 +100,7 @@ def adult_score(monkeypatch):
 
 
 def test_adults_are_flagged_only_for_a_pediatric_bundle(adult_score):
-    data = png(chest_phantom())
+    data = png_bytes(radiograph((512, 448)))
     adult_score(0.99)
     assert codes(data, population="pediatric 1-5 years") == {"outside_intended_population"}
     assert codes(data, population="Pediatric") == {"outside_intended_population"}
@@ -237,13 +113,13 @@ def test_adults_are_flagged_only_for_a_pediatric_bundle(adult_score):
 def test_population_is_not_judged_for_pictures_that_are_not_radiographs(adult_score):
     adult_score(0.99)
     for picture in (document(), ct_slice(), colour_photo()):
-        found = codes(png(picture), population="pediatric 1-5 years")
+        found = codes(png_bytes(picture), population="pediatric 1-5 years")
         assert "not_chest_xray" in found and "outside_intended_population" not in found
 
 
 def test_population_message_names_the_population(adult_score):
     adult_score(0.99)
-    (w,) = check(decode(png(chest_phantom())), population="pediatric 1-5 years")
+    (w,) = check(decode(png_bytes(radiograph((512, 448)))), population="pediatric 1-5 years")
     assert "adult" in w["message"] and "pediatric 1-5 years" in w["message"]
 
 
@@ -255,9 +131,9 @@ def test_population_message_names_the_population(adult_score):
     np.full((5000, 1), 200, np.uint8), np.zeros((64, 64), np.uint8), np.zeros((64, 5000), np.uint8),
     np.random.default_rng(0).integers(0, 256, (64, 20000), dtype=np.uint8),
     np.zeros((10, 10, 3), np.uint8), np.zeros((100, 100), np.float32), np.zeros((100,), np.uint8),
-    np.full((300, 200), np.nan), np.dstack([chest_phantom()] * 3),
-    chest_phantom()[::-1], chest_phantom().T.copy(), np.asfortranarray(chest_phantom()),
-    chest_phantom()[::3, ::2],
+    np.full((300, 200), np.nan), np.dstack([radiograph((512, 448))] * 3),
+    radiograph((512, 448))[::-1], radiograph((512, 448)).T.copy(), np.asfortranarray(radiograph((512, 448))),
+    radiograph((512, 448))[::3, ::2],
 ], ids=["0x0", "1x1", "1x5000", "5000x1", "64x64-black", "64x5000", "noise-strip", "rgb", "float", "1-d", "nan",
         "rgb-chest",
         "upside-down", "transposed", "fortran-order", "strided-view"])
@@ -269,7 +145,7 @@ def test_never_raises_on_odd_arrays(pixels):
 
 
 def test_is_fast_even_for_a_large_upload():
-    big = cv2.resize(chest_phantom(), (2500, 3000))
+    big = cv2.resize(radiograph((512, 448)), (2500, 3000))
     decoded = Decoded(pixels=big, meta={}, warnings=[])
     check(decoded, population="pediatric")  # parameters load once
     times = []
@@ -282,7 +158,7 @@ def test_is_fast_even_for_a_large_upload():
 
 def test_a_failing_check_says_so_instead_of_raising(monkeypatch):
     monkeypatch.setattr(guard, "features", lambda pixels: 1 / 0)
-    (w,) = check(decode(png(chest_phantom())))
+    (w,) = check(decode(png_bytes(radiograph((512, 448)))))
     assert w["code"] == "guard_unavailable"
 
 
@@ -303,7 +179,7 @@ def test_missing_parameters_make_the_check_say_it_did_not_run(tmp_path, monkeypa
     monkeypatch.setattr(guard, "PARAMS_DIR", tmp_path / "nowhere")
     with pytest.raises(GuardError):
         load_params()
-    assert [w["code"] for w in check(decode(png(chest_phantom())))] == ["guard_unavailable"]
+    assert [w["code"] for w in check(decode(png_bytes(radiograph((512, 448)))))] == ["guard_unavailable"]
 
 
 def test_committed_parameters_are_small_verified_and_measured():
@@ -320,5 +196,5 @@ def test_committed_parameters_are_small_verified_and_measured():
 
 
 def test_model_never_imports_training():
-    source = (guard.PARAMS_DIR.parent / "guard.py").read_text()
+    source = Path(guard.__file__).read_text()  # model/core/guard.py
     assert "import training" not in source and "from training" not in source

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import cv2
 import pytest
-
-from live_app import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
-from synthetic import radiograph
+from helpers.images import radiograph
+from helpers.servers import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
 
 SESSIONS = int(os.environ.get("TORAX_LOAD_SESSIONS", "2"))
 UPLOADS = int(os.environ.get("TORAX_LOAD_UPLOADS", "4"))

@@ -5,45 +5,12 @@ import cv2
 import keras
 import numpy as np
 import pytest
+from helpers.bundles import SPEC, brightness_model, write_bundle
+from helpers.images import toy_chest
 
 from model.core import bundle as bundle_lib
 from model.core.ensemble import Ensemble, Prediction, apply_temperature
 from model.core.explain import Explainer, overlay
-
-from synthetic import phantom
-
-SPEC = {"height": 48, "width": 48, "channels": 1, "resize": "squash", "dtype": "uint8"}
-
-
-def write_bundle(root, name, models: dict, temperatures=None, task="binary", classes=("NORMAL", "PNEUMONIA")):
-    """A bundle folder from in-memory Keras models, with correct checksums."""
-    folder = root / name
-    (folder / "members").mkdir(parents=True)
-    members = []
-    for member, model in models.items():
-        path = folder / "members" / f"{member}.keras"
-        model.save(path)
-        members.append({"name": member, "file": f"members/{member}.keras", "sha256": bundle_lib.sha256_file(path),
-                        "arch": model.name, "params": model.count_params(), "cam_layer": "features",
-                        "temperature": (temperatures or {}).get(member, 1.0)})
-    manifest = {"schema": 1, "name": name, "task": task, "classes": list(classes), "input": SPEC,
-                "members": members, "operating_points": [{"name": "balanced", "threshold": 0.5}],
-                "default_operating_point": "balanced"}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
-
-
-def brightness_model(name="bright", bias=0.0):
-    """A hand-set CNN whose 'features' respond to bright pixels: its CAM must peak on a planted bright spot."""
-    inputs = keras.Input((48, 48, 1), name="image")
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    x = keras.layers.Conv2D(4, 3, padding="same", name="features", activation="relu",
-                            kernel_initializer=keras.initializers.Constant(1 / 9),
-                            bias_initializer=keras.initializers.Constant(-0.5))(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    out = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=keras.initializers.Constant(5.0),
-                             bias_initializer=keras.initializers.Constant(bias), name="prediction")(x)
-    return keras.Model(inputs, out, name=name)
 
 
 @pytest.fixture
@@ -103,7 +70,7 @@ def test_temperature_scaling():
 def test_ensemble_is_the_mean_of_calibrated_members(two_bundles):
     bundle = bundle_lib.load_bundle(two_bundles / "alpha")
     ensemble = Ensemble(bundle)
-    img = phantom((120, 100), pneumonia=True, seed=5)
+    img = toy_chest((120, 100), pneumonia=True, seed=5)
     prediction = ensemble.predict(img)
     x = cv2.resize(img, (48, 48), interpolation=cv2.INTER_AREA)[None, ..., None].astype("float32")
     raw = {m.name: float(m.model(x)[0, 0]) for m in bundle.members}
@@ -117,7 +84,7 @@ def test_ensemble_is_the_mean_of_calibrated_members(two_bundles):
 
 def test_batch_and_single_predictions_agree_without_retracing(two_bundles):
     ensemble = Ensemble(bundle_lib.load_bundle(two_bundles / "beta"))
-    imgs = [phantom((90, 70), seed=s) for s in range(5)]
+    imgs = [toy_chest((90, 70), seed=s) for s in range(5)]
     from model.core.preprocess import to_model_input
     batch = ensemble.predict_batch(np.stack([to_model_input(i, SPEC) for i in imgs]))
     singles = [ensemble.predict(i) for i in imgs]
@@ -147,7 +114,7 @@ def test_cam_peaks_on_the_planted_signal(two_bundles, method):
 
 
 def test_overlay_keeps_the_upload_size_and_aspect():
-    img = phantom((300, 200), seed=1)
+    img = toy_chest((300, 200), seed=1)
     cam = np.zeros((48, 48), np.float32)
     cam[:24] = 1.0
     out = overlay(img, cam, opacity=0.5)
@@ -163,7 +130,7 @@ def test_predict_cli_loads_each_member_once_for_many_files(two_bundles, tmp_path
     files = []
     for i in range(25):
         files.append(tmp_path / f"{i}.png")
-        cv2.imwrite(str(files[-1]), phantom((64, 64), seed=i))
+        cv2.imwrite(str(files[-1]), toy_chest((64, 64), seed=i))
     calls = []
     real = keras.saving.load_model
     monkeypatch.setattr(keras.saving, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
@@ -177,7 +144,7 @@ def test_predict_cli_loads_each_member_once_for_many_files(two_bundles, tmp_path
 def test_compiled_gradcam_matches_tf_keras_vis(tiny_bundles):
     bundle = bundle_lib.load_bundle(tiny_bundles / "pneumonia-kermany")
     explainer = Explainer(bundle)
-    img = phantom((200, 180), pneumonia=True, seed=7)
+    img = toy_chest((200, 180), pneumonia=True, seed=7)
     fast = explainer.cams(img, "gradcam")
     from model.core.preprocess import to_model_input
     x = to_model_input(img, bundle.input_spec)

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from helpers.dicom import Orthanc, StubDicomWeb, chest_dx, orthanc_available, tls_files, to_bytes
+from helpers.images import radiograph, toy_chest  # radiograph: the input check takes it for a chest X-ray
+from helpers.servers import free_port
 
 from model.core.types import Result, Task
-
-from synthetic import phantom
-from synthetic_dicom import Orthanc, StubDicomWeb, chest_dx, free_port, orthanc_available, tls_files, to_bytes
-from test_guard import chest_phantom  # drawn from anatomy: the input check takes it for a chest X-ray
 
 ROOT = Path(__file__).resolve().parent.parent
 PATIENT_ID, PATIENT_NAME = "HOSP-778899", "Doe^Jane"
@@ -77,7 +76,7 @@ def retrieve(server: Orthanc, study_uid: str, sop_uid: str) -> pydicom.Dataset:
 def test_watch_files_an_sr_and_an_overlay_in_the_source_study_once(orthanc, tiny_bundles, tmp_path):
     from model.outputs.dicom_results import read_sr
 
-    source = chest_dx(chest_phantom(seed=5), patient_id=PATIENT_ID, patient_name=PATIENT_NAME)
+    source = chest_dx(radiograph((512, 448), seed=5), patient_id=PATIENT_ID, patient_name=PATIENT_NAME)
     orthanc.store(source)
     state = tmp_path / "state"
 
@@ -130,7 +129,7 @@ def test_watch_files_an_sr_and_an_overlay_in_the_source_study_once(orthanc, tiny
 def test_a_radiograph_that_is_not_a_chest_is_filed_as_not_assessed(orthanc, tiny_bundles, tmp_path):
     from model.outputs.dicom_results import read_sr
 
-    hand = chest_dx(chest_phantom(seed=6), body_part="HAND")
+    hand = chest_dx(radiograph((512, 448), seed=6), body_part="HAND")
     orthanc.store(hand)
     run = watch_once(orthanc, tiny_bundles, tmp_path / "state")
     assert run.returncode == 0, run.stderr
@@ -206,7 +205,7 @@ def result(**changes) -> Result:
 def test_the_sr_holds_finding_numbers_algorithm_warnings_and_source():
     from model.outputs.dicom_results import build_outputs, dicom_bytes, read_sr
 
-    source = chest_dx(phantom((200, 160), seed=1), patient_id=PATIENT_ID)
+    source = chest_dx(toy_chest((200, 160), seed=1), patient_id=PATIENT_ID)
     warning = {"code": "outside_intended_population", "message": "This looks like an adult's chest X-ray."}
     out = build_outputs(to_bytes(source), result(warnings=[warning], site="north"), FakeBundle(),
                         np.full((200, 160, 3), 90, np.uint8))
@@ -232,7 +231,7 @@ def test_not_assessed_whenever_the_guard_says_not_a_chest_xray_even_with_a_label
 def test_the_secondary_capture_burns_in_the_disclaimer_and_copies_the_patient():
     from model.outputs.dicom_results import SC_MAX_SIDE, build_outputs, dicom_bytes
 
-    source = chest_dx(phantom((1400, 1200), seed=2), patient_id=PATIENT_ID, patient_name=PATIENT_NAME)
+    source = chest_dx(toy_chest((1400, 1200), seed=2), patient_id=PATIENT_ID, patient_name=PATIENT_NAME)
     out = build_outputs(to_bytes(source), result(), FakeBundle(), np.zeros((1400, 1200, 3), np.uint8))
     sc = pydicom.dcmread(io.BytesIO(dicom_bytes(out.sc)))
     assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.BurnedInAnnotation == "YES"
@@ -291,9 +290,9 @@ def test_a_bad_instance_never_stops_the_watcher_and_its_name_never_shows(orthanc
     # Issue 23 items 1 and 3: PatientSex U, malformed dates and a caret-less name, as real archives hold them.
     from model.outputs.dicom_results import read_sr
 
-    bad = chest_dx(chest_phantom(seed=7), patient_id="HOSP-1", patient_name=SMITH)
+    bad = chest_dx(radiograph((512, 448), seed=7), patient_id="HOSP-1", patient_name=SMITH)
     bad.PatientSex, bad.PatientBirthDate, bad.StudyDate, bad.StudyTime = "U", "2020-01-01", "bad", "25xx"
-    good = chest_dx(chest_phantom(seed=8), patient_id="HOSP-2")
+    good = chest_dx(radiograph((512, 448), seed=8), patient_id="HOSP-2")
     orthanc.store(bad, good)
     state = tmp_path / "state"
     first, second = watch_once(orthanc, tiny_bundles, state), watch_once(orthanc, tiny_bundles, state)
@@ -317,7 +316,7 @@ def test_library_warnings_never_carry_the_patients_name(caplog, capfd):
 
     from model.outputs.dicom_results import build_outputs
 
-    source = chest_dx(phantom((120, 100), seed=3), patient_name=SMITH)
+    source = chest_dx(toy_chest((120, 100), seed=3), patient_name=SMITH)
     source.PatientBirthDate = "2020-01-01"
     caplog.set_level(logging.DEBUG)
     with warnings.catch_warnings(record=True) as caught:
@@ -331,12 +330,12 @@ def test_library_warnings_never_carry_the_patients_name(caplog, capfd):
 def test_values_highdicom_refuses_are_omitted_from_the_outputs():
     from model.outputs.dicom_results import build_outputs
 
-    source = chest_dx(phantom((120, 100), seed=4))
+    source = chest_dx(toy_chest((120, 100), seed=4))
     source.PatientSex, source.PatientBirthDate, source.StudyDate, source.StudyTime = "U", "1.1.2020", "2024", "9999"
     out = build_outputs(to_bytes(source), result(), FakeBundle(), np.zeros((120, 100, 3), np.uint8))
     for ds in (out.sr, out.sc):
         assert (ds.PatientSex, ds.PatientBirthDate, ds.StudyDate, ds.StudyTime) == ("", "", "", "")
-    kept = chest_dx(phantom((120, 100), seed=4))
+    kept = chest_dx(toy_chest((120, 100), seed=4))
     out = build_outputs(to_bytes(kept), result(), FakeBundle(), None)
     assert (out.sr.PatientSex, out.sr.PatientBirthDate, out.sr.StudyDate) == ("F", "20200101", "20240102")
 
@@ -347,7 +346,7 @@ def test_failures_are_recorded_retried_with_back_off_then_parked_and_listed(orth
     # Issue 23 item 1: a 404 on retrieve, a WADO body that is not DICOM, a 409 on STOW; the good instance is filed.
     from model.channels.pacs import FAILURE_BACKOFF_S, MAX_INSTANCE_TRIES, Pacs, State
 
-    good, not_dicom, refused = (chest_dx(chest_phantom((256, 224), seed=s)) for s in (9, 10, 11))
+    good, not_dicom, refused = (chest_dx(radiograph((256, 224), seed=s)) for s in (9, 10, 11))
     orthanc.store(good, not_dicom, refused)
     gone = "1.2.826.0.1.3680043.8.498.404"
 
@@ -407,7 +406,7 @@ def test_an_adult_radiograph_is_filed_not_assessed_unless_allowed(orthanc, model
 
     adult = {"code": "outside_intended_population", "message": "This looks like an adult's chest X-ray."}
     guard = lambda decoded: [adult]  # noqa: E731 - the input check's verdict, without drawing an adult
-    first, second = chest_dx(chest_phantom((256, 224), seed=12)), chest_dx(chest_phantom((256, 224), seed=13))
+    first, second = chest_dx(radiograph((256, 224), seed=12)), chest_dx(radiograph((256, 224), seed=13))
     orthanc.store(first)
     [withheld] = watch_here(pacs_for(orthanc), models, guard=guard)
     assert withheld["label"] is None and withheld["probability"] is not None  # kept for reference, not filed
@@ -432,7 +431,7 @@ def test_the_sr_says_why_it_was_not_assessed():
     filed = FilingPolicy().apply(result(warnings=adult))
     assert filed.finding == "not_assessed" and FilingPolicy(True).apply(result(warnings=adult)).finding == "present"
     assert FilingPolicy().apply(result()) == result()
-    sr = build_outputs(to_bytes(chest_dx(phantom((64, 64), seed=1))), filed, FakeBundle(), None).sr
+    sr = build_outputs(to_bytes(chest_dx(toy_chest((64, 64), seed=1))), filed, FakeBundle(), None).sr
     notes = [i.TextValue for i in sr.ContentSequence if i.ValueType == "TEXT"]
     assert "Not assessed: outside the intended population" in notes
 
@@ -442,7 +441,7 @@ def test_instances_over_the_size_cap_are_refused_and_recorded(orthanc, models, t
     # Issue 23 item 10: the cap holds with the PACS's Content-Length, and while streaming a body without one.
     from model.channels.pacs import InstanceTooLarge, Pacs, State
 
-    big = chest_dx(chest_phantom((512, 448), seed=14))  # about 230 kB
+    big = chest_dx(radiograph((512, 448), seed=14))  # about 230 kB
     orthanc.store(big)
     state = State(tmp_path / "pacs.json")
     assert watch_here(pacs_for(orthanc, max_instance_bytes=100_000), models, state) == []
@@ -502,7 +501,7 @@ def test_the_pacs_url_spelt_another_way_files_nothing_twice(orthanc, models, tmp
     # Issue 23 item 12: localhost after 127.0.0.1 (same state folder), and a fresh state folder, file no second SR.
     from model.channels.pacs import State
 
-    source = chest_dx(chest_phantom((256, 224), seed=15))
+    source = chest_dx(radiograph((256, 224), seed=15))
     orthanc.store(source)
     monkeypatch.setenv("TORAX_STATE", str(tmp_path / "state"))
     assert len(watch_here(pacs_for(orthanc), models)) == 1

@@ -7,11 +7,10 @@ from dataclasses import replace
 import cv2
 import numpy as np
 from helpers.cli import run_cli
+from helpers.images import toy_chest
 from pypdf import PdfReader
 
 from model.core.types import Result, Task
-
-from synthetic import phantom
 
 
 class Bundle:
@@ -43,7 +42,7 @@ def test_the_pdf_states_result_threshold_meaning_warnings_and_version():
 
     scores = {"task": "binary", "split": "internal-test", "y": [1, 1, 1, 1, 0, 0, 0, 0],
               "ensemble": [0.9, 0.8, 0.6, 0.2, 0.1, 0.3, 0.4, 0.7]}
-    gray = phantom((200, 160), True, seed=1)
+    gray = toy_chest((200, 160), True, seed=1)
     pdf = pdf_report(RESULT, Bundle(scores), gray, np.dstack([gray] * 3))
     assert pdf.startswith(b"%PDF")
     reader = PdfReader(io.BytesIO(pdf))
@@ -81,7 +80,7 @@ def test_a_chest_check_failure_reads_not_assessed_and_a_decode_error_is_stated()
 
 def test_predict_writes_one_pdf_per_file(tiny_bundles, tmp_path):
     image = tmp_path / "chest.png"
-    cv2.imwrite(str(image), phantom((220, 180), True, seed=3))
+    cv2.imwrite(str(image), toy_chest((220, 180), True, seed=3))
     run = run_cli(["predict", image, "--json", "--pdf-dir", tmp_path / "pdf"], tiny_bundles)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.splitlines()[-1])

@@ -6,15 +6,15 @@ import json
 
 import numpy as np
 import pytest
-
-from synthetic import make_kermany_folder, phantom
+from helpers.bundles import make_kermany_folder
+from helpers.images import toy_chest
 
 
 def test_augmentation_keeps_shape_and_dtype_and_changes_the_image():
     from training.augment import augment, erase_frame
 
     rng = np.random.default_rng(0)
-    img = phantom((64, 64), seed=1)[..., None]
+    img = toy_chest((64, 64), seed=1)[..., None]
     out = [augment(img, rng) for _ in range(20)]
     assert all(o.shape == img.shape and o.dtype == np.uint8 for o in out)
     assert np.mean([np.abs(o.astype(int) - img).mean() for o in out]) > 3, "augmentation should alter the image"
@@ -48,7 +48,7 @@ def test_the_stem_standardises_each_image_so_exposure_changes_do_not_reach_the_n
 
     model = ARCHITECTURES["cnn"]({"height": 32, "width": 32, "channels": 1}, task="binary")
     stem = keras.Model(model.inputs, model.get_layer("standardize").output)
-    img = phantom((32, 32), seed=3).astype("float32")[None, ..., None]
+    img = toy_chest((32, 32), seed=3).astype("float32")[None, ..., None]
     darker = img * 0.6 + 10  # another exposure: a linear change of grey levels
     a, b = np.asarray(stem(img)), np.asarray(stem(darker))
     assert np.allclose(a, b, atol=0.05)  # only epsilon in the variance keeps them from being equal
@@ -86,9 +86,9 @@ def test_multitask_run_becomes_a_binary_and_a_multiclass_bundle_with_an_external
                 assert {"sensitivity", "specificity", "threshold"} <= set(point)
         else:
             assert "bacterial_vs_viral_auc" in evaluation["external"]
-        prediction = Ensemble(bundle).predict(phantom((64, 64), seed=5))
+        prediction = Ensemble(bundle).predict(toy_chest((64, 64), seed=5))
         assert set(prediction.probabilities) == set(classes)
-        cams = Explainer(bundle).cams(phantom((64, 64), seed=5))
+        cams = Explainer(bundle).cams(toy_chest((64, 64), seed=5))
         assert set(cams) == {"cnn", "resnet", "ensemble"} and cams["ensemble"].shape == (32, 32)
 
 

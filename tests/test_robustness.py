@@ -3,27 +3,18 @@ radiograph phantoms, pictures that are not radiographs and an identified DICOM: 
 the non-radiographs carry `not_chest_xray`, and no patient identifier reaches stdout or stderr."""
 from __future__ import annotations
 
-import io
 import json
 
 import cv2
 import numpy as np
 import pytest
 from helpers.cli import run_cli
-from PIL import Image
-
-from synthetic import phantom
-from test_guard import colour_photo, ct_slice, dicom, document, overexposed
+from helpers.dicom import secondary_capture
+from helpers.images import colour_photo, ct_slice, document, overexposed, png_bytes, toy_chest
 
 PATIENT = {"PatientName": "Zyxwobble^Quintessa^Marguerite", "PatientID": "PID-7781-9932",
            "PatientBirthDate": "19470312", "InstitutionName": "Qwertzuiop Infirmary",
            "ReferringPhysicianName": "Xandervelt^Oriel", "AccessionNumber": "ACC99817263"}
-
-
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _jpeg(arr: np.ndarray) -> bytes:
@@ -35,15 +26,15 @@ def folder(tmp_path_factory) -> dict[str, bool]:
     """{path: is it a non-radiograph the guard must flag}."""
     root = tmp_path_factory.mktemp("mixed")
     files = {
-        "phantom-1.png": (_png(phantom(seed=1)), False),
-        "phantom-2.jpg": (_jpeg(phantom(seed=2, pneumonia=True)), False),
+        "phantom-1.png": (png_bytes(toy_chest(seed=1)), False),
+        "phantom-2.jpg": (_jpeg(toy_chest(seed=2, pneumonia=True)), False),
         "holiday.jpg": (_jpeg(colour_photo(seed=5)[..., ::-1]), True),
-        "letter.png": (_png(document(seed=2)), True),
-        "ct.png": (_png(ct_slice(seed=1)), True),
-        "icon.png": (_png(np.full((32, 32), 90, np.uint8)), True),
-        "white.png": (_png(overexposed()), True),
-        "scan-ct.dcm": (dicom(phantom(seed=3), Modality="CT", **PATIENT), True),
-        "scan-cr.dcm": (dicom(phantom(seed=4), **PATIENT), False),
+        "letter.png": (png_bytes(document(seed=2)), True),
+        "ct.png": (png_bytes(ct_slice(seed=1)), True),
+        "icon.png": (png_bytes(np.full((32, 32), 90, np.uint8)), True),
+        "white.png": (png_bytes(overexposed()), True),
+        "scan-ct.dcm": (secondary_capture(toy_chest(seed=3), Modality="CT", **PATIENT), True),
+        "scan-cr.dcm": (secondary_capture(toy_chest(seed=4), **PATIENT), False),
     }
     out = {}
     for name, (data, flag) in files.items():

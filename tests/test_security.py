@@ -1,6 +1,6 @@
 """Issue #16, "Ready for a hospital network": one acceptance test (or a few) per finding of the review.
 
-Bundles here are hand-made from tiny Keras models (tests/test_model_core.write_bundle): no training, so fast."""
+Bundles here are hand-made from tiny Keras models (tests/helpers/bundles.write_bundle): no training, so fast."""
 import io
 import json
 import logging
@@ -17,21 +17,16 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from helpers.bundles import brightness_model, write_bundle
+from helpers.images import png_bytes, toy_chest
+from helpers.servers import serving
 from PIL import Image
-from test_api import serving
-from test_model_core import brightness_model, write_bundle
 
 from model.channels.api import create_app
 from model.core import bundle as bundle_lib
 from model.outputs.safe_text import csv_text, log_safe, md_escape
 
-from synthetic import phantom
-
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def png(image) -> bytes:
-    return cv2.imencode(".png", image)[1].tobytes()
 
 
 @pytest.fixture
@@ -61,7 +56,7 @@ def test_tampered_default_bundle_fails_closed_in_the_cli(bundles, tmp_path, caps
     loaded, refused = bundle_lib.load_all()
     assert set(loaded) == {"other-task"} and bundle_lib.default_bundle_name(loaded) is None
     image = tmp_path / "x.png"
-    image.write_bytes(png(phantom((64, 64))))
+    image.write_bytes(png_bytes(toy_chest((64, 64))))
     with pytest.raises(SystemExit) as exit_:
         main(["predict", str(image), "--json"])
     assert exit_.value.code not in (0, None)
@@ -76,7 +71,7 @@ def test_tampered_default_bundle_fails_closed_in_the_cli(bundles, tmp_path, caps
 def test_tampered_default_bundle_fails_closed_in_the_api(bundles, monkeypatch):
     tamper(bundles)
     with serving(create_app()) as url:
-        files = {"file": ("x.png", png(phantom((64, 64))), "image/png")}
+        files = {"file": ("x.png", png_bytes(toy_chest((64, 64))), "image/png")}
         r = httpx.post(f"{url}/v1/predict", files=files, timeout=60)
         assert r.status_code == 503 and r.json()["error"]["code"] == "default_bundle_unavailable"
         assert "pneumonia-kermany" in r.json()["error"]["message"]
@@ -93,25 +88,19 @@ def test_tampered_default_bundle_fails_closed_in_the_api(bundles, monkeypatch):
         assert health.status_code == 200 and health.json()["status"] == "ok"
 
 
-def test_tampered_default_bundle_fails_closed_in_the_app(bundles, router_runs_every_time):
+def test_tampered_default_bundle_fails_closed_in_the_app(bundles, point_app_at, router_runs_every_time):
     from streamlit.testing.v1 import AppTest
 
-    from conftest import serve_bundles
-
     tamper(bundles)
-    env = serve_bundles(bundles)
-    next(env)
-    try:
-        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-        at.switch_page("pages/diagnose.py").run()
-        assert not at.exception
-        errors = "\n".join(e.value for e in at.error)
-        assert "pneumonia" in errors and "no other model is used in its place" in errors
-        assert "bundle" not in at.session_state or at.session_state["bundle"] is None  # nothing chosen for the user
-        assert not at.get("file_uploader") or at.get("file_uploader")  # the page stops before any analysis
-        assert "NO_FINDING" not in "\n".join(m.value for m in at.markdown)
-    finally:
-        next(env, None)
+    point_app_at(bundles)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/diagnose.py").run()
+    assert not at.exception
+    errors = "\n".join(e.value for e in at.error)
+    assert "pneumonia" in errors and "no other model is used in its place" in errors
+    assert "bundle" not in at.session_state or at.session_state["bundle"] is None  # nothing chosen for the user
+    assert not at.get("file_uploader") or at.get("file_uploader")  # the page stops before any analysis
+    assert "NO_FINDING" not in "\n".join(m.value for m in at.markdown)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -230,7 +219,7 @@ def test_multi_frame_files_are_decoded_within_a_pixel_budget(gif_bomb):
 def test_gif_bomb_flood_does_not_stall_a_normal_request(bundles, gif_bomb):
     """Four 64-frame 7000 × 7000 GIFs at once: each gets an error status, and a normal request sent meanwhile is
     answered within 3 s (scaled by how slow this machine is for that request alone, so a loaded CI box passes)."""
-    normal = {"file": ("chest.png", png(phantom((256, 224))), "image/png")}
+    normal = {"file": ("chest.png", png_bytes(toy_chest((256, 224))), "image/png")}
     with serving(create_app()) as url, httpx.Client(timeout=300) as client:
         client.post(f"{url}/v1/predict", files=normal)  # warm
         t = time.perf_counter()
@@ -268,7 +257,7 @@ def test_in_flight_limit_answers_503_at_once(bundles, monkeypatch):
 
     api_result = None
     monkeypatch.setattr(api, "analyse_upload", held)
-    files = {"file": ("x.png", png(phantom((64, 64))), "image/png")}
+    files = {"file": ("x.png", png_bytes(toy_chest((64, 64))), "image/png")}
     with serving(create_app(max_inflight=1)) as url:
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(httpx.post, f"{url}/v1/predict", files=files, timeout=60)
@@ -296,7 +285,7 @@ def test_a_timed_out_analysis_is_cancelled_and_still_counts_until_it_stops(bundl
 
     monkeypatch.setattr(api, "analyse_upload", slow)
     app = create_app(timeout_s=0.5, max_inflight=1)
-    files = {"file": ("x.png", png(phantom((64, 64))), "image/png")}
+    files = {"file": ("x.png", png_bytes(toy_chest((64, 64))), "image/png")}
     with serving(app) as url:
         r = httpx.post(f"{url}/v1/predict", files=files, timeout=60)
         assert r.status_code == 504
@@ -311,10 +300,10 @@ def test_a_timed_out_analysis_is_cancelled_and_still_counts_until_it_stops(bundl
 def test_overlays_in_answers_are_downscaled(bundles):
     import base64
 
-    big = cv2.resize(phantom((256, 224)), (2400, 2700))
+    big = cv2.resize(toy_chest((256, 224)), (2400, 2700))
     with serving(create_app()) as url:
         r = httpx.post(f"{url}/v1/predict", params={"cam": "gradcam"},
-                       files={"file": ("big.png", png(big), "image/png")}, timeout=300)
+                       files={"file": ("big.png", png_bytes(big), "image/png")}, timeout=300)
     assert r.status_code == 200, r.text
     overlay = cv2.imdecode(np.frombuffer(base64.b64decode(r.json()["overlay_png_base64"]), np.uint8), 1)
     assert max(overlay.shape[:2]) == 1024 and overlay.shape[0] > overlay.shape[1]
@@ -380,30 +369,24 @@ def test_markdown_escaping():
             assert special not in escaped.replace("\\" + special, "")
 
 
-def test_file_names_are_shown_as_text_in_the_app(bundles, router_runs_every_time):
+def test_file_names_are_shown_as_text_in_the_app(bundles, point_app_at, router_runs_every_time):
     from streamlit.testing.v1 import AppTest
 
-    from conftest import serve_bundles
-
-    env = serve_bundles(bundles)
-    next(env)
-    try:
-        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-        at.switch_page("pages/worklist.py").run()
-        files = [(LINK, b"not an image", "image/jpeg"), (IMAGE, b"", "image/jpeg"),
-                 (FORMULA, png(phantom((64, 64))), "image/jpeg")]
-        at.file_uploader(key="wl_upload").set_value(files).run()
-        assert not at.exception, at.exception
-        box = at.error[-1].value
-        assert md_escape(LINK) in box and md_escape(IMAGE) in box and "](https" not in box
-        table = at.dataframe[0].value
-        entry = list(table["file"]).index(FORMULA)
-        at.session_state["wl_table"] = {"selection": {"rows": [entry], "columns": []}}
-        at.run()
-        captions = "\n".join(c.value for c in at.caption)
-        assert md_escape(FORMULA) in captions  # the CSV is checked cell by cell below
-    finally:
-        next(env, None)
+    point_app_at(bundles)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/worklist.py").run()
+    files = [(LINK, b"not an image", "image/jpeg"), (IMAGE, b"", "image/jpeg"),
+             (FORMULA, png_bytes(toy_chest((64, 64))), "image/jpeg")]
+    at.file_uploader(key="wl_upload").set_value(files).run()
+    assert not at.exception, at.exception
+    box = at.error[-1].value
+    assert md_escape(LINK) in box and md_escape(IMAGE) in box and "](https" not in box
+    table = at.dataframe[0].value
+    entry = list(table["file"]).index(FORMULA)
+    at.session_state["wl_table"] = {"selection": {"rows": [entry], "columns": []}}
+    at.run()
+    captions = "\n".join(c.value for c in at.caption)
+    assert md_escape(FORMULA) in captions  # the CSV is checked cell by cell below
 
 
 def test_csv_cells_cannot_start_a_formula():
@@ -431,11 +414,11 @@ def test_request_paths_cannot_forge_log_lines(bundles, caplog):
 
 
 def test_dicom_metadata_keeps_only_defined_terms():
+    from helpers.dicom import chest_dx, to_bytes
+
     from model.io import decode
 
-    from synthetic_dicom import chest_dx, to_bytes
-
-    pixels = phantom((64, 64))
+    pixels = toy_chest((64, 64))
     meta = decode(to_bytes(chest_dx(pixels, patient_name="LI^WU", body_part="LI WU", view="WU"))).meta
     assert "body_part" not in meta and "view_position" not in meta and meta["modality"] == "DX"
     meta = decode(to_bytes(chest_dx(pixels, body_part="CHEST", view="PA"))).meta

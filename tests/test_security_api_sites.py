@@ -12,12 +12,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers.images import radiograph
 
-from model import bundle as bundle_lib
 from model.__main__ import main
+from model.core import bundle as bundle_lib
 from model.sites import profiles as sites
-
-from synthetic import radiograph
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 `site fit` writes a profile that `validate --site`, `predict --site` and the REST API's `?site=` then use; bad sets
 are refused; a picture that is not a chest radiograph gets no label.
 
-Images are drawn chest radiographs (tests/test_guard.py), which the input guard accepts, with a bright blob for
-PNEUMONIA."""
+Images are drawn chest radiographs (tests/helpers/images.radiograph), which the input guard accepts, with a bright
+blob for PNEUMONIA."""
 from __future__ import annotations
 
 import json
@@ -13,20 +13,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers.images import colour_photo, png_bytes, radiograph
 
 from model.__main__ import main
 from model.core import metrics as M
 
-from test_guard import chest_phantom, colour_photo
-
 N_PER_CLASS = 8
 
 
-def radiograph(seed: int, pneumonia: bool) -> bytes:
-    image = chest_phantom(size=(256, 224), seed=seed)
+def radiograph_png(seed: int, pneumonia: bool) -> bytes:
+    image = radiograph((256, 224), seed=seed)
     if pneumonia:
         cv2.circle(image, (70, 140), 22, 235, -1)
-    return cv2.imencode(".png", image)[1].tobytes()
+    return png_bytes(image)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def labelled(tmp_path_factory) -> Path:
     for label, pneumonia in (("NORMAL", False), ("pneumonia", True)):
         (root / label).mkdir(parents=True)
         for i in range(N_PER_CLASS):
-            (root / label / f"{label}-{i}.png").write_bytes(radiograph(100 * pneumonia + i, pneumonia))
+            (root / label / f"{label}-{i}.png").write_bytes(radiograph_png(100 * pneumonia + i, pneumonia))
     (root / "NORMAL" / "holiday.png").write_bytes(cv2.imencode(".png", colour_photo(seed=2))[1].tobytes())
     (root / "pneumonia" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (root / "README.md").write_text("a site sample")
@@ -153,7 +152,7 @@ def test_the_same_image_under_two_labels_is_refused_and_nothing_is_written(env, 
     for label in ("NORMAL", "PNEUMONIA"):
         (root / label).mkdir(parents=True)
         for i in range(6):
-            (root / label / f"{i}.png").write_bytes(radiograph(i + (50 if label == "PNEUMONIA" else 0),
+            (root / label / f"{i}.png").write_bytes(radiograph_png(i + (50 if label == "PNEUMONIA" else 0),
                                                                label == "PNEUMONIA"))
     (root / "PNEUMONIA" / "again.png").write_bytes((root / "NORMAL" / "3.png").read_bytes())
     code, _, err = run(capsys, "site", "fit", str(root), "--name", "conflicted")
@@ -164,11 +163,11 @@ def test_the_same_image_under_two_labels_is_refused_and_nothing_is_written(env, 
 def test_refusals_name_the_reason(env, tmp_path, capsys):
     one_class = tmp_path / "one"
     (one_class / "PNEUMONIA").mkdir(parents=True)
-    (one_class / "PNEUMONIA" / "a.png").write_bytes(radiograph(1, True))
+    (one_class / "PNEUMONIA" / "a.png").write_bytes(radiograph_png(1, True))
     code, _, err = run(capsys, "site", "validate", str(one_class), "--json")
     assert code == 2 and "labelled PNEUMONIA" in err
     (one_class / "COVID").mkdir()
-    (one_class / "COVID" / "c.png").write_bytes(radiograph(2, True))
+    (one_class / "COVID" / "c.png").write_bytes(radiograph_png(2, True))
     code, _, err = run(capsys, "site", "validate", str(one_class), "--json")
     assert code == 2 and "COVID" in err and "NORMAL, PNEUMONIA" in err
     code, _, err = run(capsys, "site", "validate", str(one_class), "--site", "missing", "--json")

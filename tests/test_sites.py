@@ -11,9 +11,9 @@ import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
-import cv2
 import numpy as np
 import pytest
+from helpers.images import png_bytes
 
 from model.core import metrics as M
 from model.core.types import Task
@@ -194,15 +194,12 @@ def test_sites_folder_comes_from_the_environment(monkeypatch, tmp_path):
 
 
 # --- labelled sets ---------------------------------------------------------------------------------------------
-def png(pixels) -> bytes:
-    return cv2.imencode(".png", pixels)[1].tobytes()
-
-
 def write_set(root: Path, counts: dict, start=0) -> Path:
     for label, n in counts.items():
         (root / label).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            (root / label / f"{label.lower()}-{start + i}.png").write_bytes(png(np.full((8, 8), start + i, np.uint8)))
+            pixels = np.full((8, 8), start + i, np.uint8)
+            (root / label / f"{label.lower()}-{start + i}.png").write_bytes(png_bytes(pixels))
     return root
 
 

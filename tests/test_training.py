@@ -6,12 +6,12 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.bundles import make_kermany_folder
 from helpers.cli import run_cli
+from helpers.images import radiograph, toy_chest
 
 from model.core import metrics as M
 from training import data as data_lib
-
-from synthetic import make_kermany_folder, phantom, radiograph
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_public_layout_gives_labels_subtypes_and_patients(folder):
 
 def test_manifest_layout(tmp_path):
     (tmp_path / "images").mkdir()
-    cv2.imwrite(str(tmp_path / "images" / "a.png"), phantom((64, 64)))
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), toy_chest((64, 64)))
     pd.DataFrame([{"path": "images/a.png", "split": "train", "label": "NORMAL", "subtype": "normal",
                    "patient_id": "IM-0001"}]).to_csv(tmp_path / "manifest.csv", index=False)
     df = data_lib.read_dataset(tmp_path)
@@ -62,9 +62,9 @@ def test_split_keeps_every_patient_and_duplicate_in_one_split(folder):
 
 
 def test_near_duplicates_are_grouped():
-    a = phantom((128, 128), seed=1)
+    a = toy_chest((128, 128), seed=1)
     near = np.clip(a.astype(int) + 2, 0, 255).astype(np.uint8)  # re-encoded / slightly brighter copy
-    other = phantom((128, 128), seed=2)
+    other = toy_chest((128, 128), seed=2)
     groups = data_lib.duplicate_groups(np.stack([a, near, other])[..., None])
     assert groups[0] == groups[1] != groups[2]
 
@@ -135,7 +135,7 @@ def _nih_like_folder(root):
     (root / "images").mkdir(parents=True)
     rows, findings = [], ["No Finding", "Effusion", "Effusion|Mass", "Mass", "No Finding", "Cardiomegaly"]
     for i in range(48):
-        cv2.imwrite(str(root / "images" / f"{i:08d}_000.png"), phantom((64, 64), i % 2 == 1, seed=i))
+        cv2.imwrite(str(root / "images" / f"{i:08d}_000.png"), toy_chest((64, 64), i % 2 == 1, seed=i))
         rows.append({"path": f"images/{i:08d}_000.png", "finding_labels": findings[i % len(findings)],
                      "patient_id": f"{i:08d}"})
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
@@ -157,7 +157,7 @@ def test_multiclass_and_multilabel_bundles_train_and_serve(task, folder, tmp_pat
     bundle = load_bundle(export_bundle(run, tmp_path / "bundles" / task))
     expected = ["NORMAL", "BACTERIAL", "VIRAL"] if task == "multiclass" else ["Cardiomegaly", "Effusion", "Mass"]
     assert bundle.classes == expected and set(evaluation["per_class_auc"]) == set(expected)
-    prediction = Ensemble(bundle).predict(phantom((80, 80), seed=1))
+    prediction = Ensemble(bundle).predict(toy_chest((80, 80), seed=1))
     assert set(prediction.probabilities) == set(expected)
     if task == "multiclass":
         assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)

@@ -1,11 +1,10 @@
-"""Synthetic DICOM radiographs (a whole patient and study around a phantom) and a throwaway Orthanc, for the tests
-of the DICOM outputs and the PACS round trip."""
+"""Synthetic DICOM files (a whole patient and study around a picture; a bare Secondary Capture) and a throwaway
+Orthanc, for the tests of the input guard, the DICOM outputs and the PACS round trip."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from io import BytesIO
@@ -13,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from helpers.servers import free_port
 
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 ORTHANC = "/usr/sbin/Orthanc"
@@ -51,16 +52,34 @@ def chest_dx(pixels: np.ndarray, *, patient_id: str = "TEST-0001", patient_name:
     return ds
 
 
+def secondary_capture(arr: np.ndarray, **elements) -> bytes:
+    """An 8-bit MONOCHROME2 Secondary Capture of `arr`, Modality DX unless `elements` say otherwise."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = arr.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(arr, np.uint8).tobytes()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 def to_bytes(ds: Dataset) -> bytes:
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Orthanc:

@@ -1,5 +1,5 @@
-"""A real `streamlit run app.py` on a loopback port, and Debian's Chromium settings, for the browser and load tests.
-Never runs `playwright install`: it uses /usr/bin/chromium."""
+"""Real servers on loopback ports: `streamlit run app.py` (with Debian's Chromium settings, for the browser and load
+tests; never runs `playwright install`: it uses /usr/bin/chromium), and an ASGI app under uvicorn in a thread."""
 from __future__ import annotations
 
 import contextlib
@@ -7,13 +7,14 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -62,3 +63,26 @@ def streamlit_server(bundles: Path, log_dir: Path, start_timeout: float = 60, st
                 process.wait(timeout=stop_timeout)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@contextlib.contextmanager
+def serving(app):
+    """Run `app` with uvicorn in a background thread on a free loopback port; yield its base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the API server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
