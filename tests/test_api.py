@@ -12,11 +12,12 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from helpers.images import png_bytes, radiograph, toy_chest
-from helpers.servers import serving
 
 from model.channels.api import MAX_UPLOAD_BYTES, create_app
 from model.core.analysis import analyse
+
+from helpers.images import png_bytes, radiograph, toy_chest
+from helpers.servers import serving
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import cv2
 import pytest
-from helpers.images import radiograph
 from streamlit.testing.v1 import AppTest
+
+from helpers.images import radiograph
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLES = ROOT / "model" / "bundles"

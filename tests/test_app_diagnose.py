@@ -10,8 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers.images import png_bytes, radiograph
 from streamlit.testing.v1 import AppTest
+
+from helpers.images import png_bytes, radiograph
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import cv2
 import pytest
+from streamlit.testing.v1 import AppTest
+
 from helpers.dicom import Orthanc, chest_dx, orthanc_available, to_bytes
 from helpers.images import radiograph
-from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 pytestmark = pytest.mark.usefixtures("app_on_tiny_bundles", "router_runs_every_time")

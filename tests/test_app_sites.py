@@ -8,8 +8,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers.images import png_bytes, radiograph, sample_zip
 from streamlit.testing.v1 import AppTest
+
+from helpers.images import png_bytes, radiograph, sample_zip
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 

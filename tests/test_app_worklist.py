@@ -3,8 +3,9 @@ of good and bad files becomes one ranked table; a selected row opens in Diagnose
 from pathlib import Path
 
 import pytest
-from helpers.images import png_bytes, radiograph
 from streamlit.testing.v1 import AppTest
+
+from helpers.images import png_bytes, radiograph
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 pytestmark = pytest.mark.usefixtures("app_on_tiny_bundles", "router_runs_every_time")

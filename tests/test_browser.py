@@ -8,6 +8,7 @@ import time
 
 import cv2
 import pytest
+
 from helpers.images import radiograph
 from helpers.servers import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
 

@@ -10,6 +10,7 @@ import re
 import shutil
 
 import pytest
+
 from helpers.servers import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
 
 pytestmark = pytest.mark.browser

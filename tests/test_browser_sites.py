@@ -4,6 +4,7 @@ $TORAX_SITES). Skips without /usr/bin/chromium; never runs `playwright install`.
 import json
 
 import pytest
+
 from helpers.images import sample_zip
 from helpers.servers import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
 

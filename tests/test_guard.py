@@ -15,12 +15,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers.dicom import secondary_capture
-from helpers.images import colour_photo, ct_slice, document, overexposed, png_bytes, radiograph
 
 import model.core.guard as guard
 from model.core.guard import GuardError, check, load_params
 from model.io import Decoded, decode
+
+from helpers.dicom import secondary_capture
+from helpers.images import colour_photo, ct_slice, document, overexposed, png_bytes, radiograph
 
 
 def codes(data: bytes, **kwargs) -> set[str]:

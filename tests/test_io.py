@@ -20,7 +20,6 @@ import numpy as np
 import pydicom
 import pydicom.data
 import pytest
-from helpers.cli import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
@@ -58,6 +57,8 @@ from model.io import (
     decode,
 )
 from model.io.sniff import sniff
+
+from helpers.cli import run_cli
 
 try:
     import gdcm  # python-gdcm: the only JPEG Lossless / 12-bit JPEG encoder available here

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+
 from helpers.images import radiograph
 from helpers.servers import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
 

@@ -5,12 +5,13 @@ import cv2
 import keras
 import numpy as np
 import pytest
-from helpers.bundles import SPEC, brightness_model, write_bundle
-from helpers.images import toy_chest
 
 from model.core import bundle as bundle_lib
 from model.core.ensemble import Ensemble, Prediction, apply_temperature
 from model.core.explain import Explainer, overlay
+
+from helpers.bundles import SPEC, brightness_model, write_bundle
+from helpers.images import toy_chest
 
 
 @pytest.fixture

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+
+from model.core.types import Result, Task
+
 from helpers.dicom import Orthanc, StubDicomWeb, chest_dx, orthanc_available, tls_files, to_bytes
 from helpers.images import radiograph, toy_chest  # radiograph: the input check takes it for a chest X-ray
 from helpers.servers import free_port
-
-from model.core.types import Result, Task
 
 ROOT = Path(__file__).resolve().parent.parent
 PATIENT_ID, PATIENT_NAME = "HOSP-778899", "Doe^Jane"

@@ -6,11 +6,12 @@ from dataclasses import replace
 
 import cv2
 import numpy as np
-from helpers.cli import run_cli
-from helpers.images import toy_chest
 from pypdf import PdfReader
 
 from model.core.types import Result, Task
+
+from helpers.cli import run_cli
+from helpers.images import toy_chest
 
 
 class Bundle:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from helpers.bundles import make_kermany_folder
 from helpers.images import toy_chest
 

@@ -8,6 +8,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+
 from helpers.cli import run_cli
 from helpers.dicom import secondary_capture
 from helpers.images import colour_photo, ct_slice, document, overexposed, png_bytes, toy_chest

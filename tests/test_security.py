@@ -17,14 +17,15 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from helpers.bundles import brightness_model, write_bundle
-from helpers.images import png_bytes, toy_chest
-from helpers.servers import serving
 from PIL import Image
 
 from model.channels.api import create_app
 from model.core import bundle as bundle_lib
 from model.outputs.safe_text import csv_text, log_safe, md_escape
+
+from helpers.bundles import brightness_model, write_bundle
+from helpers.images import png_bytes, toy_chest
+from helpers.servers import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -414,9 +415,9 @@ def test_request_paths_cannot_forge_log_lines(bundles, caplog):
 
 
 def test_dicom_metadata_keeps_only_defined_terms():
-    from helpers.dicom import chest_dx, to_bytes
-
     from model.io import decode
+
+    from helpers.dicom import chest_dx, to_bytes
 
     pixels = toy_chest((64, 64))
     meta = decode(to_bytes(chest_dx(pixels, patient_name="LI^WU", body_part="LI WU", view="WU"))).meta

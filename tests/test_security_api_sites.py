@@ -12,11 +12,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers.images import radiograph
 
 from model.__main__ import main
 from model.core import bundle as bundle_lib
 from model.sites import profiles as sites
+
+from helpers.images import radiograph
 
 
 @pytest.fixture

@@ -13,10 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers.images import colour_photo, png_bytes, radiograph
 
 from model.__main__ import main
 from model.core import metrics as M
+
+from helpers.images import colour_photo, png_bytes, radiograph
 
 N_PER_CLASS = 8
 

@@ -13,12 +13,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers.images import png_bytes
 
 from model.core import metrics as M
 from model.core.types import Task
 from model.sites import profiles as sites
 from model.sites.profiles import SiteError
+
+from helpers.images import png_bytes
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 

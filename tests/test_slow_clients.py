@@ -13,10 +13,11 @@ import cv2
 import httpx
 import pytest
 import uvicorn
-from helpers.images import radiograph
 
 from model.channels.api import create_app
 from model.channels.http_guard import MAX_PENDING_PER_CLIENT, uvicorn_options
+
+from helpers.images import radiograph
 
 UPLOAD_TIMEOUT_S = 6.0
 SLOW_UPLOAD = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"

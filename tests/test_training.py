@@ -6,12 +6,13 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from helpers.bundles import make_kermany_folder
-from helpers.cli import run_cli
-from helpers.images import radiograph, toy_chest
 
 from model.core import metrics as M
 from training import data as data_lib
+
+from helpers.bundles import make_kermany_folder
+from helpers.cli import run_cli
+from helpers.images import radiograph, toy_chest
 
 
 @pytest.fixture(scope="module")
