@@ -180,9 +180,9 @@ def compare_subsets(task: str, classes: list[str], y_val: np.ndarray, calibrated
     for k in range(1, len(names) + 1):
         for subset in combinations(names, k):
             p = np.mean([calibrated_val[n] for n in subset], axis=0)
-            if task == "binary":
+            if task == TrainingTask.BINARY:
                 rows.append({"members": list(subset), "val_auc": M.roc_auc(y_val[:, 0], p[:, 0])})
-            elif task == "multiclass":
+            elif task == TrainingTask.MULTICLASS:
                 rows.append({"members": list(subset), "val_accuracy": float((p.argmax(1) == y_val.argmax(1)).mean()),
                              "val_macro_auc": float(np.mean([M.roc_auc(y_val[:, c], p[:, c])
                                                              for c in range(len(classes))])),
