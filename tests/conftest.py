@@ -69,11 +69,12 @@ def point_app_at():
         yield lambda folder: stack.enter_context(_app_bundles(folder))
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def router_runs_every_time(monkeypatch):
-    """Run app.py (the st.navigation router) on every AppTest run, as a live server does. AppTest 1.67 re-detects
-    the legacy `pages/` folder before each run and, finding one, runs the page script alone from the second run on
-    (no router, so no sidebar and no language radio)."""
+    """Run app.py (the st.navigation router) on every AppTest run, as a live server does once its first request has
+    left Streamlit's legacy `pages/` mode (pages.lib.router.take_over; the browser tests cover that first request).
+    AppTest 1.67 re-detects the legacy folder before each run: without this, every run would go through
+    take_over's rerun, which drops a clicked button's trigger."""
     from streamlit.runtime.pages_manager import PagesManager
 
     original = PagesManager.__init__

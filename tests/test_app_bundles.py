@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLES = ROOT / "model" / "bundles"
 
 
-pytestmark = pytest.mark.usefixtures("app_on_committed_bundles", "router_runs_every_time")
+pytestmark = pytest.mark.usefixtures("app_on_committed_bundles")
 
 
 def test_every_committed_bundle_loads_and_says_what_it_is():

@@ -17,7 +17,7 @@ from helpers.images import png_bytes, radiograph
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
-pytestmark = pytest.mark.usefixtures("app_on_tiny_bundles", "router_runs_every_time")
+pytestmark = pytest.mark.usefixtures("app_on_tiny_bundles")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from helpers.dicom import Orthanc, chest_dx, orthanc_available, to_bytes
 from helpers.images import radiograph
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-pytestmark = pytest.mark.usefixtures("app_on_tiny_bundles", "router_runs_every_time")
+pytestmark = pytest.mark.usefixtures("app_on_tiny_bundles")
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def values(data) -> np.ndarray:
 
 def metric(at: AppTest, label: str) -> str:
     found = [m.value for m in at.metric if m.label == label]
-    assert found, f"no metric {label!r}; have {[m.label for m in at.metric]}"
+    assert found, f"no metric {label!r}; have {[m.label for m in at.metric]}; errors {[e.value for e in at.error]}"
     return found[0]
 
 
@@ -288,6 +288,8 @@ def test_model_card_shows_the_manifest_numbers(bundle_dir):
 def with_external(tiny_bundles, point_app_at, tmp_path) -> Path:
     """The tiny bundle plus an external scores report on which the ensemble does worse than a member: half the
     internal test scores, the ensemble's order reversed on the positives."""
+    from training.export import report_digests
+
     root = tmp_path / "bundles"
     shutil.copytree(tiny_bundles, root)
     internal = read(root / BUNDLE, "scores")
@@ -299,6 +301,8 @@ def with_external(tiny_bundles, point_app_at, tmp_path) -> Path:
     external = {**internal, "dataset": "later-collection", "split": "external", "ensemble": ensemble,
                 "members": {member: [[float(label)] for label in y]}}  # a perfect member
     (root / BUNDLE / "reports" / "scores-external.json").write_text(json.dumps(external))
+    manifest = read(root / BUNDLE, "manifest")
+    (root / BUNDLE / "manifest.json").write_text(json.dumps({**manifest, "reports": report_digests(root / BUNDLE)}))
     return point_app_at(root) / BUNDLE
 
 
@@ -348,6 +352,7 @@ def multiclass_root(tiny_bundles, tmp_path_factory) -> Path:
     """The tiny bundle's files re-labelled as a three-class bundle, with an evaluation report written by
     training.evaluate.per_class_report itself (so the structure is the export's)."""
     from training.evaluate import per_class_report, summary
+    from training.export import report_digests
 
     root = tmp_path_factory.mktemp("multiclass") / "bundles"
     target = root / "pneumonia-type"
@@ -363,7 +368,7 @@ def multiclass_root(tiny_bundles, tmp_path_factory) -> Path:
     manifest = json.loads((target / "manifest.json").read_text())
     manifest.update(name="pneumonia-type", title="Pneumonia type", task="multiclass", classes=classes,
                     operating_points=evaluation["operating_points"], default_operating_point="per-class",
-                    evaluation=summary(evaluation))
+                    evaluation=summary(evaluation), reports=report_digests(target))
     (target / "manifest.json").write_text(json.dumps(manifest))
     return root
 

@@ -15,7 +15,7 @@ from helpers.images import png_bytes, radiograph, sample_zip
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
-pytestmark = pytest.mark.usefixtures("app_on_tiny_bundles", "router_runs_every_time")
+pytestmark = pytest.mark.usefixtures("app_on_tiny_bundles")
 
 
 def seen(at: AppTest) -> str:

@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 from helpers.images import png_bytes, radiograph
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-pytestmark = pytest.mark.usefixtures("app_on_tiny_bundles", "router_runs_every_time")
+pytestmark = pytest.mark.usefixtures("app_on_tiny_bundles")
 
 
 GOOD = [(f"chest-{i}.png", png_bytes(radiograph((220 + 10 * i, 200), pneumonia=i % 2 == 0, seed=20 + i)), "image/png")

@@ -83,6 +83,7 @@ def test_language_survives_reload_and_follows_the_browser(two_bundles, tmp_path)
                            "Idioma", "Modelo", "Perfil de centro")
             page.locator("[data-testid=stSidebar]").get_by_text("English", exact=True).click()
             expect(page.locator("[data-testid=stSidebarNav] a").first).to_have_text(re.compile("Diagnose$"))
+            page.wait_for_url(re.compile(r"lang=en"))  # the choice reaches the address, then the reader reloads
             page.reload()
             expect(page.locator("[data-testid=stSidebarNav] a").first).to_have_text(re.compile("Diagnose$"))
             assert "lang=en" in page.url and "/worklist" in page.url

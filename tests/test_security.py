@@ -89,7 +89,7 @@ def test_tampered_default_bundle_fails_closed_in_the_api(bundles, monkeypatch):
         assert health.status_code == 200 and health.json()["status"] == "ok"
 
 
-def test_tampered_default_bundle_fails_closed_in_the_app(bundles, point_app_at, router_runs_every_time):
+def test_tampered_default_bundle_fails_closed_in_the_app(bundles, point_app_at):
     from streamlit.testing.v1 import AppTest
 
     tamper(bundles)
@@ -370,7 +370,7 @@ def test_markdown_escaping():
             assert special not in escaped.replace("\\" + special, "")
 
 
-def test_file_names_are_shown_as_text_in_the_app(bundles, point_app_at, router_runs_every_time):
+def test_file_names_are_shown_as_text_in_the_app(bundles, point_app_at):
     from streamlit.testing.v1 import AppTest
 
     point_app_at(bundles)
