@@ -48,8 +48,9 @@ def test_a_shard_shorter_than_its_manifest_is_refused():
 def test_pretrained_member_keeps_batchnorm_frozen_and_takes_the_fetched_weights(tmp_path):
     import keras
 
+    from model.core.bundle import sha256_file
     from training.architectures import last_conv_layer, mobilenet_v2_imagenet
-    from training.backbones import load_backbone, sha256_file
+    from training.backbones import load_backbone
 
     backbone = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, include_top=False,
                                               weights=None)

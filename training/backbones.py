@@ -19,7 +19,6 @@ licence, how the weights were mapped). Members load them with `load_backbone()`,
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
 import subprocess
@@ -30,6 +29,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from model.core.bundle import sha256_file
 
 DEFAULT_DIR = Path("backbones")
 SOURCES = {
@@ -46,14 +47,6 @@ SOURCES = {
         "input": "keras.applications.xception.preprocess_input (pixels / 127.5 - 1), RGB",
     },
 }
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _download(source: dict, folder: Path) -> Path:
