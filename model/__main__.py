@@ -204,7 +204,8 @@ def cmd_serve(args) -> int:
     from uvicorn.config import LOGGING_CONFIG
 
     from model.channels.api import create_app
-    from model.channels.http_guard import is_loopback, tokens_from_env, uvicorn_options
+    from model.channels.http_guard import tokens_from_env, uvicorn_options
+    from model.channels.net import is_loopback
 
     if not is_loopback(args.host) and not tokens_from_env():
         print(f"python -m model serve: error: binding {args.host} (not loopback) needs bearer tokens: set "

@@ -6,18 +6,18 @@ addresses (127.0.0.0/8 is all loopback on Linux)."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
+from urllib.parse import urlsplit
 
 import cv2
 import httpx
 import pytest
-import uvicorn
 
 from model.channels.api import create_app
 from model.channels.http_guard import MAX_PENDING_PER_CLIENT, uvicorn_options
 
 from helpers.images import radiograph
+from helpers.servers import serving
 
 UPLOAD_TIMEOUT_S = 6.0
 SLOW_UPLOAD = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
@@ -31,22 +31,9 @@ def server(tiny_bundles):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORAX_BUNDLES", str(tiny_bundles))
         app = create_app(max_inflight=2, upload_timeout_s=UPLOAD_TIMEOUT_S, tokens=())
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", **uvicorn_options())
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 120
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the API server did not start"
-            time.sleep(0.05)
-        try:
-            yield sock.getsockname()
-        finally:
-            server.should_exit = True
-            thread.join(30)
-            sock.close()
+        with serving(app, **uvicorn_options()) as url:
+            parts = urlsplit(url)
+            yield parts.hostname, parts.port
 
 
 def connect(server, source: str, payload: bytes) -> socket.socket:

@@ -6,7 +6,6 @@ optional bearer tokens. Kept apart from model.channels.api so that each piece ca
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import os
 
@@ -110,13 +109,6 @@ def tokens_from_env() -> frozenset[str]:
     return frozenset(t.strip() for t in os.environ.get("TORAX_API_TOKENS", "").split(",") if t.strip())
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class BearerAuth:

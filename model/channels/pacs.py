@@ -16,7 +16,6 @@ any work. Nothing here logs or prints patient attributes.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from urllib.parse import urlparse
 
 import requests
 
+from model.channels.net import is_loopback
 from model.core.types import Result
 
 __all__ = ["PacsError", "PacsUnavailable", "PacsAuthError", "SitesUnavailable", "Pacs", "State", "state_path",
@@ -67,13 +67,6 @@ class SitesUnavailable(Exception):
     pass
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _tls_reason(error: Exception) -> str:

@@ -66,14 +66,15 @@ def streamlit_server(bundles: Path, log_dir: Path, start_timeout: float = 60, st
 
 
 @contextlib.contextmanager
-def serving(app):
-    """Run `app` with uvicorn in a background thread on a free loopback port; yield its base URL."""
+def serving(app, **options):
+    """Run `app` with uvicorn in a background thread on a free loopback port (`options`: more uvicorn.Config
+    settings, e.g. http_guard.uvicorn_options()); yield its base URL."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
