@@ -14,6 +14,7 @@ import pytest
 
 from model.core.types import Result, Task
 
+from helpers.cli import run_cli
 from helpers.dicom import Orthanc, StubDicomWeb, chest_dx, orthanc_available, tls_files, to_bytes
 from helpers.images import radiograph, toy_chest  # radiograph: the input check takes it for a chest X-ray
 from helpers.servers import free_port
@@ -37,19 +38,28 @@ def orthanc(orthanc_server):
     return orthanc_server
 
 
-def torax(args, tiny_bundles, state: Path, password: str | None, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TORAX_BUNDLES": str(tiny_bundles), "TORAX_STATE": str(state),
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("TORAX_PACS_PASSWORD", None)
-    if password is not None:
-        env["TORAX_PACS_PASSWORD"] = password
-    return subprocess.run([sys.executable, "-m", "model", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+def torax(args, tiny_bundles, state: Path, password: str | None, timeout: int = 900, process: bool = False):
+    """`python -m model ARGS` with the tiny bundles, a state folder and the PACS password (None: none set), in this
+    process (run_cli); `process=True` runs a real one, for what only a process shows (libraries writing to fd 2)."""
+    env = {"TORAX_BUNDLES": str(tiny_bundles), "TORAX_STATE": str(state), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if process:
+        env = {**{k: v for k, v in os.environ.items() if k != "TORAX_PACS_PASSWORD"}, **env}
+        if password is not None:
+            env["TORAX_PACS_PASSWORD"] = password
+        return subprocess.run([sys.executable, "-m", "model", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    saved = os.environ.pop("TORAX_PACS_PASSWORD", None)
+    try:
+        return run_cli(args, env={**env, **({"TORAX_PACS_PASSWORD": password} if password is not None else {})})
+    finally:
+        os.environ.pop("TORAX_PACS_PASSWORD", None)
+        if saved is not None:
+            os.environ["TORAX_PACS_PASSWORD"] = saved
 
 
-def watch_once(server: Orthanc, tiny_bundles, state: Path, password=None, user=None) -> subprocess.CompletedProcess:
+def watch_once(server: Orthanc, tiny_bundles, state: Path, password=None, user=None, process=False):
     return torax(["pacs", "watch", "--url", server.url, "--user", user or server.user, "--once"], tiny_bundles,
-                 state, server.password if password is None else password)
+                 state, server.password if password is None else password, process=process)
 
 
 def json_lines(out: str) -> list[dict]:
@@ -296,7 +306,8 @@ def test_a_bad_instance_never_stops_the_watcher_and_its_name_never_shows(orthanc
     good = chest_dx(radiograph((512, 448), seed=8), patient_id="HOSP-2")
     orthanc.store(bad, good)
     state = tmp_path / "state"
-    first, second = watch_once(orthanc, tiny_bundles, state), watch_once(orthanc, tiny_bundles, state)
+    # the first run in a real process: a library writing the name to fd 2 would show there
+    first, second = watch_once(orthanc, tiny_bundles, state, process=True), watch_once(orthanc, tiny_bundles, state)
     for run in (first, second):
         assert run.returncode == 0, run.stderr
         assert "Traceback" not in run.stderr

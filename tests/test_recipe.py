@@ -67,7 +67,7 @@ def test_multitask_run_becomes_a_binary_and_a_multiclass_bundle_with_an_external
 
     data = make_kermany_folder(tmp_path / "data", n_per_class=10)
     run = train(str(data), str(tmp_path / "run"), task="multitask", members=("cnn", "resnet"), size=32, epochs=1,
-                steps=2, batch_size=8, cache_dir=None)
+                steps=2, batch_size=8, cache_dir=None, eager=True)
     members = json.loads((run / "members.json").read_text())
     assert [m["name"] for m in members] == ["cnn", "resnet"] and members[0]["recipe"]["ema"] == 0.99
     runs = split_heads(run)

@@ -158,7 +158,8 @@ def losses_and_metrics(task: str, y_train, label_smoothing: float):
 def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spec: dict, out: Path, *,
                  epochs: int, batch_size: int, lr: float, patience: int, minutes: float, weights: str | None,
                  steps: int | None = None, seed: int = 42, label_smoothing: float = 0.05,
-                 weight_decay: float = 0.05, ema: float | None = 0.99, backbones_dir: str = "backbones") -> dict:
+                 weight_decay: float = 0.05, ema: float | None = 0.99, backbones_dir: str = "backbones",
+                 eager: bool = False) -> dict:
     """One member: augmented batches (training.augment), AdamW with a one-epoch warm-up and cosine decay to zero,
     an exponential moving average of the weights (the saved model), label smoothing, and a per-epoch backup so an
     interrupted run resumes where it stopped. Early stopping on val AUC remains as a guard against divergence."""
@@ -175,7 +176,8 @@ def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spe
     schedule = keras.optimizers.schedules.CosineDecay(lr / 10, decay_steps=total - min(steps_per_epoch, total // 2),
                                                       warmup_target=lr, warmup_steps=min(steps_per_epoch, total // 2))
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=weight_decay, use_ema=ema is not None,
-                                                   ema_momentum=ema or 0.99), loss=loss, metrics=metrics)
+                                                   ema_momentum=ema or 0.99), loss=loss, metrics=metrics,
+                  run_eagerly=eager)
     budget = TimeBudget(minutes)
     backup = out / f"backup-{arch}"
     callbacks = [
@@ -211,7 +213,7 @@ def train(data_dir: str, out: str, *, task: str = TrainingTask.BINARY, members=(
           size: int = 224, seed: int = 42, epochs: int = 30, batch_size: int = 32, lr: float = 2e-3,
           patience: int = 10, minutes_per_member: float = 60.0, cache_dir: str | None = "cache",
           weights: dict | None = None, one_per_patient: bool = False, keep_official_test: bool = False,
-          steps: int | None = None, classes: list[str] | None = None) -> Path:
+          steps: int | None = None, classes: list[str] | None = None, eager: bool = False) -> Path:
     """Prepare the data, train each member, and write the run folder. Returns its path.
 
     Run it again with the same `out` after an interruption: finished members are kept, and the member that was
@@ -255,7 +257,7 @@ def train(data_dir: str, out: str, *, task: str = TrainingTask.BINARY, members=(
         results.append(train_member(arch, images[tr], rows(tr), images[va], rows(va), task, input_spec, out,
                                     epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
                                     minutes=minutes_per_member, weights=(weights or {}).get(arch), steps=steps,
-                                    seed=seed))
+                                    seed=seed, eager=eager))
         (out / "members.json").write_text(json.dumps(results, indent=2))
     (out / "timing.json").write_text(json.dumps({"wall_seconds": round(time.time() - started, 1)}))
     return out

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -37,6 +38,9 @@ DEFAULT_BUNDLE = "pneumonia-kermany"
 SIGNATURE_FILE = "manifest.sig"
 
 log = logging.getLogger(__name__)
+
+_loaded: dict[str, object] = {}  # member sha256 → its keras.Model, loaded once per process (load_bundle)
+_loaded_lock = threading.Lock()
 
 
 class BundleError(Exception):
@@ -293,7 +297,12 @@ def member_path(path: Path, manifest: dict, info) -> Path:
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Verify and load one bundle. Raises a BundleError with a human message on any problem."""
+    """Verify and load one bundle. Raises a BundleError with a human message on any problem.
+
+    Every call verifies every file again. A member whose just-verified sha256 this process has loaded before reuses
+    that model (the bytes are the same), so loading a bundle again (each command run in one process, the API, a page
+    going back to a bundle) costs the checksums only, and the compiled functions built on the model are kept
+    (Ensemble, Explainer)."""
     import keras
 
     path = Path(path)
@@ -302,6 +311,11 @@ def load_bundle(path: str | Path) -> Bundle:
     verify_reports(path, manifest)
     bundle = Bundle(path, manifest, members, signed=bool(os.environ.get("TORAX_TRUSTED_KEYS", "").strip()))
     for member in bundle.members:
+        digest = member.info["sha256"]  # verify() compared it with the file
+        with _loaded_lock:
+            member.model = _loaded.get(digest)
+        if member.model is not None:
+            continue
         try:
             member.model = keras.saving.load_model(member.path, compile=False, safe_mode=True)
         except ValueError as e:
@@ -316,6 +330,8 @@ def load_bundle(path: str | Path) -> Bundle:
             log.warning("bundle %s member %s: %s", bundle.name, member.name, type(e).__name__)
             raise BundleError(f"Model bundle '{bundle.name}': {member.path.name} could not be loaded "
                               "(code bundle_error).") from None
+        with _loaded_lock:
+            member.model = _loaded.setdefault(digest, member.model)
     return bundle
 
 

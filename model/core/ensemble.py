@@ -2,6 +2,7 @@
 at a threshold. All members run inside one compiled `tf.function` with a fixed input signature (no retracing)."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,8 @@ from model.core.preprocess import to_model_input
 from model.core.types import Task
 
 _EPS = 1e-7
+_compiled: dict[tuple, object] = {}  # (member model ids, input shape) → the compiled forward, kept per process
+_compiled_lock = threading.Lock()
 
 
 def apply_temperature(prob: np.ndarray, temperature: float, task: Task | str, bias: float = 0.0) -> np.ndarray:
@@ -67,13 +70,19 @@ class Ensemble:
         self.spec = bundle.input_spec
         models = [m.model for m in bundle.members]
         shape = (None, self.spec["height"], self.spec["width"], self.spec.get("channels", 1))
+        # One compiled function per set of loaded models: a bundle loaded again shares its models (load_bundle), so
+        # a second Ensemble on it traces nothing. The function holds the models, so their ids stay theirs.
+        key = (tuple(id(m) for m in models), shape)
+        with _compiled_lock:
+            self._forward = _compiled.get(key)
+        if self._forward is None:
+            @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8)])
+            def forward(x):
+                x = tf.cast(x, tf.float32)
+                return tf.stack([tf.cast(m(x, training=False), tf.float32) for m in models])
 
-        @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8)])
-        def forward(x):
-            x = tf.cast(x, tf.float32)
-            return tf.stack([tf.cast(m(x, training=False), tf.float32) for m in models])
-
-        self._forward = forward
+            with _compiled_lock:
+                self._forward = _compiled.setdefault(key, forward)
 
     def raw(self, batch: np.ndarray) -> np.ndarray:
         """(members, N, outputs) uncalibrated member outputs for a uint8 batch."""

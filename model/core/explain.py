@@ -11,6 +11,8 @@ from model.core.preprocess import to_model_input
 from model.core.types import CamMethod, Task, look_up_option
 
 SCORECAM_MAX_N = 32  # Score-CAM masks with the 32 strongest channels: close to the full method, ~10× cheaper
+_compiled: dict[tuple, object] = {}  # (member model ids, CAM layers, input shape) → compiled Grad-CAM, per process
+_compiled_lock = threading.Lock()
 
 
 class Explainer:
@@ -66,6 +68,21 @@ class Explainer:
         last layer to be a Dense head, as training.architectures builds; otherwise returns None."""
         if "compiled" in self._cams:
             return self._cams["compiled"]
+        h, w = self.spec["height"], self.spec["width"]
+        members = self.bundle.members
+        # Shared like Ensemble's forward: a bundle loaded again shares its models, so nothing is traced again.
+        key = (tuple(id(m.model) for m in members), tuple(m.cam_layer for m in members), h, w,
+               self.spec.get("channels", 1))
+        with _compiled_lock:
+            if key in _compiled:
+                self._cams["compiled"] = _compiled[key]
+                return _compiled[key]
+        run = self._build_compiled_gradcam()
+        with _compiled_lock:
+            self._cams["compiled"] = _compiled.setdefault(key, run)
+        return self._cams["compiled"]
+
+    def _build_compiled_gradcam(self):
         import keras
         import tensorflow as tf
 
@@ -73,7 +90,6 @@ class Explainer:
         for m in self.bundle.members:
             head = m.model.layers[-1]
             if not isinstance(head, keras.layers.Dense):
-                self._cams["compiled"] = None
                 return None
             parts.append((keras.Model(m.model.inputs, [m.model.get_layer(m.cam_layer).output, head.input]), head))
         h, w = self.spec["height"], self.spec["width"]
@@ -95,7 +111,6 @@ class Explainer:
                 cams.append(tf.math.divide_no_nan(cam - lo, hi - lo))
             return tf.stack(cams)
 
-        self._cams["compiled"] = run
         return run
 
     def cams(self, gray: np.ndarray, method: CamMethod | str = CamMethod.GRADCAM,

@@ -42,7 +42,7 @@ def make_tiny_bundle(tmp: Path, name: str = "pneumonia-kermany", members=("cnn",
 
     data = make_kermany_folder(Path(tmp) / "data")
     run = train(str(data), str(Path(tmp) / "run"), members=members, size=size, epochs=1, steps=2,
-                batch_size=8, cache_dir=str(Path(tmp) / "cache"))
+                batch_size=8, cache_dir=str(Path(tmp) / "cache"), eager=True)
     evaluate_run(run)
     root = Path(tmp) / "bundles"
     export_bundle(run, root / name)
