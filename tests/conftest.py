@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,10 +14,69 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 @pytest.fixture(scope="session")
 def tiny_bundles(tmp_path_factory) -> Path:
-    """A bundles folder with one real (tiny, barely trained) binary bundle, built once per test session."""
+    """A bundles folder with one real (tiny, barely trained) binary bundle, built once per test run: the parallel
+    workers (pytest-xdist) share the first one's, waiting on a lock while it is built."""
+    import fcntl
+
     from helpers.bundles import make_tiny_bundle
 
-    return make_tiny_bundle(tmp_path_factory.mktemp("tiny"))
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above each worker's own
+    folder = base / "tiny-shared"
+    with open(base / "tiny-shared.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "built").exists():  # built here (its paths are recorded), marked only when whole
+            shutil.rmtree(folder, ignore_errors=True)
+            make_tiny_bundle(folder)
+            (folder / "built").touch()
+    return folder / "bundles"
+
+
+@pytest.fixture(scope="session")
+def two_bundles(tiny_bundles, tmp_path_factory) -> Path:
+    """The tiny bundle twice under two names (the default and "pneumonia-copy"), so the sidebar's model selector is
+    drawn."""
+    root = tmp_path_factory.mktemp("two") / "bundles"
+    shutil.copytree(tiny_bundles, root)
+    other = root / "pneumonia-copy"
+    shutil.copytree(root / "pneumonia-kermany", other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "name": "pneumonia-copy", "title": "A copy"}))
+    return root
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One live app and one Chromium for the browser and load tests
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def app_server(two_bundles, tmp_path_factory):
+    """One `streamlit run app.py` on `two_bundles` for this session's browser and load tests: each test opens its
+    own browser context, so it is its own Streamlit session, as two readers are. Site profiles saved in it land in
+    `.sites`. (The deep-link tests start their own fresh servers: a first request is what they test.)"""
+    from helpers.servers import require_chromium, streamlit_server
+
+    require_chromium()
+    folder = tmp_path_factory.mktemp("app-server")
+    with streamlit_server(two_bundles, folder, env={"TORAX_SITES": str(folder / "sites")}) as (url, pid):
+        yield SimpleNamespace(url=url, pid=pid, sites=folder / "sites")
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium under Playwright, one per session (a test opens its own context); never `playwright
+    install`. Skips where /usr/bin/chromium is missing."""
+    from helpers.servers import CHROMIUM, CHROMIUM_ARGS, require_chromium
+
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -4,63 +4,50 @@ Uploads a phantom through the page's own file input, moves the threshold with th
 probability and watches the decision flip, turns the Grad-CAM overlay on, and saves a screenshot.
 Never runs `playwright install`: it uses /usr/bin/chromium, and skips when that is missing.
 """
-import time
-
 import cv2
 import pytest
 
 from helpers.images import radiograph
-from helpers.servers import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-def server(tiny_bundles, tmp_path):
-    require_chromium()
-    with streamlit_server(tiny_bundles, tmp_path, start_timeout=45, stop_timeout=10) as (url, _):
-        yield url
-
-
-def test_upload_threshold_and_overlay_in_chromium(server, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def test_upload_threshold_and_overlay_in_chromium(app_server, chromium, tmp_path):
+    from playwright.sync_api import expect
 
     expect.set_options(timeout=60_000)  # the first inference compiles the ensemble
     image = tmp_path / "phantom.png"
     cv2.imwrite(str(image), radiograph((320, 280), pneumonia=True, seed=11))
-    started = time.time()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.set_default_timeout(60_000)
-            page.goto(server)  # the router's own address: it runs app.py and its st.navigation
-            expect(page.get_by_role("heading", name="Diagnose")).to_be_visible()
+    context = chromium.new_context(viewport={"width": 1400, "height": 1800})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(app_server.url)  # the router's own address: it runs app.py and its st.navigation
+        expect(page.get_by_role("heading", name="Diagnose")).to_be_visible()
 
-            page.locator("input[type=file]").first.set_input_files(str(image))
-            reason = page.get_by_text("Probability of PNEUMONIA")
-            expect(reason).to_be_visible()
-            decision = page.locator("h2").filter(has_text="PNEUMONIA").or_(page.locator("h2").filter(
-                has_text="NORMAL"))
-            expect(decision).to_be_visible()
-            expect(page.get_by_text("As decoded · 280 × 320 px")).to_be_visible()
+        page.locator("input[type=file]").first.set_input_files(str(image))
+        reason = page.get_by_text("Probability of PNEUMONIA")
+        expect(reason).to_be_visible()
+        decision = page.locator("h2").filter(has_text="PNEUMONIA").or_(page.locator("h2").filter(
+            has_text="NORMAL"))
+        expect(decision).to_be_visible()
+        expect(page.get_by_text("As decoded · 280 × 320 px")).to_be_visible()
 
-            slider = page.get_by_role("slider").first  # the decision threshold (the only slider so far)
-            slider.focus()
-            slider.press("Home")
-            expect(page.get_by_text("at or above threshold 0.000")).to_be_visible()
-            expect(page.locator("h2").filter(has_text="PNEUMONIA")).to_be_visible()
-            slider.focus()
-            slider.press("End")
-            expect(page.get_by_text("below threshold 1.000")).to_be_visible()
-            expect(page.locator("h2").filter(has_text="NORMAL")).to_be_visible()
+        slider = page.get_by_role("slider").first  # the decision threshold (the only slider so far)
+        slider.focus()
+        slider.press("Home")
+        expect(page.get_by_text("at or above threshold 0.000")).to_be_visible()
+        expect(page.locator("h2").filter(has_text="PNEUMONIA")).to_be_visible()
+        slider.focus()
+        slider.press("End")
+        expect(page.get_by_text("below threshold 1.000")).to_be_visible()
+        expect(page.locator("h2").filter(has_text="NORMAL")).to_be_visible()
 
-            page.get_by_text("Show Grad-CAM", exact=True).click()
-            expect(page.get_by_text("Grad-CAM · Ensemble · PNEUMONIA")).to_be_visible()
-            expect(page.locator("[data-testid=stImage] img")).to_have_count(2)
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(tmp_path / "diagnose.png"), full_page=True)
-        finally:
-            browser.close()
+        page.get_by_text("Show Grad-CAM", exact=True).click()
+        expect(page.get_by_text("Grad-CAM · Ensemble · PNEUMONIA")).to_be_visible()
+        expect(page.locator("[data-testid=stImage] img")).to_have_count(2)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(tmp_path / "diagnose.png"), full_page=True)
+    finally:
+        context.close()
     assert (tmp_path / "diagnose.png").stat().st_size > 10_000
-    assert time.time() - started < 90

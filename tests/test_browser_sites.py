@@ -6,48 +6,38 @@ import json
 import pytest
 
 from helpers.images import sample_zip
-from helpers.servers import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-def server(tiny_bundles, tmp_path, monkeypatch):
-    require_chromium()
-    monkeypatch.setenv("TORAX_SITES", str(tmp_path / "sites"))
-    with streamlit_server(tiny_bundles, tmp_path, start_timeout=60, stop_timeout=10) as (url, _):
-        yield url
-
-
-def test_check_and_save_a_site_profile_in_chromium(server, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def test_check_and_save_a_site_profile_in_chromium(app_server, chromium, tmp_path):
+    from playwright.sync_api import expect
 
     expect.set_options(timeout=120_000)  # the first inference compiles the ensemble
     archive = tmp_path / "my-site.zip"
     archive.write_bytes(sample_zip())
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2000})
-            page.set_default_timeout(120_000)
-            page.goto(server)
-            expect(page.get_by_role("heading", name="Diagnose")).to_be_visible()
-            page.get_by_role("link", name="Evaluation").click()
-            expect(page.get_by_text("Check the model on your own images")).to_be_visible()
+    context = chromium.new_context(viewport={"width": 1400, "height": 2000})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(app_server.url)
+        expect(page.get_by_role("heading", name="Diagnose")).to_be_visible()
+        page.get_by_role("link", name="Evaluation").click()
+        expect(page.get_by_text("Check the model on your own images")).to_be_visible()
 
-            page.locator("input[type=file]").first.set_input_files(str(archive))
-            page.get_by_role("button", name="Check").click()
-            expect(page.get_by_text("on 12 of your images (NORMAL 6, PNEUMONIA 6)")).to_be_visible()
-            expect(page.get_by_text("not_chest_xray ×1")).to_be_visible()
+        page.locator("input[type=file]").first.set_input_files(str(archive))
+        page.get_by_role("button", name="Check").click()
+        expect(page.get_by_text("on 12 of your images (NORMAL 6, PNEUMONIA 6)")).to_be_visible()
+        expect(page.get_by_text("not_chest_xray ×1")).to_be_visible()
 
-            name = page.get_by_label("Site name")
-            name.fill("clinic-e2e")
-            name.press("Enter")
-            page.get_by_role("button", name="Save as site profile").click()
-            expect(page.get_by_text("Saved site profile clinic-e2e")).to_be_visible()
-            page.screenshot(path=str(tmp_path / "site-check.png"), full_page=True)
-        finally:
-            browser.close()
-    saved = json.loads((tmp_path / "sites" / "clinic-e2e.json").read_text())
+        name = page.get_by_label("Site name")
+        name.fill("clinic-e2e")
+        name.press("Enter")
+        page.get_by_role("button", name="Save as site profile").click()
+        expect(page.get_by_text("Saved site profile clinic-e2e")).to_be_visible()
+        page.screenshot(path=str(tmp_path / "site-check.png"), full_page=True)
+    finally:
+        context.close()
+    saved = json.loads((app_server.sites / "clinic-e2e.json").read_text())
     assert saved["site"] == "clinic-e2e" and saved["sample"]["n"] == 12
     assert (tmp_path / "site-check.png").stat().st_size > 10_000

@@ -18,7 +18,6 @@ import cv2
 import pytest
 
 from helpers.images import radiograph
-from helpers.servers import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit_server
 
 SESSIONS = int(os.environ.get("TORAX_LOAD_SESSIONS", "2"))
 UPLOADS = int(os.environ.get("TORAX_LOAD_UPLOADS", "4"))
@@ -38,22 +37,13 @@ def rss_mb(pid: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_bundles, tmp_path_factory):
-    require_chromium()
-    with streamlit_server(tiny_bundles, tmp_path_factory.mktemp("load")) as started:
-        yield started
+def server(app_server):
+    return app_server.url, app_server.pid
 
 
 @pytest.fixture(scope="module")
-def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+def browser(chromium):
+    return chromium
 
 
 def payload(i: int) -> tuple[dict, str]:

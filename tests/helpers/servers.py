@@ -33,10 +33,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(bundles: Path, log_dir: Path, start_timeout: float = 60, stop_timeout: float = 15):
-    """Start the app on a free loopback port with `bundles`; yields (url, pid) once /_stcore/health answers."""
+def streamlit_server(bundles: Path, log_dir: Path, start_timeout: float = 60, stop_timeout: float = 15,
+                     env: dict | None = None):
+    """Start the app on a free loopback port with `bundles` (and `env` over this process's environment); yields
+    (url, pid) once /_stcore/health answers."""
     port = free_port()
-    env = {**os.environ, "TORAX_BUNDLES": str(bundles), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TORAX_BUNDLES": str(bundles), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     log_path = Path(log_dir) / "streamlit.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
