@@ -252,10 +252,6 @@ def test_a_dicomweb_archive_from_a_date_and_a_server_that_goes_down_mid_run(bund
         rows = table(out)
         assert len(rows) == 5 and all(r["probability"] is not None and r["sop_instance_uid"] for r in rows)
         assert {r["source"].split("/")[1] for r in rows} == {r["study_instance_uid"] for r in rows}
-
-        server.fail_after(0)
-        run = score(server.url, tmp_path / "other.parquet", bundles, "--since", "2024-01-01")
-        assert run.returncode == 3 and len(run.stderr.strip().splitlines()) >= 1 and "Traceback" not in run.stderr
     finally:
         server.stop()
     run = score(server.url, out, bundles)

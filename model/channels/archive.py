@@ -49,8 +49,10 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -359,13 +361,18 @@ class Scorer:
 
     def __init__(self, facts: BundleFacts, bundles_root: str, site=None, allow_outside_population: bool = False,
                  trusted_keys: str | None = None, threads: int | None = None, bundle=None):
-        from model.outputs.dicom_results import FilingPolicy
-
         self.facts, self.root, self.site = facts, Path(bundles_root), site
-        self.policy = FilingPolicy(allow_outside_population=allow_outside_population)
+        self.allow_outside_population = allow_outside_population
         self.trusted_keys, self.threads = trusted_keys, threads
         self._bundle, self._ensemble = bundle, None
         self.light = facts.bundle()
+
+    @cached_property
+    def policy(self):
+        """What an unattended channel may file (pacs watch's rule; imported on first use: it brings highdicom)."""
+        from model.outputs.dicom_results import FilingPolicy
+
+        return FilingPolicy(allow_outside_population=self.allow_outside_population)
 
     def ensemble(self):
         if self._ensemble is None:
@@ -702,7 +709,8 @@ def ray_batches(items: list[dict], facts: BundleFacts, done: Done, pacs, scorer_
                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         started = True
     try:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress lines replace its bars and notes
+        warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         cpus = int(ray.cluster_resources().get("CPU", 0))
@@ -711,16 +719,16 @@ def ray_batches(items: list[dict], facts: BundleFacts, done: Done, pacs, scorer_
             raise ArchiveError(f"--workers {workers} is more than the {cpus} CPUs of the Ray cluster.")
         cpus_per_worker = max(1, cpus // workers) if options.gpus_per_worker <= 0 else 1
         say(f"Ray: {workers} worker(s), {cpus_per_worker} CPU(s) each, cluster of {cpus} CPUs")
-        # On this machine, workers import `model` from this checkout; a cluster's nodes need it installed (the same
-        # image), see README "Scoring an archive".
+        # Workers import `model` from the folder the driver started in; elsewhere on this machine they are told where
+        # this checkout is (a cluster's nodes need it installed: the same image, see README "Scoring an archive").
         remote = {"num_cpus": cpus_per_worker}
-        if not options.address:
+        if not options.address and Path.cwd().resolve() != REPO_ROOT:
             path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
             remote["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
         import pyarrow as pa
 
         listing = pa.table({k: [item[k] for item in items] for k in LISTING})
-        blocks = max(1, min(math.ceil(len(items) / batch_size), 4 * workers * 8))
+        blocks = min(max(min(len(items), workers), math.ceil(len(items) / batch_size)), 4096)
         ds = ray.data.from_arrow(listing, override_num_blocks=blocks)
         ds = ds.map_batches(prepare_batch, batch_size=batch_size, batch_format="numpy",
                             fn_kwargs={"facts": facts, "done": done, "pacs": pacs}, **remote)
@@ -798,7 +806,9 @@ def score(source: Source, out: Output, bundle, *, engine: str = "local", batch_s
         scorer_kwargs = {"facts": facts, "bundles_root": str(Path(bundle.path).parent), "site": site,
                          "allow_outside_population": allow_outside_population,
                          "trusted_keys": os.environ.get("TORAX_TRUSTED_KEYS") or None}
-        if engine == "ray":
+        if not items:
+            batches = iter(())
+        elif engine == "ray":
             batches = ray_batches(items, facts, done, source.pacs, scorer_kwargs, batch_size,
                                   ray_options or RayOptions(), say)
         else:
