@@ -756,6 +756,7 @@ class Summary:
     rows: int = 0
     seconds: float = 0.0
     first_batch_s: float | None = None
+    first_batch_rows: int = 0
     times: dict = field(default_factory=lambda: dict.fromkeys(TIMINGS, 0.0))
     stopped: str | None = None
 
@@ -766,6 +767,11 @@ class Summary:
     def rate(self) -> float:
         return self.written / self.seconds if self.seconds else 0.0
 
+    def steady_rate(self) -> float:
+        """Inputs per second after the first batch (without start-up: Ray, workers, models)."""
+        span = self.seconds - (self.first_batch_s or 0.0)
+        return (self.written - self.first_batch_rows) / span if span > 0 else 0.0
+
     def lines(self, out: Output) -> list[str]:
         lines = [f"archive run {self.run_id}: {self.inputs:,} inputs"
                  + (f" ({self.skipped_files:,} other files skipped: not images)" if self.skipped_files else "")
@@ -773,8 +779,10 @@ class Summary:
                  f"{out.shown()} ({self.rows:,} rows)"]
         if self.written:
             steady = ""
-            if self.first_batch_s is not None and self.seconds > self.first_batch_s:
-                steady = f"; {self.first_batch_s:.1f} s to the first batch"
+            if self.first_batch_s is not None and self.seconds > self.first_batch_s \
+                    and self.written > self.first_batch_rows:
+                steady = (f"; the first batch after {self.first_batch_s:.1f} s (start-up), then "
+                          f"{self.steady_rate():.1f} inputs/s")
             lines.append(f"time: {self.seconds:.1f} s, {self.rate():.1f} inputs/s{steady}")
             per = {k: 1000 * v / max(1, self.written) for k, v in self.times.items()}
             lines.append("where the time goes (ms per input, summed over workers): "
@@ -832,7 +840,8 @@ def score(source: Source, out: Output, bundle, *, engine: str = "local", batch_s
             summary.rows = out.consolidate()
             out.progress(state="done" if summary.stopped is None else "stopped", written=summary.written,
                          errors=summary.errors, done_before=summary.done_before, rows=summary.rows,
-                         inputs_per_s=round(summary.rate(), 2), message=summary.stopped or "")
+                         inputs_per_s=round(summary.rate(), 2), steady_inputs_per_s=round(summary.steady_rate(), 2),
+                         message=summary.stopped or "")
         return summary
 
 
@@ -854,6 +863,7 @@ def _consume(batches, out: Output, summary: Summary, record: bool, started: floa
             summary.scored += sum(1 for r in rows if not r["error_code"])
             if summary.first_batch_s is None:
                 summary.first_batch_s = time.perf_counter() - started
+                summary.first_batch_rows = len(rows)
         out.progress(written=summary.written, errors=summary.errors, done_before=summary.done_before)
         if time.perf_counter() - last_said > 10:
             last_said = time.perf_counter()
