@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -272,9 +273,11 @@ class BundleFacts:
 
 def prepare_batch(batch: dict, facts: BundleFacts, done: Done | None = None, pacs=None) -> dict:
     """A batch of listed inputs (LISTING columns) → the same rows with `sha256`, `size_bytes`, `state` ("new",
-    "done": already in the output, or "error"), the read result as JSON (`result`: warnings, meta, error) and the
-    model input's bytes (`input`), plus the time each step took. A file that can't be read (or vanished) and an
-    instance the PACS won't give become "error" rows; a PACS that is down or refuses us raises (the job stops)."""
+    "done": already in the output, "error", or "stop"), the read result as JSON (`result`: warnings and error, or
+    the stop's reason) and the model input's bytes (`input`), plus the time each step took. A file that can't be
+    read (or vanished) and an instance the PACS won't give become "error" rows; a PACS that is down or refuses us
+    makes that input and the rest of the batch "stop" rows: the driver writes the others and stops the run (an
+    exception would reach it wrapped by Ray)."""
     from model.core.analysis import failed, read
     from model.core.guard import for_bundle
     from model.core.preprocess import to_model_input
@@ -290,18 +293,24 @@ def prepare_batch(batch: dict, facts: BundleFacts, done: Done | None = None, pac
     inputs = np.full(n, b"", dtype=object)
     times = {k: np.zeros(n) for k in TIMINGS}
     datas: list[bytes | None] = [None] * n
+    stop = None
     for i in range(n):
+        if stop is not None:  # the server is gone: the rest of the batch is not tried
+            result_json[i], state[i] = stop, "stop"
+            continue
         start = time.perf_counter()
         try:
             datas[i] = _fetch(out, i, pacs)
         except OSError as e:  # vanished since the listing, unreadable, a folder: an error row
             error = failed(None, bundle, "unreadable_file", f"Could not read this file ({e.strerror or 'I/O error'}).")
             result_json[i], state[i] = _result_json(error), "error"
-        except Exception as e:  # noqa: BLE001 - sorted out by _instance_refused
-            if not _instance_refused(e):
-                raise
-            error = failed(None, bundle, "unreadable_instance", str(e))
-            result_json[i], state[i] = _result_json(error), "error"
+        except Exception as e:  # noqa: BLE001 - an error row, a stop, or raised on
+            if _instance_refused(e):
+                error = failed(None, bundle, "unreadable_instance", str(e))
+                result_json[i], state[i] = _result_json(error), "error"
+            else:
+                stop, state[i] = _stop_json(e), "stop"  # handed to the driver as data: Ray would wrap an exception
+                result_json[i] = stop
         if datas[i] is not None:
             sha[i], size[i] = hashlib.sha256(datas[i]).hexdigest(), len(datas[i])
         times["read_s"][i] = time.perf_counter() - start
@@ -345,6 +354,15 @@ def _instance_refused(error: Exception) -> bool:
     return isinstance(error, PacsError) and not isinstance(error, (PacsUnavailable, PacsAuthError))
 
 
+def _stop_json(error: Exception) -> str:
+    """A reason to stop the whole run (the DICOMweb server down, or refusing us), as a "stop" row carries it to the
+    driver; anything else is raised on."""
+    stop = _as_stop(error)
+    if not isinstance(stop, ArchiveError):
+        raise error
+    return json.dumps({"stop": {"message": stop.message, "exit_code": stop.exit_code}})
+
+
 def _result_json(result) -> str:
     return json.dumps({"warnings": result.warnings, "error": result.error})
 
@@ -357,7 +375,7 @@ class Scorer:
     to score: verified like every load (sha256 of each member, signatures where $TORAX_TRUSTED_KEYS is set, passed
     in `trusted_keys` so a cluster's workers check as the driver does), and refused unless its manifest is the one
     the driver chose. A batch with nothing new never loads TensorFlow. `threads` caps TensorFlow's threads (one
-    actor per core). Returns {"state", "row" (the row as JSON; "" for state "done"), timings}."""
+    actor per core). Returns {"state", "row" (the row as JSON; "" for "done"; the reason for "stop"), timings}."""
 
     def __init__(self, facts: BundleFacts, bundles_root: str, site=None, allow_outside_population: bool = False,
                  trusted_keys: str | None = None, threads: int | None = None, bundle=None):
@@ -405,12 +423,18 @@ class Scorer:
         from model.core.analysis import with_prediction
         from model.core.types import Result
 
-        state = batch["state"]
+        state = np.asarray(batch["state"], dtype=object)
         n = len(state)
         todo = [i for i in range(n) if state[i] == "new"]
         predictions, model_s = {}, np.zeros(n)
         if todo:
-            ensemble = self.ensemble()
+            try:
+                ensemble = self.ensemble()
+            except ArchiveError as e:  # e.g. another bundle on this worker: the run stops with the reason
+                stop = json.dumps({"stop": {"message": e.message, "exit_code": e.exit_code}})
+                rows = np.array([stop if s != "done" else "" for s in state], dtype=object)
+                state[state != "done"] = "stop"
+                return {"state": state, "row": rows, **{k: np.zeros(n) for k in TIMINGS}}
             spec = ensemble.spec
             shape = (spec["height"], spec["width"], spec.get("channels", 1))
             x = np.stack([np.frombuffer(batch["input"][i], dtype=np.uint8).reshape(shape) for i in todo])
@@ -419,7 +443,8 @@ class Scorer:
             model_s[todo] = (time.perf_counter() - start) / len(todo)
         rows = np.full(n, "", dtype=object)
         for i in range(n):
-            if state[i] == "done":
+            if state[i] in ("done", "stop"):
+                rows[i] = batch["result"][i] if state[i] == "stop" else ""
                 continue
             read = json.loads(batch["result"][i])
             result = Result(None, self.light.name, self.light.task, warnings=read["warnings"], error=read["error"])
@@ -428,7 +453,7 @@ class Scorer:
                 raw = predictions[i].probability
                 result = with_prediction(result, predictions[i], self.light, site=self.site)
             rows[i] = json.dumps(_row(batch, i, self.policy.apply(result), raw, self.light))
-        out = {"state": np.asarray(state, dtype=object), "row": rows, "model_s": model_s}
+        out = {"state": state, "row": rows, "model_s": model_s}
         out.update({k: np.asarray(batch[k], dtype=float) for k in TIMINGS if k != "model_s"})
         return out
 
@@ -499,8 +524,7 @@ class Output:
             raise ArchiveError(f"--out {self.shown()} is a folder; name the .parquet file to write.")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.parts.mkdir(exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.parts, prefix=".probe-"):
+            with tempfile.NamedTemporaryFile(dir=self.path.parent, prefix=".probe-"):
                 pass
         except OSError as e:
             raise ArchiveError(f"--out {self.shown()} can't be written ({e.strerror or type(e).__name__}).") from None
@@ -532,15 +556,16 @@ class Output:
 
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ArchiveError(f"Another archive run is writing {self.shown()}; wait for it to end.") from None
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # the lock file is the other run's: left alone
+            raise ArchiveError(f"Another archive run is writing {self.shown()}; wait for it to end.") from None
+        try:
             yield
         finally:
-            os.close(fd)
             with contextlib.suppress(OSError):
                 self.lock_path.unlink()
+            os.close(fd)
 
     def part_files(self) -> list[Path]:
         return sorted(self.parts.glob("part-*.parquet")) if self.parts.is_dir() else []
@@ -730,6 +755,8 @@ def ray_batches(items: list[dict], facts: BundleFacts, done: Done, pacs, scorer_
         listing = pa.table({k: [item[k] for item in items] for k in LISTING})
         blocks = min(max(min(len(items), workers), math.ceil(len(items) / batch_size)), 4096)
         ds = ray.data.from_arrow(listing, override_num_blocks=blocks)
+        if pacs is not None:  # the workers make their own connections (the password goes with the job)
+            pacs = dataclasses.replace(pacs, _client=None)
         ds = ds.map_batches(prepare_batch, batch_size=batch_size, batch_format="numpy",
                             fn_kwargs={"facts": facts, "done": done, "pacs": pacs}, **remote)
         ds = ds.map_batches(options.scorer_class or Scorer, batch_size=batch_size, batch_format="numpy",
@@ -852,7 +879,8 @@ def _consume(batches, out: Output, summary: Summary, record: bool, started: floa
         summary.done_before += states.count("done")
         now = datetime.now(UTC).isoformat(timespec="seconds")
         rows = [{**json.loads(row), "run_id": summary.run_id, "scored_at": now}
-                for state, row in zip(states, batch["row"]) if state != "done"]
+                for state, row in zip(states, batch["row"]) if state not in ("done", "stop")]
+        stops = [json.loads(row)["stop"] for state, row in zip(states, batch["row"]) if state == "stop"]
         for key in TIMINGS:
             summary.times[key] += float(np.sum(batch[key]))
         if rows:
@@ -865,6 +893,8 @@ def _consume(batches, out: Output, summary: Summary, record: bool, started: floa
                 summary.first_batch_s = time.perf_counter() - started
                 summary.first_batch_rows = len(rows)
         out.progress(written=summary.written, errors=summary.errors, done_before=summary.done_before)
+        if stops:  # what this batch did read is written above; the run stops here
+            raise ArchiveError(stops[0]["message"], stops[0]["exit_code"])
         if time.perf_counter() - last_said > 10:
             last_said = time.perf_counter()
             say(f"{summary.written + summary.done_before:,} of {summary.inputs:,} inputs "
