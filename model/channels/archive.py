@@ -24,10 +24,11 @@ each scored batch is written atomically (temporary file + rename) as RESULTS.par
 at the end (also after Ctrl-C, SIGTERM, or a DICOMweb server that stops answering) the parts and the previous table
 are merged into RESULTS.parquet (again atomically) and the parts removed. A row is one input's content: (source,
 sha256). A second run reads every input, and scores only those whose (source, sha256) is not in the table or its
-parts (a file changed in place is scored again and gets a row of its own; an input that could not be read is tried
-again and its error row replaced). DICOMweb instances are known by their UIDs (an instance never changes), so
-what is done is not fetched again. An interrupted run loses at most the batches in flight; nothing is written twice
-(consolidation also drops any repeated (source, sha256)). RESULTS.parquet.progress.json says how far a run is (the
+parts (a file changed in place is scored again and gets a row of its own; a file that could not be opened is tried
+again and its error row replaced; one whose bytes are not an image keeps its error row: same bytes, same answer).
+DICOMweb instances are known by their UIDs (an instance never changes), so what is done is not fetched again. An
+interrupted run loses at most the batches in flight; nothing is written twice (consolidation also drops any repeated
+(source, sha256)). RESULTS.parquet.progress.json says how far a run is (the
 Worklist page reads it); RESULTS.parquet.lock keeps a second run off the same output.
 
 Faults: an unreadable file (or one that vanished since the listing) is an error row; an output path that cannot be
@@ -570,20 +571,23 @@ class Output:
     def part_files(self) -> list[Path]:
         return sorted(self.parts.glob("part-*.parquet")) if self.parts.is_dir() else []
 
-    def tables(self) -> list:
-        """The current table and the parts left by an interrupted run (leftover temporary files removed)."""
+    def tables(self, columns: list[str] | None = None) -> list:
+        """The current table and the parts left by an interrupted run (leftover temporary files removed), whole or
+        only `columns`."""
         import pyarrow.parquet as pq
 
         for stale in self.parts.glob(".tmp-*") if self.parts.is_dir() else []:
             stale.unlink(missing_ok=True)
         files = ([self.path] if self.path.exists() else []) + self.part_files()
+        if columns:
+            return [pq.read_table(f, columns=columns) for f in files]
         return [pq.read_table(f).cast(schema()) for f in files]
 
     def done(self) -> tuple[Done, set[str], int]:
         """(Done pairs, sources that have a row with content, rows) already written."""
         pairs, sources, rows = [], set(), 0
-        for table in self.tables():
-            data = table.select(["source", "sha256"]).to_pydict()
+        for table in self.tables(["source", "sha256"]):
+            data = table.to_pydict()
             rows += table.num_rows
             for source, sha in zip(data["source"], data["sha256"]):
                 if sha:
