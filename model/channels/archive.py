@@ -399,8 +399,8 @@ class Scorer:
 
             bundle = self._bundle or self._load()
             if bundle.manifest != self.facts.manifest:
-                raise ArchiveError(f"The bundle {bundle.name} found at {self.root} is not the one this run chose "
-                                   "(its manifest differs): every worker must have the same bundles.")
+                raise ArchiveError(f"The bundle {bundle.name} a worker found is not the one this run chose (its "
+                                   "manifest differs): every worker must have the same bundles.")
             self._ensemble = Ensemble(bundle)
         return self._ensemble
 

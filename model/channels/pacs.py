@@ -577,12 +577,11 @@ def add_cli(sub) -> None:
     add_connection_options(w)
 
 
-def add_connection_options(parser, user: bool = True) -> None:
+def add_connection_options(parser) -> None:
     """How to reach a PACS, shared by every command that talks DICOMweb (`pacs watch`, `archive score`): the user
     name (the password only ever from $TORAX_PACS_PASSWORD), TLS files, the size cap and --allow-insecure."""
-    if user:
-        parser.add_argument("--user", default=None, help="user name (default: $TORAX_PACS_USER); the password is "
-                                                         "read from $TORAX_PACS_PASSWORD only")
+    parser.add_argument("--user", default=None, help="user name (default: $TORAX_PACS_USER); the password is read "
+                                                     "from $TORAX_PACS_PASSWORD only")
     parser.add_argument("--max-instance-mb", type=float, default=MAX_INSTANCE_MB,
                         help=f"refuse (and record) instances larger than this (default {MAX_INSTANCE_MB})")
     parser.add_argument("--ca-bundle", default=None,
