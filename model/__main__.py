@@ -1,4 +1,4 @@
-"""Command line for the serving core: `python -m model {info,predict,bench,serve,pacs,site}`."""
+"""Command line for the serving core: `python -m model {info,predict,bench,serve,pacs,site,archive}`."""
 from __future__ import annotations
 
 import argparse
@@ -256,9 +256,11 @@ def main(argv=None) -> int:
     add_cli(sub)  # pacs watch
     from model.channels import site_cli
     site_cli.add_cli(sub)  # site fit / validate / list
+    from model.channels import archive
+    archive.add_cli(sub)  # archive score
     args = parser.parse_args(argv)
     return {"info": cmd_info, "predict": cmd_predict, "bench": cmd_bench, "serve": cmd_serve,
-            "pacs": cmd_pacs, "site": site_cli.cli}[args.command](args)
+            "pacs": cmd_pacs, "site": site_cli.cli, "archive": archive.cli}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Files are analysed once (keyed by bundle and the sha256 of their bytes) in batches through the ensemble; the
 decisions follow the shared threshold without new inference. A file that cannot be read is an error row.
-The current worklist is kept in session state (memory only) so it is still there after opening a row.
+The current worklist is kept in session state (memory only) so it is still there after opening a row. An expander
+starts `python -m model archive score` on a server folder and follows its progress (pages/lib/archive_job.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from model.core.guard import for_bundle
 from model.core.types import NOT_ASSESSED, Task
 from model.outputs.downloads import worklist_rows
 from model.outputs.safe_text import csv_text, md_escape
+from pages.lib import archive_job
 from pages.lib.common import current_bundle, get_ensemble, threshold_for
 from pages.lib.router import take_over
 from pages.lib.sites_view import active_site, site_caption
@@ -46,6 +48,42 @@ st.file_uploader(t("upload"), type=UPLOAD_TYPES, accept_multiple_files=True, key
 entries = st.session_state.get("worklist_entries") or []
 if bundle is None:
     st.stop()
+
+
+def _archive_progress(name: str):
+    """The archive job's progress (the command writes it after each batch); redrawn every 2 s while it runs."""
+    job = archive_job.status(name)
+    if job is None:
+        return
+    progress = job["progress"] or {}
+    total = progress.get("total") or 0
+    done = (progress.get("written") or 0) + (progress.get("done_before") or 0)
+    text = t("archive_progress", done=done, total=total, errors=progress.get("errors") or 0)
+    if job["running"]:
+        st.progress(min(1.0, done / total) if total else 0.0, text=text)
+        st.button(t("archive_stop"), on_click=archive_job.stop, args=(name,), key="wl_archive_stop")
+    elif progress.get("state") == "done" and job["returncode"] in (None, 0):
+        st.success(t("archive_done", rows=progress.get("rows", done), out=md_escape(job["out"])),
+                   icon=":material/check_circle:")
+    else:
+        st.warning(t("archive_stopped", text=text, line=md_escape(job["last_line"])), icon=":material/warning:")
+
+
+with st.expander(t("archive_title"), icon=":material/inventory_2:"):
+    # A server folder scored by `python -m model archive score` (the command is the product; this starts it).
+    st.caption(t("archive_intro"))
+    folder = st.text_input(t("archive_folder"), key="wl_archive_folder", help=t("archive_folder_help"))
+    name = st.text_input(t("archive_name"), key="wl_archive_name", value="archive",
+                         help=t("archive_name_help", where=md_escape(str(archive_job.archive_dir()))))
+    if st.button(t("archive_start"), key="wl_archive_start", icon=":material/play_arrow:"):
+        refused = archive_job.problem(folder.strip(), name.strip())
+        if refused:
+            st.error(t(refused))
+        else:
+            site = active_site(bundle)
+            archive_job.start(folder.strip(), name.strip(), bundle.name, site.name if site is not None else None)
+    st.fragment(run_every=2.0 if archive_job.running(name.strip()) else None)(_archive_progress)(name.strip())
+
 if not entries:
     st.info(t("empty"), icon=":material/list_alt:")
     st.stop()

@@ -146,3 +146,20 @@ def router_runs_every_time(monkeypatch):
         PagesManager.uses_pages_directory = False
 
     monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One local Ray cluster for the whole test session (tests/test_archive_ray.py)
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray with 2 CPUs, started once per session and shut down at its end (skips without Ray: it is in
+    requirements-scale.txt, not requirements.txt)."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-scale.txt)")
+    import logging
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -99,3 +99,51 @@ def test_the_worklist_in_spanish():
     assert set(at.dataframe[0].value["decision"]) <= {"NORMAL", "NEUMONÍA", "ilegible"}
     assert "ilegible" in set(at.dataframe[0].value["decision"])
     assert "Este archivo está incompleto" in at.error[0].value  # the decoder's message, by its code, in Spanish
+
+
+class FakeJob:
+    """Stands in for the `python -m model archive score` child process (tests never start a real one)."""
+
+    def __init__(self):
+        self.returncode, self.terminated = None, False
+
+    def poll(self):
+        return self.returncode
+
+    def terminate(self):
+        self.terminated = True
+
+
+def test_the_archive_expander_starts_a_job_on_a_server_folder_and_follows_its_progress(tmp_path, monkeypatch):
+    from model.channels.archive import Output
+    from pages.lib import archive_job
+
+    monkeypatch.setenv("TORAX_STATE", str(tmp_path / "state"))
+    started, job = [], FakeJob()
+
+    def start(folder, name, bundle, site=None):
+        started.append((folder, name, bundle, site))
+        out = Output(archive_job.output_for(name))
+        out.path.parent.mkdir(parents=True, exist_ok=True)
+        out.progress(state="running", total=10, written=3, done_before=1, errors=1)
+        archive_job._jobs()[name] = job
+        return job
+
+    monkeypatch.setattr(archive_job, "start", start)
+    assert archive_job.problem(str(tmp_path / "nowhere"), "ward-a") == "archive_no_folder"
+    assert archive_job.problem(str(tmp_path), "../etc") == "archive_bad_name"
+    at = worklist()
+    (tmp_path / "scans").mkdir()
+    at.text_input(key="wl_archive_folder").input(str(tmp_path / "scans"))
+    at.text_input(key="wl_archive_name").input("ward-a")
+    at.button(key="wl_archive_start").click().run()
+    assert not at.exception, at.exception
+    assert started == [(str(tmp_path / "scans"), "ward-a", "pneumonia-kermany", None)]
+    assert "4 of 10 files · unreadable: 1" in at.get("progress")[0].proto.text
+
+    at.button(key="wl_archive_stop").click().run()
+    assert job.terminated
+    job.returncode = 0
+    Output(archive_job.output_for("ward-a")).progress(state="done", written=9, rows=10)
+    at.run()
+    assert "Done: 10 rows in" in "\n".join(e.value for e in at.success)

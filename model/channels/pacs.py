@@ -561,8 +561,6 @@ def add_cli(sub) -> None:
                          description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("--url", default=None, help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web "
                                                "(default: $TORAX_PACS_URL)")
-    w.add_argument("--user", default=None, help="user name (default: $TORAX_PACS_USER); the password is read "
-                                                "from $TORAX_PACS_PASSWORD only")
     w.add_argument("--once", action="store_true", help="process what is new now and exit")
     w.add_argument("--failed", action="store_true", help="list the instances that failed (parked, or waiting to "
                                                          "be tried again) as JSON lines, and exit")
@@ -576,35 +574,58 @@ def add_cli(sub) -> None:
     w.add_argument("--allow-outside-population", action="store_true",
                    help="file the finding even for an image outside the bundle's intended population (e.g. an "
                         "adult's for a pediatric bundle); by default it is filed 'not assessed'")
-    w.add_argument("--max-instance-mb", type=float, default=MAX_INSTANCE_MB,
-                   help=f"refuse (and record) instances larger than this (default {MAX_INSTANCE_MB})")
-    w.add_argument("--ca-bundle", default=None, help="CA certificate(s), PEM, to verify the PACS's TLS certificate")
-    w.add_argument("--client-cert", default=None, help="client certificate, PEM, for a PACS that asks for one")
-    w.add_argument("--client-key", default=None, help="the client certificate's key, PEM, if not in the same file")
-    w.add_argument("--allow-insecure", action="store_true",
-                   help="send the password over plain http:// to a host other than this one")
+    add_connection_options(w)
+
+
+def add_connection_options(parser) -> None:
+    """How to reach a PACS, shared by every command that talks DICOMweb (`pacs watch`, `archive score`): the user
+    name (the password only ever from $TORAX_PACS_PASSWORD), TLS files, the size cap and --allow-insecure."""
+    parser.add_argument("--user", default=None, help="user name (default: $TORAX_PACS_USER); the password is read "
+                                                     "from $TORAX_PACS_PASSWORD only")
+    parser.add_argument("--max-instance-mb", type=float, default=MAX_INSTANCE_MB,
+                        help=f"refuse (and record) instances larger than this (default {MAX_INSTANCE_MB})")
+    parser.add_argument("--ca-bundle", default=None,
+                        help="CA certificate(s), PEM, to verify the PACS's TLS certificate")
+    parser.add_argument("--client-cert", default=None, help="client certificate, PEM, for a PACS that asks for one")
+    parser.add_argument("--client-key", default=None,
+                        help="the client certificate's key, PEM, if not in the same file")
+    parser.add_argument("--allow-insecure", action="store_true",
+                        help="send the password over plain http:// to a host other than this one")
+
+
+def connection_problem(args, url: str | None, option: str = "--url") -> str | None:
+    """What is wrong with a PACS URL and the options of add_connection_options (None: nothing), checked before
+    connecting or loading anything."""
+    if url:
+        u = urlparse(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            return f"{option} {url!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:8042/dicom-web)."
+    if not math.isfinite(args.max_instance_mb) or args.max_instance_mb <= 0:
+        return "--max-instance-mb must be a positive number."
+    for name in ("ca_bundle", "client_cert", "client_key"):
+        path = getattr(args, name)
+        if path and not Path(path).is_file():
+            return f"--{name.replace('_', '-')} {path}: no such file."
+    if args.client_key and not args.client_cert:
+        return "--client-key needs --client-cert."
+    return None
+
+
+def from_args(args, url: str | None = None, **kwargs) -> Pacs | None:
+    """The PACS that the options of add_connection_options describe, at `url` (else $TORAX_PACS_URL); None when no
+    URL is configured. `kwargs` go to Pacs (e.g. tries)."""
+    return Pacs.from_env(url, args.user, ca_bundle=args.ca_bundle, client_cert=args.client_cert,
+                         client_key=args.client_key, allow_insecure=args.allow_insecure,
+                         max_instance_bytes=int(args.max_instance_mb * 2**20), **kwargs)
 
 
 def usage_problem(args) -> str | None:
     """What is wrong with the options, checked before connecting or loading anything (None: nothing)."""
-    url = args.url or os.environ.get("TORAX_PACS_URL")
-    if url:
-        u = urlparse(url)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            return f"--url {url!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:8042/dicom-web)."
     if not math.isfinite(args.interval) or args.interval < MIN_INTERVAL_S:
         return f"--interval must be at least {MIN_INTERVAL_S:g} seconds (a watcher must not hammer the PACS)."
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:  # refuses nan too
         return f"--threshold must be a number between 0 and 1, not {args.threshold}."
-    if not math.isfinite(args.max_instance_mb) or args.max_instance_mb <= 0:
-        return "--max-instance-mb must be a positive number."
-    for option in ("ca_bundle", "client_cert", "client_key"):
-        path = getattr(args, option)
-        if path and not Path(path).is_file():
-            return f"--{option.replace('_', '-')} {path}: no such file."
-    if args.client_key and not args.client_cert:
-        return "--client-key needs --client-cert."
-    return None
+    return connection_problem(args, args.url or os.environ.get("TORAX_PACS_URL"))
 
 
 def list_failed(state: State) -> int:
@@ -631,9 +652,7 @@ def cli(args) -> int:
     problem = usage_problem(args)
     if problem:
         return fail(2, problem)
-    pacs = Pacs.from_env(args.url, args.user, ca_bundle=args.ca_bundle, client_cert=args.client_cert,
-                         client_key=args.client_key, allow_insecure=args.allow_insecure,
-                         max_instance_bytes=int(args.max_instance_mb * 2**20))
+    pacs = from_args(args, args.url)
     if pacs is None:
         return fail(2, "no PACS given: pass --url or set TORAX_PACS_URL.")
     if pacs.insecure():

@@ -88,6 +88,14 @@ def _withhold(result: Result) -> Result:
     return result if result.assessed else replace(result, label=None)
 
 
+def with_prediction(result: Result, prediction: Prediction, bundle, threshold=None, operating_point=None,
+                    site=None) -> Result:
+    """A read result (see `read`) completed with its ensemble prediction, decided at `threshold` / the operating
+    point (the site profile's when given); no label when the input check says it is not a chest radiograph. The
+    one step after inference that analyse, analyse_batch and the archive channel share."""
+    return _withhold(replace(result, **describe(prediction, bundle, threshold, operating_point, site)))
+
+
 def apply_site(result: Result, site) -> Result:
     """A result analysed as shipped, recalibrated with a site profile (no inference; binary bundles). Decide it
     afterwards with `decide(..., site=site)`."""
@@ -153,8 +161,7 @@ def analyse(data: bytes, name: str | None, ensemble, threshold: float | None = N
     if decoded is None:
         return result, None
     prediction = ensemble.predict(decoded.pixels)
-    return _withhold(replace(result, **describe(prediction, ensemble.bundle, threshold, operating_point, site))), \
-        decoded
+    return with_prediction(result, prediction, ensemble.bundle, threshold, operating_point, site), decoded
 
 
 def analyse_batch(files, ensemble, threshold=None, progress=None, batch: int = BATCH, guard=None,
@@ -177,7 +184,7 @@ def analyse_batch(files, ensemble, threshold=None, progress=None, batch: int = B
     for start in range(0, len(inputs), batch):
         chunk = inputs[start:start + batch]
         for (i, _), prediction in zip(chunk, ensemble.predict_batch(np.stack([x for _, x in chunk]))):
-            results[i] = _withhold(replace(results[i], **describe(prediction, bundle, threshold, site=site)))
+            results[i] = with_prediction(results[i], prediction, bundle, threshold, site=site)
         done += len(chunk)
         if progress:
             progress(done, total)
