@@ -149,12 +149,12 @@ def router_runs_every_time(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# One local Ray cluster for the whole test session (tests/test_archive_ray.py)
+# One local Ray cluster for the Ray tests (tests/test_archive_ray.py), shut down when its module ends
 # ---------------------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """A local Ray with 2 CPUs, started once per session and shut down at its end (skips without Ray: it is in
-    requirements-scale.txt, not requirements.txt)."""
+    """A local Ray with 2 CPUs, started once for the module and shut down after it, so it never idles beside the
+    rest of the suite (skips without Ray: it is in requirements-scale.txt, not requirements.txt)."""
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-scale.txt)")
     import logging
 
