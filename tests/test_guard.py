@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import cv2
@@ -145,16 +144,13 @@ def test_never_raises_on_odd_arrays(pixels):
     assert "guard_unavailable" not in {w["code"] for w in warnings}
 
 
-def test_is_fast_even_for_a_large_upload():
-    big = cv2.resize(radiograph((512, 448)), (2500, 3000))
-    decoded = Decoded(pixels=big, meta={}, warnings=[])
-    check(decoded, population="pediatric")  # parameters load once
-    times = []
-    for _ in range(15):
-        start = time.perf_counter()
-        check(decoded, population="pediatric")
-        times.append(time.perf_counter() - start)
-    assert np.median(times) < 0.020
+def test_a_large_upload_is_checked_like_its_small_self():
+    # Its speed is a figure of `python -m model bench` (guard_ms_3000x2500), not a timed test.
+    small = radiograph((512, 448))
+    big = cv2.resize(small, (2500, 3000))
+    codes = [[w["code"] for w in check(Decoded(pixels=p, meta={}, warnings=[]), population="pediatric")]
+             for p in (small, big)]
+    assert codes[0] == codes[1] == []
 
 
 def test_a_failing_check_says_so_instead_of_raising(monkeypatch):

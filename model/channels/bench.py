@@ -77,6 +77,11 @@ def bench(bundle, repeats: int = 20) -> dict:
     naive()
     naive_ms = _median_ms(naive, max(5, repeats // 2))
 
+    from model.core.guard import for_bundle
+    guard, big = for_bundle(bundle), decode(_png(99, size=(3000, 2500)))  # a large upload: the check must stay cheap
+    guard(big)  # parameters load once
+    guard_ms = _median_ms(lambda: guard(big), max(5, repeats // 2))
+
     batch = [next_image() for _ in range(64)]
     start = time.perf_counter()
     for i in range(0, len(batch), 32):
@@ -86,7 +91,8 @@ def bench(bundle, repeats: int = 20) -> dict:
     return {"bundle": bundle.name, "members": [m.name for m in bundle.members], "input": bundle.input_spec,
             "image_size": [1024, 880], "repeats": repeats,
             "cold_start_s": round(cold_start_seconds(bundle.name), 2), "predict_ms": round(predict_ms, 1),
-            "predict_cam_ms": round(predict_cam_ms, 1), "batch_images_per_s": round(batch_per_s, 1),
+            "predict_cam_ms": round(predict_cam_ms, 1), "guard_ms_3000x2500": round(guard_ms, 1),
+            "batch_images_per_s": round(batch_per_s, 1),
             "naive_predict_ms": round(naive_ms, 1), "speedup_vs_naive": round(naive_ms / predict_ms, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "machine": {"cores": os.cpu_count(), "tensorflow": tf.__version__, "python": platform.python_version(),
