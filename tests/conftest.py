@@ -163,3 +163,20 @@ def ray_cluster():
         yield ray
     finally:
         ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parallel workers (pytest.ini: -n 2 --dist loadgroup): whole files per worker, as --dist loadfile, so a module's
+# Orthanc or server starts once; files marked xdist_group("name") go to one worker together (the live-app files share
+# the session's app_server there).
+# ---------------------------------------------------------------------------------------------------------------------
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesAndGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if "@" in nodeid:  # loadgroup appends "@group" to a marked test's id
+                return nodeid.rsplit("@", 1)[1]
+            return nodeid.split("::", 1)[0]
+
+    return FilesAndGroups(config, log)

@@ -1,15 +1,19 @@
 """Tórax in a real browser: `streamlit run app.py` in a subprocess, Debian's Chromium driven by Playwright.
 
 Uploads a phantom through the page's own file input, moves the threshold with the keyboard across the image's
-probability and watches the decision flip, turns the Grad-CAM overlay on, and saves a screenshot.
+probability and watches the decision flip, turns the Grad-CAM overlay on, and saves a screenshot. The language
+survives a page reload, and a browser that prefers Spanish gets Spanish first.
 Never runs `playwright install`: it uses /usr/bin/chromium, and skips when that is missing.
 """
+import re
+
 import cv2
 import pytest
 
+from helpers.browser import open_page, sidebar_state
 from helpers.images import radiograph
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("live-app")]  # one worker starts the session's app
 
 
 def test_upload_threshold_and_overlay_in_chromium(app_server, chromium, tmp_path):
@@ -51,3 +55,20 @@ def test_upload_threshold_and_overlay_in_chromium(app_server, chromium, tmp_path
     finally:
         context.close()
     assert (tmp_path / "diagnose.png").stat().st_size > 10_000
+
+
+def test_language_survives_reload_and_follows_the_browser(app_server, chromium):
+    # A warm server is enough here (the first request is the test above's): the session's shared app.
+    from playwright.sync_api import expect
+    context, page = open_page(chromium, f"{app_server.url}/worklist", locale="es-ES")
+    try:  # a browser that prefers Spanish gets Spanish first
+        sidebar_state(page, ["Diagnóstico", "Lista de trabajo", "Datos", "Evaluación", "Ficha del modelo"],
+                       "Idioma", "Modelo", "Perfil de centro")
+        page.locator("[data-testid=stSidebar]").get_by_text("English", exact=True).click()
+        expect(page.locator("[data-testid=stSidebarNav] a").first).to_have_text(re.compile("Diagnose$"))
+        page.wait_for_url(re.compile(r"lang=en"))  # the choice reaches the address, then the reader reloads
+        page.reload()
+        expect(page.locator("[data-testid=stSidebarNav] a").first).to_have_text(re.compile("Diagnose$"))
+        assert "lang=en" in page.url and "/worklist" in page.url
+    finally:
+        context.close()

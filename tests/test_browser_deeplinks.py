@@ -2,51 +2,28 @@
 
 Each URL gets its own fresh `streamlit run app.py`: what a reconnecting tab, a bookmark or a shared link meets after
 a restart. The sidebar must list exactly the five pages with the language, model and site controls, no "Page not
-found" dialog may appear, and no helper module under pages/ may answer as a page. The language survives a reload,
-and a browser that prefers Spanish gets Spanish first.
+found" dialog may appear, and no helper module under pages/ may answer as a page.
+(The language's survival of a reload, and Spanish for a browser that prefers it: tests/test_browser.py.)
 """
-import re
 
 import pytest
 
+from helpers.browser import open_page, sidebar_state
 from helpers.servers import streamlit_server
 
 pytestmark = pytest.mark.browser
 
-PAGES = ["Diagnose", "Worklist", "Dataset", "Evaluation", "Model card"]
 URLS = ["", "diagnose", "worklist", "dataset", "evaluation", "model-card"]
 TITLES = {"": "Diagnose", "diagnose": "Diagnose", "worklist": "Worklist", "dataset": "Training data",
           "evaluation": "How well the model performs", "model-card": "Model card"}  # each page's own title
 
 
-def _open(chromium, url: str, locale: str = "en-US"):
-    """A new browser context (its own Streamlit session) at `url`."""
-    from playwright.sync_api import expect
-    expect.set_options(timeout=60_000)  # a fresh server imports TensorFlow and loads the bundles first
-    context = chromium.new_context(viewport={"width": 1300, "height": 900}, locale=locale)
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    page.goto(url)
-    return context, page
-
-
-def _sidebar_state(page, pages=PAGES, language="Language", model="Model", site="Site profile"):
-    from playwright.sync_api import expect
-    nav = page.locator("[data-testid=stSidebarNav] a")
-    expect(nav).to_have_count(len(pages))
-    assert [n.strip().split("\n")[-1] for n in nav.all_inner_texts()] == pages  # after the icon's name
-    sidebar = page.locator("[data-testid=stSidebar]")
-    for label in (language, model, site):
-        expect(sidebar.get_by_text(label, exact=True).first).to_be_visible()
-    expect(page.get_by_text("Page not found")).to_have_count(0)
-
-
 @pytest.mark.parametrize("path", URLS)
 def test_first_request_runs_the_navigation(two_bundles, chromium, tmp_path, path):
     with streamlit_server(two_bundles, tmp_path) as (url, _):
-        context, page = _open(chromium, f"{url}/{path}")
+        context, page = open_page(chromium, f"{url}/{path}")
         try:
-            _sidebar_state(page)
+            sidebar_state(page)
             from playwright.sync_api import expect
             expect(page.get_by_role("heading", name=TITLES[path]).first).to_be_visible()
             if path == "model-card":  # the same server, now warm: a helper module is not a page
@@ -55,20 +32,3 @@ def test_first_request_runs_the_navigation(two_bundles, chromium, tmp_path, path
                 assert "common" not in page.locator("[data-testid=stSidebarNav]").inner_text().lower()
         finally:
             context.close()
-
-
-def test_language_survives_reload_and_follows_the_browser(app_server, chromium):
-    # A warm server is enough here (the first request is the test above's): the session's shared app.
-    from playwright.sync_api import expect
-    context, page = _open(chromium, f"{app_server.url}/worklist", locale="es-ES")
-    try:  # a browser that prefers Spanish gets Spanish first
-        _sidebar_state(page, ["Diagnóstico", "Lista de trabajo", "Datos", "Evaluación", "Ficha del modelo"],
-                       "Idioma", "Modelo", "Perfil de centro")
-        page.locator("[data-testid=stSidebar]").get_by_text("English", exact=True).click()
-        expect(page.locator("[data-testid=stSidebarNav] a").first).to_have_text(re.compile("Diagnose$"))
-        page.wait_for_url(re.compile(r"lang=en"))  # the choice reaches the address, then the reader reloads
-        page.reload()
-        expect(page.locator("[data-testid=stSidebarNav] a").first).to_have_text(re.compile("Diagnose$"))
-        assert "lang=en" in page.url and "/worklist" in page.url
-    finally:
-        context.close()

@@ -7,7 +7,7 @@ import pytest
 
 from helpers.images import sample_zip
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("live-app")]  # shares the session's app
 
 
 def test_check_and_save_a_site_profile_in_chromium(app_server, chromium, tmp_path):

@@ -25,7 +25,7 @@ WARM_UP = 3
 RSS_GROWTH_LIMIT_MB = 150
 RESULT = re.compile(r"Probability of \S+: (\d+(?:\.\d+)?)%")
 
-pytestmark = pytest.mark.load
+pytestmark = [pytest.mark.load, pytest.mark.xdist_group("live-app")]  # shares the session's app
 
 
 def rss_mb(pid: int) -> float:
