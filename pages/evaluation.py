@@ -282,6 +282,7 @@ def binary_view(bundle, evaluation: dict, scores: dict | None):
     subtype_view(evaluation, scores, threshold)
     calibration_view(evaluation, bundle)
     training_view(bundle)
+    input_size_view(bundle)
     if scores:
         error_gallery(bundle, scores, threshold)
 
@@ -350,6 +351,47 @@ def training_view(bundle):
         st.caption(t("gap_caption"))
 
 
+# --- input size (training.size_study) ------------------------------------------------------------------------------
+
+def input_size_view(bundle):
+    """What input size costs: one member, one recipe, several sizes (reports/input-size.json), and what it means."""
+    report = bundle_report(bundle.name, "input-size")
+    if not report:
+        return
+    table = tables.input_size_table(report)
+    if table.empty:
+        return
+    st.header(t("h_input_size"))
+    st.caption(t("input_size_caption", member=(report.get("rows") or [{}])[0].get("member", "?")))
+    verdict = tables.input_size_verdict(table)
+    if verdict:
+        text = t("size_enough", size=verdict["enough"], val_auc=F.fmt_num(verdict["enough_val_auc"]),
+                 best=verdict["best"], best_val_auc=F.fmt_num(verdict["best_val_auc"]),
+                 tolerance=F.fmt_num(verdict["tolerance"]))
+        if "smaller" in verdict:
+            s = verdict["smaller"]
+            text += " " + t("size_smaller_loses", size=s["size"], auc=F.fmt_num(s["test_auc_loss"]),
+                            points=F.fmt_num(100 * s["accuracy_loss"], 1), speedup=F.fmt_num(s["speedup"], 1))
+        if "largest" in verdict:
+            g = verdict["largest"]
+            text += " " + t("size_larger_gains", size=g["size"], auc=F.fmt_num(g["test_auc_gain"]),
+                            slowdown=F.fmt_num(g["slowdown"], 1))
+        st.markdown(text)
+    st.plotly_chart(charts.input_size(t, table), key="input_size_chart")
+    fmt = st.column_config.NumberColumn(format="%.3f")
+    shown = pd.DataFrame({
+        t("col_input_size"): [f"{s} × {s}" for s in table["size"]], t("col_params"): table["params"],
+        t("col_val_auc"): table["val_auc"], t("col_auc"): table["test_auc"],
+        t("col_ci"): [F.fmt_ci([lo, hi]) for lo, hi in zip(table["ci_low"], table["ci_high"])],
+        t("col_balanced_accuracy"): table["test_accuracy"].map(F.fmt_pct),
+        t("sensitivity"): table["sensitivity"].map(F.fmt_pct), t("specificity"): table["specificity"].map(F.fmt_pct),
+        t("col_latency"): table["latency_ms"].map(lambda v: F.fmt_num(v, 1)),
+        t("col_external_auc"): table["external_auc"]})
+    st.dataframe(shown, hide_index=True, key="input_size_table",
+                 column_config={t("col_val_auc"): fmt, t("col_auc"): fmt, t("col_external_auc"): fmt})
+    st.caption(t("input_size_table_caption"))
+
+
 # --- page -----------------------------------------------------------------------------------------------------------
 
 if "threshold" in st.session_state:  # keep the shared threshold alive across pages (widget clean-up)
@@ -372,4 +414,5 @@ if bundle.task == Task.BINARY and "ensemble" in evaluation and "roc" in evaluati
 else:
     per_class_view(evaluation, bundle)
     training_view(bundle)
+    input_size_view(bundle)
 site_check(bundle, get_ensemble)

@@ -404,3 +404,54 @@ def test_multiclass_model_card_and_dataset_pages_render(multiclass_root, point_a
     assert per_class[en["col_auc"]].tolist() == [f"{evaluation['per_class'][c]['auc']:.3f}" for c in
                                                  evaluation["classes"]]
     open_page("dataset")
+
+
+# --- the input-size study (issue 22): table, plot and what it means, from reports/input-size.json ------------------
+SIZE_ROWS = [  # (size, val AUC, test AUC, accuracy at the balanced point, latency ms)
+    (64, 0.990, 0.985, 0.930, 2.0), (128, 0.996, 0.992, 0.950, 5.0), (224, 0.997, 0.994, 0.955, 12.0)]
+
+
+def size_report() -> dict:
+    return {"what": "one member (same recipe) trained at several square input sizes", "rows": [
+        {"size": s, "member": "cnn", "params": 849785, "epochs": 12, "train_seconds": 100.0, "val_auc": v,
+         "test_auc": a, "test_auc_ci95": [a - 0.01, min(1.0, a + 0.004)], "test_balanced_accuracy": acc,
+         "test_sensitivity": acc + 0.01, "test_specificity": acc - 0.02, "balanced_threshold": 0.5,
+         "external_auc": a - 0.02, "external_accuracy": acc - 0.05, "external_dataset": "later-collection",
+         "latency_ms": ms} for s, v, a, acc, ms in SIZE_ROWS]}
+
+
+def test_the_verdict_is_chosen_on_val_and_says_what_the_smaller_size_loses():
+    verdict = tables.input_size_verdict(tables.input_size_table(size_report()))
+    assert verdict["enough"] == 128 and verdict["best"] == 224  # 0.996 is within 0.005 of 0.997
+    assert verdict["smaller"]["size"] == 64
+    assert verdict["smaller"]["test_auc_loss"] == pytest.approx(0.007)
+    assert verdict["smaller"]["accuracy_loss"] == pytest.approx(0.02)
+    assert verdict["smaller"]["speedup"] == pytest.approx(2.5)
+    assert verdict["largest"]["slowdown"] == pytest.approx(2.4)
+    one = {"rows": size_report()["rows"][:1]}
+    assert tables.input_size_verdict(tables.input_size_table(one)) is None
+
+
+def test_evaluation_shows_the_input_size_table_plot_and_sentence(tiny_bundles, point_app_at, tmp_path):
+    from training.export import attach_report
+
+    root = tmp_path / "bundles"
+    shutil.copytree(tiny_bundles, root)
+    (tmp_path / "input-size.json").write_text(json.dumps(size_report()))
+    attach_report(root / BUNDLE, tmp_path / "input-size.json")  # the manifest now lists its sha256
+    assert "input-size.json" in read(root / BUNDLE, "manifest")["reports"]
+    point_app_at(root)
+    at = open_page("evaluation")
+    ev = STRINGS["evaluation"]["en"]
+    text = text_of(at)
+    assert ev["h_input_size"] in text
+    assert ev["size_enough"].format(size=128, val_auc="0.996", best=224, best_val_auc="0.997",
+                                    tolerance="0.005") in text
+    assert ev["size_smaller_loses"].format(size=64, auc="0.007", points="2.0", speedup="2.5") in text
+    chart = figure(at, "input_size_chart")
+    names = [trace.get("name") for trace in chart["data"]]
+    assert ev["size_test_auc"] in names and ev["size_external_auc"] in names
+    test_auc = next(tr for tr in chart["data"] if tr.get("name") == ev["size_test_auc"])
+    assert values(test_auc["y"]).tolist() == pytest.approx([r[2] for r in SIZE_ROWS])
+    table = next(d.value for d in at.dataframe if ev["col_input_size"] in d.value.columns)
+    assert table[ev["col_input_size"]].tolist() == ["64 × 64", "128 × 128", "224 × 224"]

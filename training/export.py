@@ -97,6 +97,18 @@ def report_digests(bundle: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()} if folder.is_dir() else {}
 
 
+def attach_report(bundle: str | Path, file: str | Path) -> Path:
+    """Add a report made after export (e.g. `size-study`'s input-size.json) to `bundle/reports/` and record its
+    sha256 in the manifest, as export does. A signed bundle must be signed again (its manifest changed)."""
+    bundle, file = Path(bundle), Path(file)
+    target = bundle / "reports" / file.name
+    shutil.copyfile(file, target)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["reports"] = report_digests(bundle)
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return target
+
+
 def sign_bundle(bundle: str | Path, key: str | Path) -> Path:
     """Sign `bundle/manifest.json`'s exact bytes with the Ed25519 private key in PEM file `key`; writes the raw
     64-byte signature to `bundle/manifest.sig` and returns its path. The manifest carries every member's and

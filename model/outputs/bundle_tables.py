@@ -377,3 +377,50 @@ def hardware_text(hardware) -> str:
     if hardware.get("python"):
         parts.append(f"Python {hardware['python']}")
     return " · ".join(parts)
+
+
+# --- input-size.json (training.size_study) ----------------------------------------------------------------------------
+
+ENOUGH_VAL_AUC = 0.005  # a size is "enough" when its val AUC is within this of the best size's
+
+
+def input_size_table(report: dict) -> pd.DataFrame:
+    """size, params, val_auc, test_auc, ci_low, ci_high, test_accuracy, sensitivity, specificity, latency_ms,
+    external_auc, external_accuracy: one row per input size, smallest first."""
+    rows = []
+    for r in report.get("rows", []):
+        ci = r.get("test_auc_ci95") or [np.nan, np.nan]
+        rows.append({"size": int(r["size"]), "params": r.get("params"), "val_auc": r.get("val_auc"),
+                     "test_auc": r.get("test_auc"), "ci_low": ci[0], "ci_high": ci[1],
+                     "test_accuracy": r.get("test_balanced_accuracy"), "sensitivity": r.get("test_sensitivity"),
+                     "specificity": r.get("test_specificity"), "latency_ms": r.get("latency_ms"),
+                     "external_auc": r.get("external_auc"), "external_accuracy": r.get("external_accuracy")})
+    return pd.DataFrame(rows).sort_values("size", ignore_index=True) if rows else pd.DataFrame()
+
+
+def input_size_verdict(table: pd.DataFrame, tolerance: float = ENOUGH_VAL_AUC) -> dict | None:
+    """Which size is enough, chosen on val: the smallest whose val AUC is within `tolerance` of the best size's.
+    Then what the next smaller size loses on the internal test (AUC, accuracy at its balanced point) and what it
+    saves (latency). None without at least two sizes with a val AUC."""
+    rows = table.dropna(subset=["val_auc"]) if not table.empty else table
+    if len(rows) < 2:
+        return None
+    best = rows.loc[rows["val_auc"].idxmax()]
+    enough = rows[rows["val_auc"] >= best["val_auc"] - tolerance].iloc[0]
+    verdict = {"enough": int(enough["size"]), "best": int(best["size"]), "tolerance": tolerance,
+               "enough_val_auc": float(enough["val_auc"]), "best_val_auc": float(best["val_auc"]),
+               "enough_test_auc": enough["test_auc"], "enough_latency_ms": enough["latency_ms"]}
+    smaller = rows[rows["size"] < enough["size"]]
+    if len(smaller):
+        s = smaller.iloc[-1]
+        verdict["smaller"] = {"size": int(s["size"]), "test_auc_loss": enough["test_auc"] - s["test_auc"],
+                              "accuracy_loss": enough["test_accuracy"] - s["test_accuracy"],
+                              "val_auc_loss": enough["val_auc"] - s["val_auc"],
+                              "speedup": enough["latency_ms"] / s["latency_ms"] if s["latency_ms"] else np.nan}
+    larger = rows[rows["size"] > enough["size"]]
+    if len(larger):
+        big = larger.iloc[-1]
+        verdict["largest"] = {"size": int(big["size"]), "test_auc_gain": big["test_auc"] - enough["test_auc"],
+                              "slowdown": big["latency_ms"] / enough["latency_ms"] if enough["latency_ms"]
+                              else np.nan}
+    return verdict

@@ -203,3 +203,28 @@ def training_curve(t, history: pd.DataFrame, metric: str, train_metric: str, tit
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0))
     fig.update_yaxes(title=ytitle)
     return style(fig, title, 460)
+
+
+def input_size(t, table: pd.DataFrame) -> go.Figure:
+    """AUC per input size (internal test with its 95% CI, val, external where scored) on the left axis, one image's
+    latency (bars) on the right."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    x = [str(s) for s in table["size"]]
+    fig.add_trace(go.Bar(x=x, y=table["latency_ms"], name=t("size_latency"), marker_color="#d9d9d9",
+                         opacity=0.8), secondary_y=True)
+    fig.add_trace(go.Scatter(x=x, y=table["test_auc"], mode="lines+markers", name=t("size_test_auc"),
+                             line=dict(color=ENSEMBLE_COLOUR, width=2.5),
+                             error_y=dict(type="data", symmetric=False, array=table["ci_high"] - table["test_auc"],
+                                          arrayminus=table["test_auc"] - table["ci_low"])), secondary_y=False)
+    fig.add_trace(go.Scatter(x=x, y=table["val_auc"], mode="lines+markers", name=t("size_val_auc"),
+                             line=dict(color=PALETTE[0], dash="dot")), secondary_y=False)
+    if table["external_auc"].notna().any():
+        fig.add_trace(go.Scatter(x=x, y=table["external_auc"], mode="lines+markers", name=t("size_external_auc"),
+                                 line=dict(color=PALETTE[1], dash="dash")), secondary_y=False)
+    fig.update_xaxes(title=t("x_input_size"), type="category")
+    fig.update_yaxes(title="AUC", secondary_y=False)
+    fig.update_yaxes(title=t("y_latency"), secondary_y=True, rangemode="tozero", showgrid=False)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0))
+    return style(fig, t("fig_input_size"), 440)
