@@ -212,11 +212,12 @@ def test_openapi_schema_describes_upload_results_and_errors(url):
     predict = schema["paths"]["/v1/predict"]["post"]
     upload = predict["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert upload["required"] == ["file"] and upload["properties"]["file"]["format"] == "binary"
-    assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictResult")
+    assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictAnswer")
     for status in ("400", "404", "413", "415", "422", "504"):
         assert predict["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
     assert {p["name"] for p in predict["parameters"]} == {"bundle", "threshold", "operating_point", "cam", "site"}
-    assert set(schema["paths"]) == {"/v1/predict", "/v1/bundles", "/healthz"}
+    assert set(schema["paths"]) == {"/v1/predict", "/v1/bundles", "/healthz", "/v1/results", "/v1/results/{result_id}",
+                                    "/v1/results/{result_id}/confirmation"}
 
 
 def test_schemathesis_finds_no_server_error(url):

@@ -166,14 +166,12 @@ def test_a_site_that_cannot_be_used_is_a_usage_error(orthanc, tiny_bundles, tmp_
 
 
 # --- the state file --------------------------------------------------------------------------------------------------
-def test_state_remembers_instances_and_outputs_by_digest_only(tmp_path):
+def test_state_remembers_instances_and_outputs_by_digest_only(tmp_path, monkeypatch):
     from model.channels.pacs import State, state_path
 
-    os.environ["TORAX_STATE"] = str(tmp_path)
-    try:
-        path = state_path()
-    finally:
-        del os.environ["TORAX_STATE"]
+    monkeypatch.setenv("TORAX_STATE", str(tmp_path))
+    path = state_path()
+    monkeypatch.undo()
     assert path == tmp_path / "pacs.json"
     state = State(path)
     state.add("1.2.3", "1.2.3.4", {"sr_sop_instance_uid": "1.2.3.5", "study_instance_uid": "1.2"})
