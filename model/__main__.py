@@ -127,7 +127,7 @@ def cmd_predict(args) -> int:
     except (KeyError, ValueError) as e:
         print(f"python -m model predict: error: {e.args[0]}", file=sys.stderr)
         return 2
-    from model.store.recorder import OFF, Channel, record
+    from model.store.recorder import OFF, Channel, record, upload_facts
 
     ensemble = Ensemble(bundle)
     guard = for_bundle(bundle)
@@ -139,15 +139,16 @@ def cmd_predict(args) -> int:
         try:
             data = path.read_bytes()
         except OSError as e:
-            data = None
+            data = facts = None
             result, decoded = failed(path.name, bundle, "unreadable_file",
                                      f"Could not read this file ({e.strerror})."), None
         else:
+            facts = upload_facts(data) if args.record else None  # hashed while the analysis runs
             result, decoded = analyse(data, path.name, ensemble, args.threshold, args.operating_point, guard=guard,
                                       site=site)
         latency_ms = (time.perf_counter() - start) * 1000
-        recorded = record(result, bundle, channel=Channel.CLI, data=data, site=site, latency_ms=latency_ms) \
-            if args.record else OFF
+        recorded = record(result, bundle, channel=Channel.CLI, data=data, facts=facts, site=site,
+                          latency_ms=latency_ms) if args.record else OFF
         result.file = str(file)
         try:
             if decoded is not None and args.cam_dir:

@@ -1,7 +1,7 @@
 """The first request to a freshly started server, at any page's URL, runs the real navigation (issue 19).
 
 Each URL gets its own fresh `streamlit run app.py`: what a reconnecting tab, a bookmark or a shared link meets after
-a restart. The sidebar must list exactly the five pages with the language, model and site controls, no "Page not
+a restart. The sidebar must list exactly the six pages with the language, model and site controls, no "Page not
 found" dialog may appear, and no helper module under pages/ may answer as a page. The language survives a reload,
 and a browser that prefers Spanish gets Spanish first.
 """
@@ -15,7 +15,7 @@ from helpers.servers import CHROMIUM, CHROMIUM_ARGS, require_chromium, streamlit
 
 pytestmark = pytest.mark.browser
 
-PAGES = ["Diagnose", "Worklist", "Dataset", "Evaluation", "Model card"]
+PAGES = ["Diagnose", "Worklist", "Monitoring", "Dataset", "Evaluation", "Model card"]
 URLS = ["", "diagnose", "worklist", "dataset", "evaluation", "model-card"]
 TITLES = {"": "Diagnose", "diagnose": "Diagnose", "worklist": "Worklist", "dataset": "Training data",
           "evaluation": "How well the model performs", "model-card": "Model card"}  # each page's own title
@@ -79,7 +79,8 @@ def test_language_survives_reload_and_follows_the_browser(two_bundles, tmp_path)
     with streamlit_server(two_bundles, tmp_path) as (url, _):
         p, browser, page = _open(f"{url}/worklist", tmp_path, locale="es-ES")
         try:  # a browser that prefers Spanish gets Spanish first
-            _sidebar_state(page, ["Diagnóstico", "Lista de trabajo", "Datos", "Evaluación", "Ficha del modelo"],
+            _sidebar_state(page, ["Diagnóstico", "Lista de trabajo", "Seguimiento", "Datos", "Evaluación",
+                                  "Ficha del modelo"],
                            "Idioma", "Modelo", "Perfil de centro")
             page.locator("[data-testid=stSidebar]").get_by_text("English", exact=True).click()
             expect(page.locator("[data-testid=stSidebarNav] a").first).to_have_text(re.compile("Diagnose$"))

@@ -364,16 +364,16 @@ def analyse_upload(served: Served, data: bytes, filename: str | None, threshold:
     from model.core.explain import overlay
     from model.core.guard import for_bundle
     from model.core.preprocess import shrink
+    from model.store.recorder import Channel, record, upload_facts
 
     check()
     start = time.perf_counter()
+    facts = upload_facts(data) if user is not None else None  # hashed while the analysis runs
     result, decoded = analyse(data, filename, served.ensemble, threshold, operating_point,
                               guard=for_bundle(served.bundle), site=site)
     recorded = None
     if user is not None:
-        from model.store.recorder import Channel, record
-
-        recorded = record(result, served.bundle, channel=Channel.API, user=user, data=data, site=site,
+        recorded = record(result, served.bundle, channel=Channel.API, user=user, data=data, facts=facts, site=site,
                           latency_ms=(time.perf_counter() - start) * 1000)
     if decoded is not None and cam != "none":
         check()

@@ -505,7 +505,7 @@ def _process(pacs: Pacs, state: State, study_uid, series_uid, sop_uid, ensemble,
     from dataclasses import replace
 
     from model.outputs.dicom_results import build_outputs, filed_uids, quiet_libraries
-    from model.store.recorder import Channel
+    from model.store.recorder import Channel, upload_facts
     from model.store.recorder import record as keep
 
     uids = filed_uids(sop_uid, ensemble.bundle.name)
@@ -513,6 +513,7 @@ def _process(pacs: Pacs, state: State, study_uid, series_uid, sop_uid, ensemble,
         state.add(series_uid, sop_uid, uids)
         return None
     data = pacs.fetch(study_uid, series_uid, sop_uid)
+    facts = upload_facts(data) if record else None  # hashed while the analysis runs
     with quiet_libraries():  # pydicom's warnings quote the header's values
         start = time.perf_counter()
         result, _, picture = analyse_instance(data, "instance.dcm", ensemble, explainer, guard, threshold,
@@ -523,7 +524,7 @@ def _process(pacs: Pacs, state: State, study_uid, series_uid, sop_uid, ensemble,
     filed = Filed(result, sop_uid, pacs.store(outputs))
     state.add(series_uid, sop_uid, filed.stored, error=(result.error or {}).get("code"))
     if record:  # as filed: an image withheld by the policy is recorded without a label, as the PACS has it
-        filed.record = keep(result, ensemble.bundle, channel=Channel.PACS, data=data, site=site,
+        filed.record = keep(result, ensemble.bundle, channel=Channel.PACS, data=data, facts=facts, site=site,
                             latency_ms=latency_ms)
     return filed
 

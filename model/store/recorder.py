@@ -17,6 +17,7 @@ import re
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from io import BytesIO
@@ -86,6 +87,30 @@ def dicom_uids(data: bytes | None) -> dict:
     return {DICOM_UIDS[k]: v for k, v in values.items() if v and len(v) <= 64 and UID.match(v)}
 
 
+_WORKERS = ThreadPoolExecutor(2, thread_name_prefix="torax-record")
+
+
+def input_facts(data: bytes | None, sha256: str | None = None) -> dict:
+    """What the record keeps of an upload's bytes: their sha256 and, when they are DICOM, its UIDs."""
+    from model.io.sniff import looks_like_bare_dicom, sniff
+
+    if data is None:
+        return {"input_sha256": sha256}
+    out = {"input_sha256": sha256 or hashlib.sha256(data).hexdigest()}
+    if sniff(data) == "dicom" or looks_like_bare_dicom(data):
+        out.update(dicom_uids(data))
+    return out
+
+
+def upload_facts(data: bytes | None) -> Future | None:
+    """`input_facts(data)` started on a thread, for `record(..., facts=...)`: a channel starts it before the analysis
+    and it is ready by the time the result is recorded (hashlib lets go of the GIL), so hashing a 10 MB DICOM adds
+    nothing to the reader's wait. None when recording is off."""
+    if data is None or not recording_on():
+        return None
+    return _WORKERS.submit(input_facts, data)
+
+
 def raw_probability(result: Result, site=None) -> float | None:
     """The ensemble probability as shipped, for a binary result: a site profile's calibration undone (it is
     one-to-one), so the record can be recalibrated and refitted later."""
@@ -97,22 +122,24 @@ def raw_probability(result: Result, site=None) -> float | None:
 
 
 def result_row(result: Result, bundle, *, channel: Channel, user: str = "local", data: bytes | None = None,
-               sha256: str | None = None, site=None, latency_ms: float | None = None,
+               sha256: str | None = None, facts=None, site=None, latency_ms: float | None = None,
                raw: float | None = None, now=None, record_id: str | None = None) -> dict:
-    """The record of one result: the allowlist above, nothing else."""
+    """The record of one result: the allowlist above, nothing else. The upload's sha256 and UIDs come from
+    `facts` (upload_facts, started before the analysis) or are worked out here from `data` (and `sha256`, when
+    the caller has it already)."""
     from model.sites.profiles import bundle_identity
 
     now = now or utc_now()
     identity = bundle_identity(bundle)
     meta = {k: result.meta[k] for k in RECORDED_META if result.meta and k in result.meta}
+    facts = facts.result() if isinstance(facts, Future) else facts or input_facts(data, sha256)
     threshold = result.threshold
     return plain({
         "id": record_id or str(uuid.uuid4()),
         "channel": Channel(channel).value,
         "user": str(user or "local")[:64],
-        "input_sha256": sha256 or (hashlib.sha256(data).hexdigest() if data is not None else None),
-        **{k: None for k in ("study_instance_uid", "series_instance_uid", "sop_instance_uid")},
-        **(dicom_uids(data) if meta.get("format") == "dicom" else {}),
+        "input_sha256": facts.get("input_sha256"),
+        **{k: facts.get(k) if meta.get("format") == "dicom" else None for k in DICOM_UIDS.values()},
         "bundle": identity["name"], "bundle_version": identity["version"], "bundle_members": identity["members"],
         "task": result.task, "classes": list(result.probabilities or bundle.classes),
         "site": result.site, "site_sha256": site.data.get("sha256") if site is not None and result.site else None,
@@ -192,8 +219,8 @@ class Recorder:
         return Recorded(row["id"], "pending", self.problem)
 
     def record(self, result: Result, bundle, **context) -> Recorded:
-        """Record one result (see `result_row` for the context: channel, user, data or sha256, site, latency_ms,
-        raw)."""
+        """Record one result (see `result_row` for the context: channel, user, facts or data or sha256, site,
+        latency_ms, raw)."""
         return self._write("result", result_row(result, bundle, now=utc_now(self.clock), **context))
 
     def confirm(self, result_id, label, note=None, user: str = "local", source=C.Source.CLI,
