@@ -123,8 +123,7 @@ class RecordRef(BaseModel):
     id: str | None = Field(description="The record id of this result (GET /v1/results/{id}); null when off.")
     state: Literal["stored", "pending", "off"] = Field(
         description="`stored`: in the record; `pending`: kept in the server's spool until the record database is "
-                    "back; `off`: recording is turned off on this server.")
-    message: str | None = Field(None, description="Why recording is pending, when it is.")
+                    "back (the server's log says why); `off`: recording is turned off on this server.")
 
 
 # The channel's wrapper: the result, and where it is kept (the Result itself never grows keys).
@@ -386,7 +385,9 @@ def analyse_upload(served: Served, data: bytes, filename: str | None, threshold:
             raise RuntimeError("PNG encoding of the overlay failed")
         result.cam, result.cam_class = cam, target
         result.overlay_png_base64 = base64.b64encode(png.tobytes()).decode("ascii")
-    return {**result.to_json(), **({"record": recorded.to_json()} if recorded is not None else {})}
+    if recorded is not None and recorded.pending:
+        log.warning("record pending: %s", log_safe(recorded.message or "", 1000))
+    return {**result.to_json(), **({"record": recorded.to_json(why=False)} if recorded is not None else {})}
 
 
 def describe_bundle(bundle) -> dict:

@@ -167,5 +167,6 @@ def import_csv(store, data: bytes, user: str, now) -> dict:
         seen.add(value)
         report["matched"] += 1
         new += rows_here
-    report["confirmed"] = store.add_confirmations(new)
+    store.add_confirmations(new)  # one transaction: all of them, or a StoreError and none
+    report["confirmed"] = len(new)
     return report

@@ -59,8 +59,10 @@ class Recorded:
     def pending(self) -> bool:
         return self.state == "pending"
 
-    def to_json(self) -> dict:
-        return {"id": self.id, "state": self.state, **({"message": self.message} if self.message else {})}
+    def to_json(self, why: bool = True) -> dict:
+        """{"id", "state"}, and with `why` the message of a pending record (it may name the database's path or
+        host: not for an API's clients)."""
+        return {"id": self.id, "state": self.state, **({"message": self.message} if self.message and why else {})}
 
 
 OFF = Recorded(None, "off")
