@@ -1,8 +1,9 @@
-"""Monitoring (model/store/monitor.py) on a synthetic department written straight into a real SQLite store: the
-shipped bundle's identity and reports (no Keras), children's scores drawn from its own external set, adults'
-from elsewhere. What the issue's check asks: the record count, sensitivity and specificity equal to a direct
-computation, an alarm for the period that holds adult images and none for a children-only one (against the
-bundle's external set and against a children's site profile), and "too few confirmed" below the minimum."""
+"""Monitoring (model/store/monitor.py) on a synthetic department written straight into a real store (SQLite, and
+PostgreSQL on the session's server): the shipped bundle's identity and reports (no Keras), children's scores drawn
+from its own external set, adults' from elsewhere. What the issue's check asks: the record count, sensitivity and
+specificity equal to a direct computation, an alarm for the period that holds adult images and none for a
+children-only one (against the bundle's external set and against a children's site profile), and "too few
+confirmed" below the minimum."""
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -22,11 +23,14 @@ def bundle():
     return shipped_bundle()
 
 
-@pytest.fixture(scope="module")
-def department(bundle, tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def department(request, bundle, tmp_path_factory):
     """March: 300 children, all confirmed, 3 flagged as adults (the guard's ~2% false alarms). April: 300 more
-    children and 50 adults (48 flagged), all confirmed. Returns (store, facts)."""
-    store = Store.open(f"sqlite:///{tmp_path_factory.mktemp('department') / 'records.sqlite3'}")
+    children and 50 adults (48 flagged), all confirmed. In SQLite, and in PostgreSQL on the session's server.
+    Returns (store, facts)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('department') / 'records.sqlite3'}" if request.param == "sqlite" \
+        else request.getfixturevalue("postgres").database("department")
+    store = Store.open(url)
     y1, p1 = children(bundle, 300, seed=1)
     flags1 = [(ADULT,) if i in (5, 100, 200) else () for i in range(300)]
     write(store, bundle, p1, y1, warnings=flags1, start=START, sha_prefix="a")
@@ -89,13 +93,19 @@ def test_the_period_with_adult_images_raises_a_guard_rate_alarm(department, bund
     assert report["labels"]["PNEUMONIA"] + report["labels"]["NORMAL"] == 350
 
 
-def test_a_children_site_profile_is_the_reference_when_active(department, bundle, tmp_path):
+@pytest.fixture(scope="module")
+def kids(bundle):
+    """A site profile fitted on 240 other children."""
     from model.sites import profiles as sites
 
-    store, facts = department
     y, p = children(bundle, 240, seed=7)
     scored = sites.Scored(bundle.name, bundle.classes, "children", [str(i) for i in range(len(y))], y, p, [], {})
-    site = sites.SiteProfile(sites.fit(scored, bundle, "kids", boot=100))
+    return sites.SiteProfile(sites.fit(scored, bundle, "kids", boot=100))
+
+
+def test_a_children_site_profile_is_the_reference_when_active(department, bundle, kids):
+    store, facts = department
+    site = kids
     calm = MON.run(store, bundle, site=site, since=START, until=facts["april_start"], boot=100)
     assert calm["drift"]["reference"].startswith("site profile kids") and calm["alarms"] == [], calm["alarms"]
     assert calm["point"]["threshold"] == pytest.approx(site.operating_point()["threshold"])

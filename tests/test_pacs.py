@@ -88,6 +88,14 @@ def test_watch_files_an_sr_and_an_overlay_in_the_source_study_once(orthanc, tiny
     assert "not_chest_xray" not in [w["code"] for w in line["warnings"]]
     stored = line["stored"]
     assert stored["study_instance_uid"] == source.StudyInstanceUID
+    assert line["record"]["state"] == "stored"  # kept in the record, by its UIDs (tests/test_store.py)
+    from model.store.db import Store
+
+    kept = Store.open(f"sqlite:///{state / 'records.sqlite3'}")
+    (row,) = kept.results()
+    assert (row["id"], row["channel"], row["sop_instance_uid"]) == \
+        (line["record"]["id"], "pacs", source.SOPInstanceUID)
+    kept.close()
 
     # Both outputs are in the same study, each in a new series, under the same patient.
     found = study_instances(orthanc, source.StudyInstanceUID)

@@ -33,7 +33,12 @@ class Postgres:
         self.as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.as_user, *args], capture_output=True, text=True, check=check, timeout=120)
+        done = subprocess.run([*self.as_user, *args], capture_output=True, text=True, timeout=120)
+        if check and done.returncode:
+            log = self.folder / "server.log"
+            raise RuntimeError(f"{Path(args[0]).name} failed ({done.returncode}): {done.stderr[-2000:]}"
+                               + (log.read_text()[-2000:] if log.exists() else ""))
+        return done
 
     def start(self) -> Postgres:
         if not self.data.exists():
