@@ -14,6 +14,7 @@ navigation = st.navigation([
     st.Page("pages/diagnose.py", title=t("nav_diagnose"), icon=":material/radiology:", default=True,
             url_path="diagnose"),
     st.Page("pages/worklist.py", title=t("nav_worklist"), icon=":material/checklist:", url_path="worklist"),
+    st.Page("pages/monitoring.py", title=t("nav_monitoring"), icon=":material/query_stats:", url_path="monitoring"),
     st.Page("pages/dataset.py", title=t("nav_dataset"), icon=":material/bar_chart:", url_path="dataset"),
     st.Page("pages/evaluation.py", title=t("nav_evaluation"), icon=":material/monitoring:", url_path="evaluation"),
     st.Page("pages/model-card.py", title=t("nav_model_card"), icon=":material/description:", url_path="model-card"),

@@ -1,9 +1,10 @@
-"""Command line for the serving core: `python -m model {info,predict,bench,serve,pacs,site,archive}`."""
+"""Command line for the serving core: `python -m model {info,predict,bench,serve,pacs,site,archive,record,monitor}`."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from model.core.types import CamMethod
@@ -126,20 +127,28 @@ def cmd_predict(args) -> int:
     except (KeyError, ValueError) as e:
         print(f"python -m model predict: error: {e.args[0]}", file=sys.stderr)
         return 2
+    from model.store.recorder import OFF, Channel, record, upload_facts
+
     ensemble = Ensemble(bundle)
     guard = for_bundle(bundle)
     explainer = Explainer(bundle) if args.cam_dir or args.pdf_dir else None
-    any_failed = False
+    any_failed, pending = False, None
     for i, file in enumerate(args.files):
         path = Path(file)
+        start = time.perf_counter()
         try:
             data = path.read_bytes()
         except OSError as e:
+            data = facts = None
             result, decoded = failed(path.name, bundle, "unreadable_file",
                                      f"Could not read this file ({e.strerror})."), None
         else:
+            facts = upload_facts(data) if args.record else None  # hashed while the analysis runs
             result, decoded = analyse(data, path.name, ensemble, args.threshold, args.operating_point, guard=guard,
                                       site=site)
+        latency_ms = (time.perf_counter() - start) * 1000
+        recorded = record(result, bundle, channel=Channel.CLI, data=data, facts=facts, site=site,
+                          latency_ms=latency_ms) if args.record else OFF
         result.file = str(file)
         try:
             if decoded is not None and args.cam_dir:
@@ -159,16 +168,23 @@ def cmd_predict(args) -> int:
             return 2
         any_failed |= result.failed
         shown_file = log_safe(file, 4096)  # a newline in a file name can't forge a result line
+        kept = "" if recorded.id is None else f"  [record {'pending ' if recorded.pending else ''}{recorded.id}]"
         if args.json:
-            print(json.dumps(result.to_json()), flush=True)
+            print(json.dumps({**result.to_json(), "record": recorded.to_json()}), flush=True)
         elif result.error:
-            print(f"{shown_file}: ERROR {result.error['message']}")
+            print(f"{shown_file}: ERROR {result.error['message']}{kept}")
         else:
             p = result.probability
             shown = f"p({bundle.classes[-1]})={p:.3f}" if p is not None else json.dumps(result.probabilities)
             warn = "; ".join(w["message"] for w in result.warnings)
             label = result.label if result.label is not None else "not assessed"
-            print(f"{shown_file}: {label} {shown} (threshold {result.threshold}){'  ⚠ ' + warn if warn else ''}")
+            print(f"{shown_file}: {label} {shown} (threshold {result.threshold}){'  ⚠ ' + warn if warn else ''}"
+                  f"{kept}")
+        if recorded.pending:
+            pending = recorded.message or "the database can't be written now"
+    if pending:
+        print(f"warning: the results are kept in the spool until the record database is back: {pending}",
+              file=sys.stderr)
     return 1 if any_failed else 0
 
 
@@ -218,8 +234,8 @@ def cmd_serve(args) -> int:
     # Header deadline and per-client pending limit, header size cap, short keep-alive (model.channels.http_guard);
     # the body has its own deadline in model.channels.api (UPLOAD_TIMEOUT_S) and the analysis its own
     # (REQUEST_TIMEOUT_S).
-    uvicorn.run(create_app(max_inflight=args.max_inflight), host=args.host, port=args.port, access_log=False,
-                log_config=log_config, **uvicorn_options(args.max_connections))
+    uvicorn.run(create_app(max_inflight=args.max_inflight, record=args.record), host=args.host, port=args.port,
+                access_log=False, log_config=log_config, **uvicorn_options(args.max_connections))
     return 0
 
 
@@ -240,6 +256,8 @@ def main(argv=None) -> int:
     p.add_argument("--pdf-dir", default=None, help="write a PDF report per file here")
     p.add_argument("--site", default=None, help="apply this site profile (python -m model site fit)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--no-record", dest="record", action="store_false",
+                   help="do not keep these results in the record (python -m model record)")
     b = sub.add_parser("bench", help="speed of the installed bundle on generated images (JSON with --json)")
     b.add_argument("--bundle", default=None)
     b.add_argument("--repeats", type=positive_int, default=20)
@@ -251,16 +269,20 @@ def main(argv=None) -> int:
                    help="analyses admitted at once; more are answered 503 busy with Retry-After")
     s.add_argument("--max-connections", type=positive_int, default=64,
                    help="open connections beyond this are answered 503 by uvicorn")
+    s.add_argument("--no-record", dest="record", action="store_false",
+                   help="do not keep the results in the record")
     from model.channels.pacs import add_cli
     from model.channels.pacs import cli as cmd_pacs
     add_cli(sub)  # pacs watch
     from model.channels import site_cli
     site_cli.add_cli(sub)  # site fit / validate / list
-    from model.channels import archive
+    from model.channels import archive, record_cli
     archive.add_cli(sub)  # archive score
+    record_cli.add_cli(sub)  # record confirm / import-confirmations / show / find / export / retain; monitor
     args = parser.parse_args(argv)
     return {"info": cmd_info, "predict": cmd_predict, "bench": cmd_bench, "serve": cmd_serve,
-            "pacs": cmd_pacs, "site": site_cli.cli, "archive": archive.cli}[args.command](args)
+            "pacs": cmd_pacs, "site": site_cli.cli, "archive": archive.cli, "record": record_cli.cli,
+            "monitor": record_cli.cli}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ CAMs once per (image, bundle, method, class); moving a slider only re-reads them
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 import plotly.graph_objects as go
@@ -20,8 +21,10 @@ from model.core.preprocess import shrink
 from model.core.types import CamMethod, Result, Task
 from model.outputs.downloads import png_bytes, report_html, report_json
 from model.outputs.safe_text import md_escape
+from model.store.recorder import Channel
 from pages.lib.common import current_bundle, get_ensemble, get_explainer, threshold_for
 from pages.lib.outputs import draw_outputs
+from pages.lib.record_view import confirm_section, keep, record_caption
 from pages.lib.router import take_over
 from pages.lib.sites_view import active_site, evidence_choice, site_caption
 from pages.lib.ui import UPLOAD_TYPES, tr
@@ -40,9 +43,12 @@ t = tr("diagnose")
 # ---------------------------------------------------------------------------------------------------------------
 @st.cache_data(max_entries=16, ttl=3600, show_spinner=False)
 def analysed(digest: str, bundle_name: str, name: str, _data: bytes):
-    """(result, Decoded or None) for one upload; thresholds are applied later, without inference."""
+    """(result, Decoded or None, milliseconds the analysis took) for one upload; thresholds are applied later,
+    without inference."""
     ensemble = get_ensemble(bundle_name)
-    return analyse(_data, name, ensemble, guard=for_bundle(ensemble.bundle))
+    start = time.perf_counter()
+    result, decoded = analyse(_data, name, ensemble, guard=for_bundle(ensemble.bundle))
+    return result, decoded, (time.perf_counter() - start) * 1000
 
 
 @st.cache_data(max_entries=32, ttl=3600, show_spinner=False)
@@ -282,17 +288,21 @@ if st.session_state.get("dx_upload") is None:
 
 digest = hashlib.sha256(upload["data"]).hexdigest()
 with st.spinner(t("analysing")):
-    base, decoded = analysed(digest, bundle.name, upload["name"], upload["data"])
+    base, decoded, latency_ms = analysed(digest, bundle.name, upload["name"], upload["data"])
+site = active_site(bundle)
+threshold = threshold_for(bundle, site)
+result = decide(apply_site(base, site), bundle, threshold, site)
+# Kept once per image, bundle and site profile in this session: the decision at the threshold first shown.
+recorded = keep(Channel.APP_DIAGNOSE, digest, result, bundle, site, data=upload["data"], raw=base.probability,
+                latency_ms=latency_ms)
 if base.error:
     st.error(t("decode_error", message=t.message(base.error)), icon=":material/error:")
+    record_caption(recorded)
     st.stop()
 if base.warnings:
     st.warning(t("warnings_heading") + "\n" + "\n".join(f"- {t.message(w)}" for w in base.warnings),
                icon=":material/warning:")
 
-site = active_site(bundle)
-threshold = threshold_for(bundle, site)
-result = decide(apply_site(base, site), bundle, threshold, site)
 ev = None
 
 # 1. The answer, and the threshold that makes it.
@@ -302,6 +312,8 @@ with answer, st.container(border=True):
     site_caption(site)
     st.markdown(f"**{t('members_heading')}**")
     st.plotly_chart(members_figure(result, bundle), key="dx_members", config={"displayModeBar": False})
+    record_caption(recorded)
+    confirm_section(recorded, bundle)
 with tuning:
     if bundle.task == Task.BINARY:
         draw_threshold(bundle, threshold, site)

@@ -8,6 +8,7 @@ starts `python -m model archive score` on a server folder and follows its progre
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pandas as pd
 import streamlit as st
@@ -18,8 +19,10 @@ from model.core.guard import for_bundle
 from model.core.types import NOT_ASSESSED, Task
 from model.outputs.downloads import worklist_rows
 from model.outputs.safe_text import csv_text, md_escape
+from model.store.recorder import Channel
 from pages.lib import archive_job
 from pages.lib.common import current_bundle, get_ensemble, threshold_for
+from pages.lib.record_view import keep
 from pages.lib.router import take_over
 from pages.lib.sites_view import active_site, site_caption
 from pages.lib.ui import UPLOAD_TYPES, tr
@@ -101,10 +104,13 @@ if todo:
     def progress(step: int, total: int):
         bar.progress(step / total, text=t("running", done=min(len(todo), step * len(todo) // total), total=len(todo)))
 
+    start = time.perf_counter()
     fresh = analyse_batch([(e["name"], e["data"]) for e in todo], get_ensemble(bundle.name),
                           progress=progress, guard=for_bundle(bundle))
+    each_ms = (time.perf_counter() - start) * 1000 / len(todo)  # a batch: each file's share of its time
     for entry, result in zip(todo, fresh):
         done[(bundle.name, entry["digest"], entry["name"])] = result
+        st.session_state.setdefault("worklist_latency", {})[entry["digest"]] = each_ms
     bar.empty()
 # Keep only this worklist's results (the table decides what stays in memory).
 keys = [(bundle.name, e["digest"], e["name"]) for e in entries]
@@ -112,7 +118,13 @@ st.session_state["worklist_results"] = {k: done[k] for k in keys}
 
 site = active_site(bundle)
 threshold = threshold_for(bundle, site)
-results = [t.localised(decide(apply_site(done[k], site), bundle, threshold, site)) for k in keys]
+decided = [decide(apply_site(done[k], site), bundle, threshold, site) for k in keys]
+# Each file kept once per bundle and site profile in this session, at the threshold first shown.
+entry_of = {(bundle.name, e["digest"], e["name"]): e for e in entries}
+recorded = [keep(Channel.APP_WORKLIST, k[1], r, bundle, site, data=entry_of[k]["data"], raw=done[k].probability,
+                 latency_ms=st.session_state.get("worklist_latency", {}).get(k[1]))
+            for k, r in zip(keys, decided)]
+results = [t.localised(r) for r in decided]
 rows = worklist_rows(results)
 
 errors = sum(1 for r in rows if r["error"])
@@ -125,6 +137,13 @@ if bundle.task == Task.BINARY:
 else:
     st.markdown(t("summary_multiclass", n=len(rows), errors=errors))
 site_caption(site)
+if any(r is not None for r in recorded):
+    pending = sum(1 for r in recorded if r is not None and r.pending)
+    tr_record = tr("record")
+    if pending:
+        st.warning(tr_record("worklist_pending", n=pending), icon=":material/cloud_off:")
+    else:
+        st.caption(tr_record("worklist_recorded", n=len(recorded)))
 
 # Most probable first, unreadable files last; the index still points at the entry, for opening a row.
 rows = pd.DataFrame(rows).sort_values("probability", ascending=False, na_position="last", kind="stable")

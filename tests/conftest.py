@@ -1,15 +1,25 @@
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Results are recorded by default (model/store/): every test session records into a state folder of its own, never
+# into the developer's ~/.local/state/torax or a department database named by TORAX_DB_URL.
+_STATE = tempfile.mkdtemp(prefix="torax-test-state-")
+atexit.register(shutil.rmtree, _STATE, True)
+os.environ["TORAX_STATE"] = _STATE
+for _name in ("TORAX_DB_URL", "TORAX_RECORD", "TORAX_RETAIN_DAYS"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")
@@ -180,3 +190,18 @@ def pytest_xdist_make_scheduler(config, log):
             return nodeid.split("::", 1)[0]
 
     return FilesAndGroups(config, log)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the whole session (helpers.postgres), or a skip where Debian's `postgresql`
+    is not installed (.ci/run installs it)."""
+    from helpers.postgres import Postgres, pg_bin
+
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql)")
+    server = Postgres(Path(tempfile.mkdtemp(prefix="torax-pg-")))  # not under pytest's 0700 folder: `nobody` runs it
+    try:
+        yield server.start()
+    finally:
+        server.close()

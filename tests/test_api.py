@@ -96,6 +96,15 @@ def test_a_radiograph_gets_the_same_result_object_as_the_cli(api):
     assert {k: result[k] for k in expected} == json.loads(json.dumps(expected))
 
 
+def test_each_result_is_recorded_and_can_be_read_back(url):
+    r = post(url, png_bytes(radiograph((256, 224), seed=4)), filename="DOE_JANE.png").json()
+    assert r["record"]["state"] == "stored"
+    row = httpx.get(f"{url}/v1/results/{r['record']['id']}").json()
+    assert (row["channel"], row["user"], row["probability"], row["label"]) == \
+        ("api", "local", r["probability"], r["label"])  # no tokens on this server: the user is "local"
+    assert row["input_sha256"] and "file" not in row and "DOE" not in json.dumps(row)
+
+
 def test_operating_point_or_threshold_sets_the_decision(url, tiny_bundles):
     manifest = json.loads((tiny_bundles / "pneumonia-kermany" / "manifest.json").read_text())
     screening = next(p["threshold"] for p in manifest["operating_points"] if p["name"] == "screening")
@@ -212,11 +221,12 @@ def test_openapi_schema_describes_upload_results_and_errors(url):
     predict = schema["paths"]["/v1/predict"]["post"]
     upload = predict["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert upload["required"] == ["file"] and upload["properties"]["file"]["format"] == "binary"
-    assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictResult")
+    assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictAnswer")
     for status in ("400", "404", "413", "415", "422", "504"):
         assert predict["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
     assert {p["name"] for p in predict["parameters"]} == {"bundle", "threshold", "operating_point", "cam", "site"}
-    assert set(schema["paths"]) == {"/v1/predict", "/v1/bundles", "/healthz"}
+    assert set(schema["paths"]) == {"/v1/predict", "/v1/bundles", "/healthz", "/v1/results", "/v1/results/{result_id}",
+                                    "/v1/results/{result_id}/confirmation"}
 
 
 def test_schemathesis_finds_no_server_error(url):

@@ -47,6 +47,7 @@ def test_an_empty_worklist_asks_for_files():
 
 
 def test_a_batch_with_bad_files_gives_one_row_per_file_most_probable_first(batch):
+    assert "7 results recorded." in seen(batch)  # each file kept once in the record, unreadable ones too
     table = batch.dataframe[0].value
     assert len(table) == len(GOOD) + len(BAD)
     assert set(table["file"]) == {name for name, _, _ in GOOD + BAD}

@@ -4,7 +4,6 @@ and a handful of small images keep it fast; the CLI runs in this process."""
 from __future__ import annotations
 
 import json
-import sys
 import types
 
 import pyarrow.parquet as pq
@@ -258,23 +257,36 @@ def test_a_dicomweb_archive_from_a_date_and_a_server_that_goes_down_mid_run(bund
     assert run.returncode == 2 and "--since" in run.stderr
 
 
-def test_record_fails_loudly_without_the_result_store_and_hands_rows_to_it_when_there(folder, bundles, tmp_path,
-                                                                                     monkeypatch):
-    root, _ = folder
-    run = score(root, tmp_path / "r.parquet", bundles, "--record")
-    assert run.returncode == 2 and "model.store" in run.stderr and len(run.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "r.parquet").exists()
-    with pytest.raises(archive.RecordUnavailable):
-        archive.record_rows([{"source": "x"}], "run")
+def test_record_puts_every_row_in_the_result_store_once_tagged_with_the_run(folder, bundles, tmp_path,
+                                                                          monkeypatch):
+    from model.store.db import Store
 
-    recorded = []
-    store = types.ModuleType("model.store")
-    store.record_archive_rows = lambda rows, run_id: recorded.append((run_id, len(rows)))
-    monkeypatch.setitem(sys.modules, "model.store", store)
+    root, _ = folder
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    monkeypatch.setenv("TORAX_DB_URL", url)
     run = score(root, tmp_path / "r.parquet", bundles, "--record")
     assert run.returncode == 0, run.stderr
-    run_ids = {r["run_id"] for r in table(tmp_path / "r.parquet")}
-    assert {run_id for run_id, _ in recorded} == run_ids and sum(n for _, n in recorded) == 6
+    rows = table(tmp_path / "r.parquet")
+    store = Store.open(url)
+    try:
+        records = [r for r in store.results() if r["channel"] == "archive"]
+    finally:
+        store.close()
+    assert len(records) == len(rows) == 6
+    assert {r["meta"]["archive_run"] for r in records} == {r["run_id"] for r in rows}
+    by_sha = {r["sha256"]: r for r in rows}
+    for record in records:
+        row = by_sha[record["input_sha256"]]
+        assert record["error"] == row["error_code"] and record["label"] == row["label"]
+        if row["probability"] is not None and row["probability"] == row["probability"]:
+            assert record["probability_raw"] == pytest.approx(row["probability_raw"], abs=1e-12)
+    again = score(root, tmp_path / "r.parquet", bundles, "--record")  # nothing left to score: nothing recorded
+    assert again.returncode == 0, again.stderr
+    store = Store.open(url)
+    try:
+        assert sum(r["channel"] == "archive" for r in store.results()) == 6
+    finally:
+        store.close()
 
 
 def test_bad_options_are_one_line_errors(folder, bundles, tmp_path):

@@ -62,7 +62,8 @@ def test_language_survives_reload_and_follows_the_browser(app_server, chromium):
     from playwright.sync_api import expect
     context, page = open_page(chromium, f"{app_server.url}/worklist", locale="es-ES")
     try:  # a browser that prefers Spanish gets Spanish first
-        sidebar_state(page, ["Diagnóstico", "Lista de trabajo", "Datos", "Evaluación", "Ficha del modelo"],
+        sidebar_state(page, ["Diagnóstico", "Lista de trabajo", "Seguimiento", "Datos", "Evaluación",
+                             "Ficha del modelo"],
                        "Idioma", "Modelo", "Perfil de centro")
         page.locator("[data-testid=stSidebar]").get_by_text("English", exact=True).click()
         expect(page.locator("[data-testid=stSidebarNav] a").first).to_have_text(re.compile("Diagnose$"))

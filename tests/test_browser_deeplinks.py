@@ -1,7 +1,7 @@
 """The first request to a freshly started server, at any page's URL, runs the real navigation (issue 19).
 
 Each URL gets its own fresh `streamlit run app.py`: what a reconnecting tab, a bookmark or a shared link meets after
-a restart. The sidebar must list exactly the five pages with the language, model and site controls, no "Page not
+a restart. The sidebar must list exactly the six pages with the language, model and site controls, no "Page not
 found" dialog may appear, and no helper module under pages/ may answer as a page.
 (The language's survival of a reload, and Spanish for a browser that prefers it: tests/test_browser.py.)
 """

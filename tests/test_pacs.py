@@ -98,6 +98,14 @@ def test_watch_files_an_sr_and_an_overlay_in_the_source_study_once(orthanc, tiny
     assert "not_chest_xray" not in [w["code"] for w in line["warnings"]]
     stored = line["stored"]
     assert stored["study_instance_uid"] == source.StudyInstanceUID
+    assert line["record"]["state"] == "stored"  # kept in the record, by its UIDs (tests/test_store.py)
+    from model.store.db import Store
+
+    kept = Store.open(f"sqlite:///{state / 'records.sqlite3'}")
+    (row,) = kept.results()
+    assert (row["id"], row["channel"], row["sop_instance_uid"]) == \
+        (line["record"]["id"], "pacs", source.SOPInstanceUID)
+    kept.close()
 
     # Both outputs are in the same study, each in a new series, under the same patient.
     found = study_instances(orthanc, source.StudyInstanceUID)
@@ -176,14 +184,12 @@ def test_a_site_that_cannot_be_used_is_a_usage_error(orthanc, tiny_bundles, tmp_
 
 
 # --- the state file --------------------------------------------------------------------------------------------------
-def test_state_remembers_instances_and_outputs_by_digest_only(tmp_path):
+def test_state_remembers_instances_and_outputs_by_digest_only(tmp_path, monkeypatch):
     from model.channels.pacs import State, state_path
 
-    os.environ["TORAX_STATE"] = str(tmp_path)
-    try:
-        path = state_path()
-    finally:
-        del os.environ["TORAX_STATE"]
+    monkeypatch.setenv("TORAX_STATE", str(tmp_path))
+    path = state_path()
+    monkeypatch.undo()
     assert path == tmp_path / "pacs.json"
     state = State(path)
     state.add("1.2.3", "1.2.3.4", {"sr_sop_instance_uid": "1.2.3.5", "study_instance_uid": "1.2"})

@@ -279,7 +279,7 @@ def test_a_timed_out_analysis_is_cancelled_and_still_counts_until_it_stops(bundl
     seen = {}
     proceed = threading.Event()
 
-    def slow(served, data, filename, threshold, point, cam, site=None, cancel=None):
+    def slow(served, data, filename, threshold, point, cam, site=None, cancel=None, user=None):
         proceed.wait(60)
         seen["cancelled"] = cancel.is_set()
         raise api.Cancelled()

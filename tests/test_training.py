@@ -118,9 +118,10 @@ def test_whole_pipeline_produces_a_bundle_the_cli_serves(tiny_bundles, tmp_path)
         cv2.imwrite(str(images[-1]), radiograph((200, 180), pneumonia, seed=100 + i))
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"not an image at all")
-    proc = run_cli(["predict", "--json", images[0], bad, images[1]], tiny_bundles)
+    proc = run_cli(["predict", "--json", "--no-record", images[0], bad, images[1]], tiny_bundles)
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["file"] for r in lines] == [str(images[0]), str(bad), str(images[1])]
+    assert {json.dumps(r["record"]) for r in lines} == {'{"id": null, "state": "off"}'}  # kept out of the record
     assert proc.returncode == 1, "a file that could not be read makes the exit code 1"
     assert lines[1]["error"]["code"] == "unreadable_image" and lines[1]["probability"] is None
     for r in (lines[0], lines[2]):

@@ -30,7 +30,8 @@ def test_result_json_has_the_fixed_keys_plain_values_and_optional_cam_fields_onl
                     meta={"width": np.int64(3), "size": np.array([1, 2]), "ratio": math.nan})
     data = result.to_json()
     assert list(data) == ["file", "bundle", "task", "probability", "probabilities", "members", "spread",
-                          "threshold", "operating_point", "label", "site", "warnings", "error", "meta"]
+                          "threshold", "operating_point", "label", "site", "warnings", "error", "meta",
+                          "guard_scores"]
     assert data["task"] == "binary" and type(data["task"]) is str and data["probability"] == 0.75
     assert data["meta"] == {"width": 3, "size": [1, 2], "ratio": None}
     json.dumps(data, allow_nan=False)

@@ -1,5 +1,7 @@
 """REST API over the serving core: `POST /v1/predict` answers with the same result object as
-`python -m model predict --json`, `GET /v1/bundles` describes the loaded models, `GET /healthz` says whether any are.
+`python -m model predict --json` (and keeps it in the record, model/store/), `GET /v1/bundles` describes the loaded
+models, `GET /healthz` says whether any are. `GET /v1/results`, `GET /v1/results/{id}` read the record and
+`POST /v1/results/{id}/confirmation` adds the reader's confirmation; nothing here alters or deletes a result.
 
 Uploads are parsed from the request stream into memory (never spooled to disk), capped in size while they arrive,
 and never logged; nor is the uploaded file's name. Models are loaded once, at startup. Never imports training/ or
@@ -115,6 +117,30 @@ def _response_field(f):
 
 PredictResult = create_model("PredictResult", __doc__=Result.__doc__,
                              **{f.name: _response_field(f) for f in fields(Result)})
+
+
+class RecordRef(BaseModel):
+    id: str | None = Field(description="The record id of this result (GET /v1/results/{id}); null when off.")
+    state: Literal["stored", "pending", "off"] = Field(
+        description="`stored`: in the record; `pending`: kept in the server's spool until the record database is "
+                    "back (the server's log says why); `off`: recording is turned off on this server.")
+
+
+# The channel's wrapper: the result, and where it is kept (the Result itself never grows keys).
+PredictAnswer = create_model("PredictAnswer", __base__=PredictResult, record=(RecordRef | None, Field(
+    None, description="Where this result is kept in the department's record.")))
+
+
+class ConfirmationIn(BaseModel):
+    label: str = Field(max_length=64, description="One of the result's classes (e.g. NORMAL, PNEUMONIA) or UNSURE.")
+    note: str | None = Field(None, max_length=1000, description="An optional note.")
+
+
+class ConfirmationOut(BaseModel):
+    id: str | None
+    result_id: str
+    label: str
+    state: Literal["stored", "pending"]
 
 
 class MemberInfo(BaseModel):
@@ -322,8 +348,10 @@ class Cancelled(Exception):
 
 
 def analyse_upload(served: Served, data: bytes, filename: str | None, threshold: float | None,
-                   operating_point: str | None, cam: str, site=None, cancel: threading.Event | None = None) -> dict:
-    """`Result.to_json()` of one upload, with the CAM overlay fields when a method was asked for. `cancel`, when
+                   operating_point: str | None, cam: str, site=None, cancel: threading.Event | None = None,
+                   user: str | None = None) -> dict:
+    """`Result.to_json()` of one upload, with the CAM overlay fields when a method was asked for, and with `record`
+    (model.store.recorder.Recorded) when `user` is given: the result is recorded as that user's. `cancel`, when
     set, stops the work between steps."""
     def check():
         if cancel is not None and cancel.is_set():
@@ -335,10 +363,17 @@ def analyse_upload(served: Served, data: bytes, filename: str | None, threshold:
     from model.core.explain import overlay
     from model.core.guard import for_bundle
     from model.core.preprocess import shrink
+    from model.store.recorder import Channel, record, upload_facts
 
     check()
+    start = time.perf_counter()
+    facts = upload_facts(data) if user is not None else None  # hashed while the analysis runs
     result, decoded = analyse(data, filename, served.ensemble, threshold, operating_point,
                               guard=for_bundle(served.bundle), site=site)
+    recorded = None
+    if user is not None:
+        recorded = record(result, served.bundle, channel=Channel.API, user=user, data=data, facts=facts, site=site,
+                          latency_ms=(time.perf_counter() - start) * 1000)
     if decoded is not None and cam != "none":
         check()
         target = cam_class(result, served.bundle)
@@ -350,7 +385,9 @@ def analyse_upload(served: Served, data: bytes, filename: str | None, threshold:
             raise RuntimeError("PNG encoding of the overlay failed")
         result.cam, result.cam_class = cam, target
         result.overlay_png_base64 = base64.b64encode(png.tobytes()).decode("ascii")
-    return result.to_json()
+    if recorded is not None and recorded.pending:
+        log.warning("record pending: %s", log_safe(recorded.message or "", 1000))
+    return {**result.to_json(), **({"record": recorded.to_json(why=False)} if recorded is not None else {})}
 
 
 def describe_bundle(bundle) -> dict:
@@ -414,17 +451,51 @@ class _AccessLog:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# The record
+# --------------------------------------------------------------------------------------------------------------------
+def user_of(request: Request) -> str:
+    """Who a request's results are recorded as: its bearer token's name, or "local" on a server without tokens."""
+    return getattr(request.state, "user", None) or "local"
+
+
+def _store_problem(error) -> ApiError:
+    """503 `record_unavailable`; the store's own message (which names the database's path or host) goes to the
+    server's log, not to the client."""
+    from model.store.db import StoreUnavailable
+
+    log.warning("record: %s", log_safe(error.message, 1000))
+    said = "The record database can't be reached now. Please try again shortly." \
+        if isinstance(error, StoreUnavailable) else "The record database can't be used; the server's log says why."
+    return ApiError(503, "record_unavailable", said, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+async def _in_store(work):
+    """work(store) on a thread (the database may block), its faults as 503 `record_unavailable`."""
+    from starlette.concurrency import run_in_threadpool
+
+    from model.store.db import StoreError
+    from model.store.recorder import recorder
+
+    try:
+        return await run_in_threadpool(lambda: work(recorder().store()))
+    except StoreError as e:
+        raise _store_problem(e) from None
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # The app
 # --------------------------------------------------------------------------------------------------------------------
 def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                timeout_s: float = REQUEST_TIMEOUT_S, workers: int | None = None,
                max_inflight: int = MAX_INFLIGHT, upload_timeout_s: float = UPLOAD_TIMEOUT_S,
-               tokens=None, docs: bool | None = None) -> FastAPI:
+               tokens=None, docs: bool | None = None, record: bool = True) -> FastAPI:
     """The ASGI app. Bundles are loaded from `bundles_root` (default: $TORAX_BUNDLES, else model/bundles) when
     the app starts, once; at most `max_inflight` analyses are admitted at once, each on its own thread (so a
     cheap request never waits for a thread behind slow ones), counted from when their upload has arrived (within
     `upload_timeout_s`); `workers` is kept for compatibility, unused.
-    `tokens`: bearer tokens required on every path but /healthz (default: $TORAX_API_TOKENS; empty: none).
+    `tokens`: bearer tokens required on every path but /healthz (default: $TORAX_API_TOKENS; empty: none); a
+    token's name (`name:token`) is the user its results are recorded as. `record`: keep every analysis in the
+    record (model/store/; also off with TORAX_RECORD=0).
     `docs`: serve /docs and /redoc (default: only with $TORAX_API_DOCS=1, as Swagger UI loads its scripts from a
     CDN); /openapi.json is always served."""
     if docs is None:
@@ -477,7 +548,7 @@ def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int 
                            f"(available: {', '.join(served)}).")
         return served[name]
 
-    @app.post("/v1/predict", response_model=PredictResult, openapi_extra=UPLOAD_BODY,
+    @app.post("/v1/predict", response_model=PredictAnswer, openapi_extra=UPLOAD_BODY,
               responses=_errors(400, 404, 408, 413, 415, 422, 500, 503, 504),
               summary="Analyse one radiograph")
     async def predict(
@@ -523,7 +594,8 @@ def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int 
 
         cancel = threading.Event()
         try:
-            work = partial(analyse_upload, served, data, filename, threshold, operating_point, cam, profile, cancel)
+            work = partial(analyse_upload, served, data, filename, threshold, operating_point, cam, profile, cancel,
+                           user_of(request) if record else None)
             job = state.pool.submit(work)
             submitted = True
             job.add_done_callback(lambda _: loop.call_soon_threadsafe(release))
@@ -547,6 +619,57 @@ def create_app(bundles_root: str | Path | None = None, *, max_upload_bytes: int 
             code = result["error"]["code"]
             raise ApiError(DECODE_STATUS.get(code, 422), code, result["error"]["message"])
         return result
+
+    # -- the record ------------------------------------------------------------------------------------------
+    @app.get("/v1/results", summary="Recorded results, oldest first", responses=_errors(401, 422, 503))
+    async def list_results(
+        since: str | None = Query(None, description="ISO 8601 date or time (UTC unless an offset is given)."),
+        until: str | None = Query(None, description="ISO 8601 date or time; results before it."),
+        limit: int = Query(100, ge=1, le=1000, description="At most this many results."),
+    ) -> list[dict[str, Any]]:
+        from model.store.db import json_ready, parse_time
+
+        try:
+            start, end = parse_time(since), parse_time(until)
+        except ValueError:
+            raise ApiError(422, "invalid_parameter", "since and until must be ISO 8601 dates or times.") from None
+        rows = await _in_store(lambda store: store.results(start, end, limit=limit))
+        return json_ready(rows)
+
+    @app.get("/v1/results/{result_id}", summary="One recorded result, with its confirmations",
+             responses=_errors(401, 404, 503))
+    async def one_result(result_id: str) -> dict[str, Any]:
+        from model.store.confirmations import Refused, check_id
+        from model.store.db import json_ready
+
+        try:
+            key = check_id(result_id)
+        except Refused:
+            raise ApiError(404, "unknown_result", "There is no recorded result with this id.") from None
+        found = await _in_store(lambda store: store.result(key))
+        if found is None:
+            raise ApiError(404, "unknown_result", "There is no recorded result with this id.")
+        return json_ready(found)
+
+    @app.post("/v1/results/{result_id}/confirmation", status_code=201, response_model=ConfirmationOut,
+              summary="Add the reader's read, or the truth, to a recorded result",
+              responses=_errors(401, 404, 422, 503))
+    async def confirm(request: Request, result_id: str, body: ConfirmationIn):
+        from starlette.concurrency import run_in_threadpool
+
+        from model.store.confirmations import Refused, Source
+        from model.store.db import StoreError
+        from model.store.recorder import recorder
+
+        try:
+            done = await run_in_threadpool(recorder().confirm, result_id, body.label, body.note,
+                                           user=user_of(request), source=Source.API)
+        except Refused as e:
+            raise ApiError(404 if e.code == "unknown_id" else 422,
+                           "unknown_result" if e.code == "unknown_id" else e.code, e.message) from None
+        except StoreError as e:
+            raise _store_problem(e) from None
+        return {"id": done.id, "result_id": result_id, "label": done.label, "state": done.state}
 
     @app.get("/v1/bundles", response_model=BundlesResponse, summary="The model bundles served")
     async def bundles(request: Request):

@@ -667,34 +667,30 @@ def read_progress(out) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# --record: the seam to the result store ("A department's memory", issue 20)
+# --record: the rows go to the result store ("A department's memory": model.store)
 # ---------------------------------------------------------------------------------------------------------------------
 STORE_MISSING = ("--record needs the result store (model.store, \"A department's memory\"), which this installation "
                  "does not have; run without --record, or after installing a version with it.")
 
 
 def record_available() -> None:
-    """Raise RecordUnavailable (one line) unless model.store offers record_archive_rows(rows, run_id=...)."""
+    """Raise RecordUnavailable (one line) unless the result store can be imported."""
     import importlib
 
     try:
-        store = importlib.import_module("model.store")
+        importlib.import_module("model.store.recorder")
     except ModuleNotFoundError as e:
-        if e.name not in ("model.store", "model"):
+        if not (e.name or "").startswith(("model.store", "sqlalchemy", "alembic")):
             raise
         raise RecordUnavailable(STORE_MISSING) from None
-    if not callable(getattr(store, "record_archive_rows", None)):
-        raise RecordUnavailable("--record: model.store has no record_archive_rows(rows, run_id=...) to take an "
-                                "archive run's rows.")
 
 
-def record_rows(rows: list[dict], run_id: str):
-    """Bulk-insert output rows into the result store, tagged with the archive run. RecordUnavailable when there is
-    no store."""
-    import importlib
-
+def record_rows(rows: list[dict], run_id: str) -> int:
+    """Bulk-insert output rows into the result store, tagged with the archive run (spooled while the database is
+    down). RecordUnavailable when there is no store."""
     record_available()
-    return importlib.import_module("model.store").record_archive_rows(rows, run_id=run_id)
+    from model.store.recorder import record_archive_rows
+    return record_archive_rows(rows, run_id)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

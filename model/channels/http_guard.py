@@ -105,18 +105,35 @@ def uvicorn_options(max_connections: int = MAX_CONNECTIONS) -> dict:
 
 
 def tokens_from_env() -> frozenset[str]:
-    """$TORAX_API_TOKENS: comma-separated bearer tokens (empty: no token needed)."""
+    """$TORAX_API_TOKENS: comma-separated bearer tokens, each optionally named `name:token` (empty: no token
+    needed)."""
     return frozenset(t.strip() for t in os.environ.get("TORAX_API_TOKENS", "").split(",") if t.strip())
 
 
+def named_tokens(entries) -> dict[bytes, str]:
+    """{token: name} from TORAX_API_TOKENS entries: `name:token` names its token (the name is what the record
+    keeps as the user; the token after the first ':' may hold more); a bare token, which then can't contain ':', is
+    named `token-` and the first 8 hex digits of its sha256, which tells tokens apart without revealing any."""
+    import hashlib
+
+    out = {}
+    for entry in entries:
+        name, sep, token = str(entry).strip().partition(":")
+        if not sep or not name.strip():
+            token, name = str(entry).strip(), f"token-{hashlib.sha256(str(entry).strip().encode()).hexdigest()[:8]}"
+        if token.strip():
+            out[token.strip().encode()] = name.strip()[:64]
+    return out
 
 
 class BearerAuth:
     """ASGI middleware: with tokens configured, every request but PUBLIC_PATHS needs `Authorization: Bearer <one
-    of them>` (compared in constant time), else 401. Tokens are never logged or echoed."""
+    of them>` (compared in constant time), else 401; the token's name is left in the request's state as `user`
+    (model.channels.api records it). Tokens are never logged or echoed."""
 
     def __init__(self, app, tokens):
-        self.app, self.tokens = app, tuple(t.encode() for t in tokens)
+        self.app, self.named = app, named_tokens(tokens)
+        self.tokens = tuple(self.named)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not self.tokens or scope["path"] in PUBLIC_PATHS:
@@ -127,10 +144,13 @@ class BearerAuth:
                 scheme, _, token = value.partition(b" ")
                 if scheme.lower() == b"bearer":
                     given = token.strip()
-        ok = False
+        ok, user = False, None
         for token in self.tokens:  # no early exit: the time taken doesn't say which token came close
-            ok |= hmac.compare_digest(given, token)
+            match = hmac.compare_digest(given, token)
+            ok |= match
+            user = self.named[token] if match else user
         if ok:
+            scope.setdefault("state", {})["user"] = user
             return await self.app(scope, receive, send)
         body = json.dumps({"error": {"code": "unauthorized",
                                      "message": "This server needs a bearer token (Authorization: Bearer …)."}})

@@ -301,9 +301,9 @@ def _value(item: dict, tag: str):
 def state_path() -> Path:
     """The watcher's state file, whatever the PACS's URL: instances are known by their UIDs, so
     `http://localhost:8042` after `http://127.0.0.1:8042` finds the same instances done."""
-    root = os.environ.get("TORAX_STATE") or Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") \
-        / "torax"
-    return Path(root) / "pacs.json"
+    from model.store.location import state_dir
+
+    return state_dir() / "pacs.json"
 
 
 def _digest(uid: str) -> str:
@@ -433,10 +433,11 @@ def analyse_instance(data: bytes, name: str | None, ensemble, explainer, guard, 
 @dataclass
 class Filed:
     """One PACS instance analysed and filed back: its result (no file name: it came from the PACS), the source
-    instance it is about, and the UIDs of what was stored."""
+    instance it is about, the UIDs of what was stored, and where the result is kept in the record."""
     result: Result
     source_sop_instance_uid: str
     stored: dict
+    record: object = None  # model.store.recorder.Recorded, or None when recording is off
 
     @property
     def failed(self) -> bool:
@@ -445,17 +446,18 @@ class Filed:
     def to_json(self) -> dict:
         """What `pacs watch` prints per instance: the result's JSON, then where it came from and went."""
         return {**self.result.to_json(), "source_sop_instance_uid": self.source_sop_instance_uid,
-                "stored": self.stored}
+                "stored": self.stored, **({"record": self.record.to_json()} if self.record is not None else {})}
 
 
 def watch(pacs: Pacs, ensemble, explainer, guard, *, once: bool, interval: float = 10.0, threshold=None,
           operating_point=None, site=None, state: State | None = None, emit=None, policy=None,
-          report=None, clock=time.time) -> int:
+          report=None, clock=time.time, record: bool = True) -> int:
     """Process new CR/DX instances; with `once`, what is there now, else poll every `interval` seconds (at least
     MIN_INTERVAL_S) until interrupted. `emit(filed)` gets each `Filed` (default: its JSON line on stdout);
     `report(entry)` each instance that failed (default: a warning on stderr), which is recorded in `state` and
     skipped. `policy` (a model.outputs.dicom_results.FilingPolicy; default: the unattended one) decides what may be
-    filed. Returns the number processed."""
+    filed. With `record`, each filed result is kept in the department's record (model/store/). Returns the number
+    processed."""
     from model.outputs.dicom_results import FilingPolicy
 
     state = state or State(state_path())
@@ -469,7 +471,7 @@ def watch(pacs: Pacs, ensemble, explainer, guard, *, once: bool, interval: float
             for study_uid, series_uid, sop_uid in list(pacs.new_instances(state, clock())):
                 try:
                     filed = _process(pacs, state, study_uid, series_uid, sop_uid, ensemble, explainer, guard,
-                                     threshold, operating_point, site, policy)
+                                     threshold, operating_point, site, policy, record)
                 except (PacsAuthError, KeyboardInterrupt):
                     raise
                 except PacsUnavailable:
@@ -497,25 +499,33 @@ def watch(pacs: Pacs, ensemble, explainer, guard, *, once: bool, interval: float
 
 
 def _process(pacs: Pacs, state: State, study_uid, series_uid, sop_uid, ensemble, explainer, guard, threshold,
-             operating_point, site, policy) -> Filed | None:
-    """One instance: retrieve, analyse, file as `policy` allows, store, record. None when the PACS already holds
-    its results (filed before, under another state file or URL)."""
+             operating_point, site, policy, record: bool = True) -> Filed | None:
+    """One instance: retrieve, analyse, file as `policy` allows, store, note in the state file and keep in the
+    record. None when the PACS already holds its results (filed before, under another state file or URL)."""
     from dataclasses import replace
 
     from model.outputs.dicom_results import build_outputs, filed_uids, quiet_libraries
+    from model.store.recorder import Channel, upload_facts
+    from model.store.recorder import record as keep
 
     uids = filed_uids(sop_uid, ensemble.bundle.name)
     if pacs.answered(study_uid, uids["sr_sop_instance_uid"]):
         state.add(series_uid, sop_uid, uids)
         return None
     data = pacs.fetch(study_uid, series_uid, sop_uid)
+    facts = upload_facts(data) if record else None  # hashed while the analysis runs
     with quiet_libraries():  # pydicom's warnings quote the header's values
+        start = time.perf_counter()
         result, _, picture = analyse_instance(data, "instance.dcm", ensemble, explainer, guard, threshold,
                                               operating_point, site)
+        latency_ms = (time.perf_counter() - start) * 1000
         result = replace(policy.apply(result), file=None)
         outputs = build_outputs(data, result, ensemble.bundle, picture, uids=uids)
     filed = Filed(result, sop_uid, pacs.store(outputs))
     state.add(series_uid, sop_uid, filed.stored, error=(result.error or {}).get("code"))
+    if record:  # as filed: an image withheld by the policy is recorded without a label, as the PACS has it
+        filed.record = keep(result, ensemble.bundle, channel=Channel.PACS, data=data, facts=facts, site=site,
+                            latency_ms=latency_ms)
     return filed
 
 
@@ -575,6 +585,8 @@ def add_cli(sub) -> None:
                    help="file the finding even for an image outside the bundle's intended population (e.g. an "
                         "adult's for a pediatric bundle); by default it is filed 'not assessed'")
     add_connection_options(w)
+    w.add_argument("--no-record", dest="record", action="store_false",
+                   help="do not keep the results in the department's record (python -m model record)")
 
 
 def add_connection_options(parser) -> None:
@@ -701,7 +713,7 @@ def cli(args) -> int:
     try:
         watch(pacs, Ensemble(bundle), Explainer(bundle), for_bundle(bundle), once=args.once, interval=args.interval,
               threshold=args.threshold, operating_point=args.operating_point, site=site, emit=emit, report=report,
-              policy=FilingPolicy(allow_outside_population=args.allow_outside_population))
+              policy=FilingPolicy(allow_outside_population=args.allow_outside_population), record=args.record)
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
     except PacsAuthError as e:

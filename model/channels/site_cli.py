@@ -1,10 +1,12 @@
 """`python -m model site {fit,validate,list}`: check a bundle on a site's own labelled images, and fit a site
-profile (recalibration + operating points, judged by cross-validation) from them. See model/sites/profiles.py."""
+profile (recalibration + operating points, judged by cross-validation) from them, or from the record's confirmed
+results (`site fit --from-records`, model/store/sample.py). See model/sites/profiles.py."""
 from __future__ import annotations
 
 import json
 import sys
 
+from model.channels.record_cli import iso_time
 from model.outputs.safe_text import log_safe
 from model.sites import profiles as sites
 
@@ -14,8 +16,13 @@ def add_cli(sub):
     commands = site.add_subparsers(dest="site_command", required=True)
     labelled_help = ("a folder of class-named subfolders (other files ignored; names not case-sensitive), a CSV "
                      "with path,label columns, or a ZIP of either")
-    fit = commands.add_parser("fit", help="fit and save a site profile from a labelled sample")
-    fit.add_argument("labelled", help=labelled_help)
+    fit = commands.add_parser("fit", help="fit and save a site profile from a labelled sample, or from the record's "
+                                          "confirmed results (--from-records)")
+    fit.add_argument("labelled", nargs="?", default=None, help=labelled_help)
+    fit.add_argument("--from-records", action="store_true",
+                     help="fit on the confirmed results in the record (python -m model record) instead of images")
+    fit.add_argument("--since", type=iso_time, default=None, help="with --from-records: results from (ISO 8601)")
+    fit.add_argument("--until", type=iso_time, default=None, help="with --from-records: results before (ISO 8601)")
     fit.add_argument("--name", required=True, help="site name (letters, digits, '.', '_', '-')")
     fit.add_argument("--bundle", default=None)
     fit.add_argument("--force", action="store_true", help="replace an existing profile of the same name")
@@ -36,11 +43,11 @@ def add_cli(sub):
     listing.add_argument("--json", action="store_true")
 
 
-def _bundle(name: str | None):
+def _bundle(name: str | None, models: bool = True):
     from model.core.bundle import NoBundle, load_chosen
 
     try:
-        return load_chosen(name, warn=lambda m: print(f"warning: {m}", file=sys.stderr))[1]
+        return load_chosen(name, warn=lambda m: print(f"warning: {m}", file=sys.stderr), models=models)[1]
     except NoBundle as e:
         raise SystemExit(f"error: {e}") from None
 
@@ -58,6 +65,18 @@ def scored_sample(path: str, bundle) -> sites.Scored:
     return sites.score(labelled, Ensemble(bundle), guard=for_bundle(bundle), progress=_progress)
 
 
+def records_sample(bundle, since=None, until=None):
+    """(Scored, range) from the record's confirmed results; the record's own faults as SiteError."""
+    from model.store.db import StoreError
+    from model.store.recorder import recorder
+    from model.store.sample import records_sample as sample
+
+    try:
+        return sample(recorder().store(), bundle, since, until)
+    except StoreError as e:
+        raise sites.SiteError("record_unavailable", e.message) from None
+
+
 def cli(args) -> int:
     try:
         if args.site_command == "fit":  # before loading anything, so a bad number costs nothing and writes nothing
@@ -69,7 +88,11 @@ def cli(args) -> int:
 
 
 def _fit(args) -> int:
-    bundle = _bundle(args.bundle)
+    if bool(args.labelled) == bool(args.from_records):
+        raise sites.SiteError("bad_option", "Give either a labelled sample or --from-records (not both).")
+    if (args.since or args.until) and not args.from_records:
+        raise sites.SiteError("bad_option", "--since and --until go with --from-records.")
+    bundle = _bundle(args.bundle, models=not args.from_records)  # a fit on the record runs no model
     sites.check_name(args.name)
     path = sites.profile_path(args.name)
     if path.exists() and not args.force:  # say so before minutes of scoring, not after
@@ -77,8 +100,13 @@ def _fit(args) -> int:
                                         "to replace it.")
     if args.sign_key:
         sites.sign({}, args.sign_key)  # an unreadable key is said before minutes of scoring
-    scored = scored_sample(args.labelled, bundle)
-    profile = sites.fit(scored, bundle, args.name, folds=args.folds, repeats=args.repeats, seed=args.seed)
+    span = None
+    if args.from_records:
+        scored, span = records_sample(bundle, args.since, args.until)
+    else:
+        scored = scored_sample(args.labelled, bundle)
+    profile = sites.fit(scored, bundle, args.name, folds=args.folds, repeats=args.repeats, seed=args.seed,
+                        records=span)
     if args.sign_key:
         profile = sites.sign(profile, args.sign_key)
     path = sites.save(profile, force=args.force)

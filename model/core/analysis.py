@@ -142,14 +142,17 @@ def failed(name: str | None, bundle, code: str, message: str) -> Result:
 def read(data: bytes, name: str | None, bundle, guard=None,
          max_pixels: int = MAX_PIXELS) -> tuple[Result, object | None]:
     """The per-file step before inference: decode (refusing more than `max_pixels` per frame), then check with
-    `guard(decoded)` (a list of warnings; see `model.core.guard.for_bundle`). Returns (result without a prediction,
+    `guard(decoded)` (a list of warnings, with their scores when it is a `model.core.guard.Checked`; see
+    `model.core.guard.for_bundle`). Returns (result without a prediction,
     Decoded or None when unreadable)."""
     try:
         decoded = decode(data, name, max_pixels=max_pixels)
     except DecodeError as e:
         return failed(name, bundle, e.code, e.message), None
-    warnings = list(decoded.warnings) + (guard(decoded) if guard else [])
-    return Result(name, bundle.name, bundle.task, warnings=warnings, meta=decoded.meta), decoded
+    checked = guard(decoded) if guard else []
+    scores = getattr(checked, "scores", None)  # model.core.guard.Checked; a plain list from another guard
+    return Result(name, bundle.name, bundle.task, warnings=list(decoded.warnings) + list(checked),
+                  meta=decoded.meta, guard_scores=scores or None), decoded
 
 
 def analyse(data: bytes, name: str | None, ensemble, threshold: float | None = None,

@@ -296,20 +296,25 @@ def member_path(path: Path, manifest: dict, info) -> Path:
     return file
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Verify and load one bundle. Raises a BundleError with a human message on any problem.
+def load_bundle(path: str | Path, models: bool = True) -> Bundle:
+    """Verify and load one bundle. Raises a BundleError with a human message on any problem. With `models=False`
+    everything is verified (manifest, signature, member and report sha256s) but the Keras members are not loaded
+    and TensorFlow is not imported: what needs only the bundle's identity, points and reports (the record's
+    commands) starts in a moment.
 
     Every call verifies every file again. A member whose just-verified sha256 this process has loaded before reuses
     that model (the bytes are the same), so loading a bundle again (each command run in one process, the API, a page
     going back to a bundle) costs the checksums only, and the compiled functions built on the model are kept
     (Ensemble, Explainer)."""
-    import keras
-
     path = Path(path)
     manifest = read_manifest(path)  # checks the signature when TORAX_TRUSTED_KEYS is set
     members = verify(path, manifest)
     verify_reports(path, manifest)
     bundle = Bundle(path, manifest, members, signed=bool(os.environ.get("TORAX_TRUSTED_KEYS", "").strip()))
+    if not models:
+        return bundle
+    import keras
+
     for member in bundle.members:
         digest = member.info["sha256"]  # verify() compared it with the file
         with _loaded_lock:
@@ -339,12 +344,13 @@ def discover(root: str | Path | None = None) -> list[Path]:
     return sorted(p.parent for p in Path(root or bundles_dir()).glob("*/manifest.json"))
 
 
-def load_all(root: str | Path | None = None) -> tuple[dict[str, Bundle], dict[str, str]]:
-    """Load every bundle under `root`. Returns ({name: Bundle}, {folder name: error message})."""
+def load_all(root: str | Path | None = None, models: bool = True) -> tuple[dict[str, Bundle], dict[str, str]]:
+    """Load every bundle under `root` (`models`: see load_bundle). Returns ({name: Bundle}, {folder name: error
+    message})."""
     bundles, errors = {}, {}
     for path in discover(root):
         try:
-            bundle = load_bundle(path)
+            bundle = load_bundle(path, models)
         except BundleError as e:
             errors[path.name] = e.message
             continue
@@ -372,10 +378,11 @@ class NoBundle(Exception):
     """No bundle to answer with: the one named is not usable, or the default was refused or is missing."""
 
 
-def load_chosen(name: str | None = None, warn=None) -> tuple[dict[str, Bundle], Bundle]:
+def load_chosen(name: str | None = None, warn=None, models: bool = True) -> tuple[dict[str, Bundle], Bundle]:
     """Every usable bundle and the one to answer with: `name`, else the default. Fails closed: when the default
-    is refused or missing, no other bundle is chosen in its place (NoBundle says why). `warn` hears each refusal."""
-    bundles, errors = load_all()
+    is refused or missing, no other bundle is chosen in its place (NoBundle says why). `warn` hears each refusal.
+    `models`: see load_bundle."""
+    bundles, errors = load_all(models=models)
     for message in errors.values():
         if warn:
             warn(message)

@@ -26,7 +26,8 @@ import numpy as np
 from model.core.preprocess import shrink
 from model.core.types import WarningCode
 
-__all__ = ["check", "for_bundle", "features", "population_features", "load_params", "GuardError", "PARAMS_DIR"]
+__all__ = ["check", "for_bundle", "features", "population_features", "load_params", "Checked", "GuardError",
+           "PARAMS_DIR"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,16 @@ class GuardError(RuntimeError):
 
 def _warning(code: WarningCode, message: str) -> dict:
     return {"code": code, "message": message}
+
+
+class Checked(list):
+    """The check's warnings (a plain list to every caller) with the scores behind them: `scores["chest_xray"]`,
+    P(frontal chest radiograph), and `scores["adult"]`, P(adult), each present only when that classifier ran.
+    `analyse` keeps them as `Result.guard_scores`, so the record can show how close a call was."""
+
+    def __init__(self, warnings=(), scores: dict | None = None):
+        super().__init__(warnings)
+        self.scores = dict(scores or {})
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -226,19 +237,21 @@ def for_bundle(bundle):
     return lambda decoded: check(decoded, population=population)
 
 
-def check(decoded, population: str | None = None, params: dict | None = None) -> list[dict]:
+def check(decoded, population: str | None = None, params: dict | None = None) -> Checked:
     """Warnings for an upload that is not a frontal chest radiograph, or (for a bundle whose population string
-    starts with "pediatric") one that looks like an adult's. Never raises: if the check itself fails, it says so
-    in a warning rather than hiding the prediction."""
+    starts with "pediatric") one that looks like an adult's, with the classifiers' scores (`Checked.scores`).
+    Never raises: if the check itself fails, it says so in a warning rather than hiding the prediction."""
     try:
-        return _check(decoded, population, params)
+        scores: dict = {}
+        return Checked(_check(decoded, population, params, scores), scores)
     except Exception as e:  # the guard must never take a prediction down with it
         log.warning("input check failed: %s", type(e).__name__)
-        return [_warning(WarningCode.GUARD_UNAVAILABLE, "The check that this is a chest X-ray could not run, so it was "
-                                              "skipped. Make sure the image is a frontal chest X-ray.")]
+        return Checked([_warning(WarningCode.GUARD_UNAVAILABLE, "The check that this is a chest X-ray could not run, "
+                                                                "so it was skipped. Make sure the image is a frontal "
+                                                                "chest X-ray.")])
 
 
-def _check(decoded, population, params) -> list[dict]:
+def _check(decoded, population, params, scores: dict) -> list[dict]:
     pixels = np.asarray(decoded.pixels)
     if pixels.ndim == 3:  # decode() always gives 2-D uint8; be lenient with other callers
         pixels = pixels.mean(axis=-1)
@@ -274,13 +287,13 @@ def _check(decoded, population, params) -> list[dict]:
             "not an X-ray)."))
     else:
         p = params if params is not None else load_params()
-        score = float(mlp(cxr_vector(stats, thumb, p), p, "cxr_")[0])
+        score = scores["chest_xray"] = float(mlp(cxr_vector(stats, thumb, p), p, "cxr_")[0])
         colour = WarningCode.COLOR_IMAGE in have
         if score < float(p["cxr_threshold_colour" if colour else "cxr_threshold"]):
             reasons.append("it is a colour picture" if colour else
                            "it looks like a photo, document, screen or other picture, or another kind of scan")
         elif not reasons and _is_pediatric(population):
-            adult = float(mlp(population_features(thumb, p), p, "pop_")[0])
+            adult = scores["adult"] = float(mlp(population_features(thumb, p), p, "pop_")[0])
             if adult >= float(p["pop_threshold"]):
                 out.append(_warning(
                     WarningCode.OUTSIDE_INTENDED_POPULATION,

@@ -142,6 +142,9 @@ class Result:
         "{code, message} when the file could not be analysed (the prediction fields are then null)."))
     meta: dict | None = field(default=None, metadata=_doc(
         "Non-identifying facts about the file: format, size, bit depth..."))
+    guard_scores: dict[str, float] | None = field(default=None, metadata=_doc(
+        "The input check's scores behind its warnings: chest_xray (how much the image looks like a frontal chest "
+        "radiograph, 0-1) and, for a bundle that learned from children, adult (0-1); each only when it ran."))
     cam: str | None = field(default=None, metadata=_doc(
         "CLI: the overlay file written; API: the CAM method of the overlay, when one was asked for."))
     cam_class: str | None = field(default=None, metadata=_doc("The class the overlay explains."))

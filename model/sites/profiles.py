@@ -341,8 +341,9 @@ def bundle_targets(bundle) -> dict:
 
 
 def fit(scored: Scored, bundle, name: str, folds: int = FOLDS, repeats: int = REPEATS, seed: int = 0,
-        boot: int = BOOTSTRAP) -> dict:
-    """A site profile (a dict, not yet saved) from a scored labelled sample."""
+        boot: int = BOOTSTRAP, records: dict | None = None) -> dict:
+    """A site profile (a dict, not yet saved) from a scored labelled sample: labelled images, or the record's
+    confirmed results (model.store.sample; `records` then names the range of the record used)."""
     _require_binary(bundle)
     check_name(name)
     check_options(folds, repeats, seed)
@@ -364,7 +365,8 @@ def fit(scored: Scored, bundle, name: str, folds: int = FOLDS, repeats: int = RE
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "bundle": bundle_identity(bundle),
         "sample": {"source": scored.source.strip("'"), "n": scored.n, "per_class": scored.per_class,
-                   "skipped": dict(Counter(s["code"] for s in scored.skipped)), "sha256": sample_fingerprint(scored)},
+                   "skipped": dict(Counter(s["code"] for s in scored.skipped)), "sha256": sample_fingerprint(scored),
+                   **({"records": records} if records else {})},
         "calibration": {"method": "platt on the ensemble logit: p_site = sigmoid(a * logit(p) + b)",
                         "a": a, "b": b},
         "operating_points": points,
@@ -493,6 +495,13 @@ class SiteProfile:
     def calibrate(self, p):
         c = self.data["calibration"]
         out = M.sigmoid(c["a"] * M.logit(p) + c["b"])
+        return float(out) if np.ndim(out) == 0 else out
+
+    def uncalibrate(self, p):
+        """The probability as shipped that `calibrate` turns into `p` (a > 0, so one-to-one; exact to about 1e-9
+        between 1e-7 and 1 - 1e-7)."""
+        c = self.data["calibration"]
+        out = M.sigmoid((M.logit(p) - c["b"]) / c["a"])
         return float(out) if np.ndim(out) == 0 else out
 
     def operating_point(self, name: str | None = None) -> dict:

@@ -10,6 +10,8 @@ Session-state keys (the only cross-page state):
 - "current_upload": {"name": str, "data": bytes}  image opened from the worklist into Diagnose
 - "data_dir": str                             the dataset folder on this computer (Dataset and Evaluation)
 - "site": str | None                          the active site profile (sidebar); pages/lib/sites_view.py has the rest
+- "record": bool                              keep results in the department's record (sidebar);
+                                              pages/lib/record_view.py has the rest
 Nothing here writes uploads to disk.
 """
 from __future__ import annotations
@@ -108,4 +110,7 @@ def sidebar():
     name = st.session_state.get("bundle") if st.session_state.get("bundle") in bundles else \
         default_bundle_name(bundles)
     sidebar_site(bundles.get(name) if name else None)
+    from pages.lib.record_view import sidebar_record
+
+    sidebar_record()
     st.sidebar.caption(t("disclaimer"))

@@ -1,8 +1,8 @@
 """What the browser tests share: a page opened in its own context (its own Streamlit session), and the sidebar as
-the navigation must draw it (exactly the five pages, the three controls, no "Page not found")."""
+the navigation must draw it (exactly the six pages, the three controls, no "Page not found")."""
 from __future__ import annotations
 
-PAGES = ["Diagnose", "Worklist", "Dataset", "Evaluation", "Model card"]
+PAGES = ["Diagnose", "Worklist", "Monitoring", "Dataset", "Evaluation", "Model card"]
 
 
 def open_page(chromium, url: str, locale: str = "en-US"):
