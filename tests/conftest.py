@@ -178,8 +178,12 @@ def ray_cluster():
 # ---------------------------------------------------------------------------------------------------------------------
 # Parallel workers (pytest.ini: -n 2 --dist loadgroup): whole files per worker, as --dist loadfile, so a module's
 # Orthanc or server starts once; files marked xdist_group("name") go to one worker together (the live-app files share
-# the session's app_server there).
+# the session's app_server there); the files in EACH_TEST_ALONE share nothing between their tests (each deep-link test
+# starts its own fresh server), so their tests are spread over both workers.
 # ---------------------------------------------------------------------------------------------------------------------
+EACH_TEST_ALONE = ("tests/test_browser_deeplinks.py",)
+
+
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
@@ -187,7 +191,8 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             if "@" in nodeid:  # loadgroup appends "@group" to a marked test's id
                 return nodeid.rsplit("@", 1)[1]
-            return nodeid.split("::", 1)[0]
+            file = nodeid.split("::", 1)[0]
+            return nodeid if file in EACH_TEST_ALONE else file
 
     return FilesAndGroups(config, log)
 
