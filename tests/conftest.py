@@ -182,16 +182,6 @@ def ray_cluster():
 # starts its own fresh server), so their tests are spread over both workers.
 # ---------------------------------------------------------------------------------------------------------------------
 EACH_TEST_ALONE = ("tests/test_browser_deeplinks.py",)
-# The longest files start first (pytest.ini: --no-loadscope-reorder keeps this order), so no worker is left finishing
-# a long one while the other has nothing to do; the rest follow in their usual order. Measured: each takes 30-75 s.
-LONGEST_FIRST = ("test_recipe.py", "test_archive_ray.py", "test_browser_deeplinks.py", "test_browser.py",
-                 "test_browser_sites.py", "test_load.py", "test_pacs.py", "test_training.py", "test_io.py",
-                 "test_site_workflow.py", "test_app_sites.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
 
 
 def pytest_xdist_make_scheduler(config, log):
