@@ -110,3 +110,11 @@ def test_a_database_that_cant_be_used_leaves_the_reader_working_and_says_so(tmp_
     at.switch_page("pages/monitoring.py").run()
     assert "The record can't be read right now" in seen(at) and "is not a SQLite database" in seen(at)
     assert foreign.read_bytes() == b"not a database, but somebody's file" * 20
+
+
+def test_one_days_volume_is_a_visible_bar():
+    # Seen in Chromium: on plotly's date axis a single day's bar is a millisecond wide, so the chart looked empty.
+    from pages.lib.monitoring_view import volume_figure
+
+    fig = volume_figure({"volume": {"by": "day", "counts": {"2026-12-01": 363}}}, lambda key, **_: key)
+    assert fig.layout.xaxis.type == "category" and list(fig.data[0].y) == [363]

@@ -26,8 +26,9 @@ def volume_figure(report: dict, t) -> go.Figure:
     counts = report["volume"]["counts"]
     fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values()), marker_color=REFERENCE_COLOUR,
                            hovertemplate="%{x}: %{y}<extra></extra>"))
+    # days and weeks as categories: on a date axis one day's bar is a millisecond wide, i.e. invisible
     fig.update_layout(title=t(f"volume_{report['volume']['by']}"), height=280, margin=dict(l=10, r=10, t=40, b=10),
-                      yaxis=dict(title=t("results")))
+                      yaxis=dict(title=t("results")), xaxis=dict(type="category"))
     return fig
 
 
