@@ -17,16 +17,9 @@ import pytest
 from model.__main__ import main
 from model.core import metrics as M
 
-from helpers.images import colour_photo, png_bytes, radiograph
+from helpers.images import colour_photo, radiograph_png
 
 N_PER_CLASS = 8
-
-
-def radiograph_png(seed: int, pneumonia: bool) -> bytes:
-    image = radiograph((256, 224), seed=seed)
-    if pneumonia:
-        cv2.circle(image, (70, 140), 22, 235, -1)
-    return png_bytes(image)
 
 
 @pytest.fixture(scope="module")

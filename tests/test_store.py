@@ -18,7 +18,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,7 +30,7 @@ from model.store.schema import results
 
 from helpers.cli import run_cli
 from helpers.dicom import chest_dx, to_bytes
-from helpers.images import png_bytes, radiograph
+from helpers.images import radiograph, radiograph_png
 from helpers.records import START, result, shipped_bundle, write
 
 
@@ -56,13 +55,6 @@ def url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'records.sqlite3'}"
     return request.getfixturevalue("postgres").database(f"t{uuid.uuid4().hex[:12]}")
-
-
-def radiograph_png(seed: int, pneumonia: bool) -> bytes:
-    image = radiograph((256, 224), seed=seed)
-    if pneumonia:
-        cv2.circle(image, (70, 140), 22, 235, -1)
-    return png_bytes(image)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -934,22 +934,11 @@ def _as_stop(error: Exception) -> Exception:
 # ---------------------------------------------------------------------------------------------------------------------
 # Command line: python -m model archive score
 # ---------------------------------------------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not at least 1")
-    return value
-
-
 def add_cli(sub) -> None:
     """Register `archive score` on the CLI's subparsers."""
     import argparse
 
+    from model.__main__ import positive_int
     from model.channels import pacs
 
     archive = sub.add_parser("archive", help="score a whole archive into a Parquet table (docs in "
@@ -963,11 +952,11 @@ def add_cli(sub) -> None:
                    help="local: this process (default); ray: Ray Data on an actor pool")
     s.add_argument("--address", default=None, help="join this Ray cluster (auto, or ray://HOST:PORT); default: a "
                                                    "local Ray on this machine's cores (--engine ray)")
-    s.add_argument("--workers", type=_positive_int, default=None,
+    s.add_argument("--workers", type=positive_int, default=None,
                    help="scoring actors (--engine ray; default: one per CPU of the cluster)")
     s.add_argument("--gpus-per-worker", type=float, default=0.0,
                    help="GPUs each actor asks for (--engine ray; e.g. 1 for one actor per GPU)")
-    s.add_argument("--batch-size", type=_positive_int, default=BATCH,
+    s.add_argument("--batch-size", type=positive_int, default=BATCH,
                    help=f"inputs per forward pass and per part file (default {BATCH})")
     s.add_argument("--bundle", default=None, help="bundle name (default: the default bundle)")
     s.add_argument("--site", default=None, help="apply this site profile (python -m model site fit)")

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from model.outputs.safe_text import md_escape
-from pages.lib.ui import tr
+from pages.lib.ui import show_outcome, tr
 
 PERIOD_COLOUR, REFERENCE_COLOUR = "#E45756", "#4C78A8"
 RATES = ("sensitivity", "specificity", "ppv", "npv", "agreement", "auc", "ece")
@@ -155,9 +155,4 @@ def refit_section(store, bundle, since, until) -> None:
     right.checkbox(t("refit_replace"), key="mon_refit_replace")
     st.button(t("refit_button"), key="mon_refit", on_click=_refit, args=(store, bundle, since, until),
               disabled=not (st.session_state.get("mon_refit_name") or "").strip(), icon=":material/tune:")
-    message = st.session_state.pop("mon_refit_message", None)
-    if message:
-        kind, text, lines = message
-        (st.success if kind == "ok" else st.error)(text)
-        if lines:
-            st.code("\n".join(lines), language=None)
+    show_outcome("mon_refit_message")

@@ -17,7 +17,7 @@ from model.core import metrics as M
 from model.core.types import Task
 from model.outputs.safe_text import md_escape
 from model.sites import profiles as sites
-from pages.lib.ui import UPLOAD_TYPES, tr
+from pages.lib.ui import UPLOAD_TYPES, show_outcome, tr
 
 COLOURS = {"internal": "#4C78A8", "external": "#E45756", "site": "#54A24B"}
 ORDER = ("internal", "external", "site")
@@ -249,12 +249,7 @@ def save_section(bundle, scored):
     else:
         st.button(t("save_button"), key="sc_save", on_click=_save, args=(bundle, scored, None, False),
                   disabled=not (name or "").strip(), icon=":material/save:")
-    message = st.session_state.pop("site_save_message", None)
-    if message:
-        kind, text, lines = message
-        (st.success if kind == "ok" else st.error)(text)
-        if lines:
-            st.code("\n".join(lines), language=None)
+    show_outcome("site_save_message")
 
 
 def site_check(bundle, ensemble_for):

@@ -83,3 +83,14 @@ def data_dir_input(t: Translator, key: str) -> str:
     st.text_input(t("data_dir"), key=key, help=t("data_dir_help"),
                   on_change=lambda: st.session_state.update(data_dir=st.session_state[key].strip()))
     return st.session_state["data_dir"]
+
+
+def show_outcome(key: str) -> None:
+    """Show, once, the (kind, text, lines) that a button's callback left in session state under `key`: a success or
+    an error, and any lines (e.g. per-fold problems) as a block."""
+    message = st.session_state.pop(key, None)
+    if message:
+        kind, text, lines = message
+        (st.success if kind == "ok" else st.error)(text)
+        if lines:
+            st.code("\n".join(lines), language=None)
