@@ -22,7 +22,7 @@ from model.core.types import CamMethod, Result, Task
 from model.outputs.downloads import png_bytes, report_html, report_json
 from model.outputs.safe_text import md_escape
 from model.store.recorder import Channel
-from pages.lib.common import current_bundle, get_ensemble, get_explainer, threshold_for
+from pages.lib.common import current_bundle, get_ensemble, get_explainer, ready_to_predict, threshold_for
 from pages.lib.outputs import draw_outputs
 from pages.lib.record_view import confirm_section, keep, record_caption
 from pages.lib.router import take_over
@@ -275,7 +275,7 @@ st.caption(t("intro"))
 bundle = current_bundle()
 st.file_uploader(t("upload"), type=UPLOAD_TYPES, key="dx_upload", on_change=_take_upload, help=t("upload_help"))
 upload = st.session_state.get("current_upload")
-if bundle is None:
+if bundle is None or not ready_to_predict(bundle):  # the members load while a first image is being chosen
     st.stop()
 if not upload:
     st.info(t("empty"), icon=":material/radiology:")

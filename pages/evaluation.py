@@ -13,7 +13,7 @@ from model.outputs import bundle_tables as tables
 from model.outputs import data_folder
 from model.outputs import formatting as F
 from pages.lib import charts
-from pages.lib.common import bundle_report, current_bundle, get_ensemble, get_explainer, threshold_for
+from pages.lib.common import bundle_report, current_bundle, get_ensemble, get_explainer, ready_to_predict, threshold_for
 from pages.lib.evidence_view import lead
 from pages.lib.router import take_over
 from pages.lib.sites_view import active_site, side_by_side, site_caption, site_check
@@ -229,7 +229,8 @@ def error_gallery(bundle, scores: dict, threshold: float):
     if not data_folder.data_dir_ok(data_dir):
         st.info(t("data_dir_missing"))
         return
-    if st.button(t("show_errors", threshold=F.fmt_num(threshold)), key="show_errors", type="primary"):
+    if st.button(t("show_errors", threshold=F.fmt_num(threshold)), key="show_errors", type="primary") \
+            and ready_to_predict(bundle):
         with st.spinner(t("computing_errors")):
             found = tables.errors(scores, threshold, GALLERY_SIZE)
             point = tables.at_threshold(*test_scores(bundle.name), threshold)

@@ -21,7 +21,7 @@ from model.outputs.downloads import worklist_rows
 from model.outputs.safe_text import csv_text, md_escape
 from model.store.recorder import Channel
 from pages.lib import archive_job
-from pages.lib.common import current_bundle, get_ensemble, threshold_for
+from pages.lib.common import current_bundle, get_ensemble, ready_to_predict, threshold_for
 from pages.lib.record_view import keep
 from pages.lib.router import take_over
 from pages.lib.sites_view import active_site, site_caption
@@ -49,7 +49,7 @@ bundle = current_bundle()
 st.file_uploader(t("upload"), type=UPLOAD_TYPES, accept_multiple_files=True, key="wl_upload",
                  on_change=_take_uploads, help=t("upload_help"))
 entries = st.session_state.get("worklist_entries") or []
-if bundle is None:
+if bundle is None or not ready_to_predict(bundle):
     st.stop()
 
 

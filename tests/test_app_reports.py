@@ -455,3 +455,29 @@ def test_evaluation_shows_the_input_size_table_plot_and_sentence(tiny_bundles, p
     assert values(test_auc["y"]).tolist() == pytest.approx([r[2] for r in SIZE_ROWS])
     table = next(d.value for d in at.dataframe if ev["col_input_size"] in d.value.columns)
     assert table[ev["col_input_size"]].tolist() == ["64 × 64", "128 × 128", "224 × 224"]
+
+
+def test_a_member_that_cannot_be_read_is_explained_where_it_is_needed(tiny_bundles, point_app_at, tmp_path):
+    """The app verifies every bundle when it starts but loads Keras members only on the pages that predict. A member
+    whose bytes match the manifest's sha256 but are not a Keras file leaves the reading pages working and makes
+    Diagnose and Worklist say which model was not loaded, with no traceback."""
+    from model.core.bundle import sha256_file
+
+    root = tmp_path / "bundles"
+    shutil.copytree(tiny_bundles / BUNDLE, root / BUNDLE)
+    manifest = read(root / BUNDLE, "manifest")
+    member = root / BUNDLE / manifest["members"][0]["file"]
+    member.write_bytes(b"not a keras archive")
+    manifest["members"][0]["sha256"] = sha256_file(member)
+    (root / BUNDLE / "manifest.json").write_text(json.dumps(manifest))
+    point_app_at(root)
+
+    for page in ("model_card", "dataset"):
+        at = open_page(page)
+        assert not [e.value for e in at.error if "was not loaded" in e.value]
+        assert at.title and at.markdown
+    for page in ("diagnose", "worklist"):
+        at = open_page(page)
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and f"The model '{BUNDLE}' was not loaded" in errors[0], errors
+        assert "could not be loaded (code bundle_error)" in errors[0].replace("\\", "")  # markdown-escaped

@@ -13,9 +13,10 @@ from helpers.servers import streamlit_server
 
 pytestmark = pytest.mark.browser
 
-URLS = ["", "diagnose", "worklist", "dataset", "evaluation", "model-card"]
-TITLES = {"": "Diagnose", "diagnose": "Diagnose", "worklist": "Worklist", "dataset": "Training data",
-          "evaluation": "How well the model performs", "model-card": "Model card"}  # each page's own title
+URLS = ["", "diagnose", "worklist", "monitoring", "dataset", "evaluation", "model-card"]
+TITLES = {"": "Diagnose", "diagnose": "Diagnose", "worklist": "Worklist", "monitoring": "Monitoring",
+          "dataset": "Training data", "evaluation": "How well the model performs",
+          "model-card": "Model card"}  # each page's own title
 
 
 @pytest.mark.parametrize("path", URLS)
@@ -26,6 +27,10 @@ def test_first_request_runs_the_navigation(two_bundles, chromium, tmp_path, path
             sidebar_state(page)
             from playwright.sync_api import expect
             expect(page.get_by_role("heading", name=TITLES[path]).first).to_be_visible()
+            if path in ("", "diagnose", "worklist"):  # pages that predict load the members after drawing the page
+                expect(page.locator("[data-testid=stFileUploaderDropzone]").first).to_be_visible()
+                expect(page.get_by_text("Loading the model")).to_have_count(0)
+                expect(page.get_by_text("was not loaded")).to_have_count(0)
             if path == "model-card":  # the same server, now warm: a helper module is not a page
                 page.goto(f"{url}/common")
                 expect(page.get_by_text("Page not found")).to_be_visible()

@@ -311,10 +311,21 @@ def load_bundle(path: str | Path, models: bool = True) -> Bundle:
     members = verify(path, manifest)
     verify_reports(path, manifest)
     bundle = Bundle(path, manifest, members, signed=bool(os.environ.get("TORAX_TRUSTED_KEYS", "").strip()))
-    if not models:
+    return load_members(bundle, recheck=False) if models else bundle  # just verified
+
+
+def load_members(bundle: Bundle, recheck: bool = True) -> Bundle:
+    """Load the Keras members of a bundle that `load_bundle(..., models=False)` verified, in place, and return it
+    (members already loaded are kept). With `recheck`, every member file is checked against its sha256 again just
+    before it is read, so a file changed since the bundle was verified is refused, not loaded. Raises a BundleError
+    with a human message, as load_bundle does. The app verifies its bundles when it starts and loads members only
+    for the pages that predict: the others open without importing TensorFlow."""
+    if all(member.model is not None for member in bundle.members):
         return bundle
     import keras
 
+    if recheck:
+        verify(bundle.path, bundle.manifest)  # the bytes about to be read are the ones the manifest names
     for member in bundle.members:
         digest = member.info["sha256"]  # verify() compared it with the file
         with _loaded_lock:

@@ -23,24 +23,35 @@ from pages.lib.ui import LANGUAGES, lang, tr
 
 @st.cache_resource(show_spinner=False)
 def load_bundles():
-    """({name: Bundle}, {folder: error message}); loaded and checksum-verified once per process."""
+    """({name: Bundle}, {folder: error message}); every bundle's manifest, signature and files checksum-verified
+    once per process. The Keras members are loaded by `with_members`, for the pages that predict: the sidebar,
+    Dataset, Evaluation, Model card and Monitoring open without importing TensorFlow (a fresh server answers a
+    link to them in a few seconds)."""
     from model.core.bundle import load_all
 
-    return load_all()
+    return load_all(models=False)
+
+
+def with_members(name: str):
+    """The bundle `name` with its Keras members loaded (once per process; each file's sha256 is checked again
+    just before it is read). Raises model.core.bundle.BundleError."""
+    from model.core.bundle import load_members
+
+    return load_members(load_bundles()[0][name])
 
 
 @st.cache_resource(show_spinner=False)
 def get_ensemble(name: str):
     from model.core.ensemble import Ensemble
 
-    return Ensemble(load_bundles()[0][name])
+    return Ensemble(with_members(name))
 
 
 @st.cache_resource(show_spinner=False)
 def get_explainer(name: str):
     from model.core.explain import Explainer
 
-    return Explainer(load_bundles()[0][name])
+    return Explainer(with_members(name))
 
 
 @st.cache_data(show_spinner=False)
@@ -68,6 +79,21 @@ def current_bundle():
             return None
         st.session_state["bundle"] = default
     return bundles[st.session_state["bundle"]]
+
+
+def ready_to_predict(bundle) -> bool:
+    """Load the bundle's Keras members for a page that predicts (a spinner the first time in this process); False,
+    with the reason drawn as for a refused bundle, when they cannot be loaded."""
+    from model.core.bundle import BundleError
+    from model.outputs.safe_text import md_escape
+
+    try:
+        with st.spinner(tr("common")("loading_models")):
+            with_members(bundle.name)
+    except BundleError as e:
+        st.error(tr("common")("bundle_refused", folder=md_escape(bundle.path.name), message=md_escape(e.message)))
+        return False
+    return True
 
 
 def threshold_for(bundle, site=None):

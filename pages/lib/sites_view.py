@@ -253,7 +253,8 @@ def save_section(bundle, scored):
 
 
 def site_check(bundle, ensemble_for):
-    """The upload → report → save flow. `ensemble_for(name)` gives the cached Ensemble."""
+    """The upload → report → save flow. `ensemble_for(name)` gives the cached Ensemble (it loads the members)."""
+    from model.core.bundle import BundleError
     from model.core.guard import for_bundle
 
     t = tr("sites")
@@ -286,8 +287,8 @@ def site_check(bundle, ensemble_for):
                                  max_pixels=sites.UPLOAD_PIXEL_BUDGET)
             bar.empty()
             st.session_state["site_check"] = {"bundle": bundle.name, "scored": scored}
-        except sites.SiteError as e:  # its message quotes entry, folder and archive names and CSV labels
-            st.error(md_escape(e.message), icon=":material/error:")
+        except (sites.SiteError, BundleError) as e:  # entry, folder and archive names, CSV labels; or why the
+            st.error(md_escape(e.message), icon=":material/error:")  # bundle's members could not be loaded
     check = st.session_state.get("site_check")
     if not check or check["bundle"] != bundle.name:
         return
