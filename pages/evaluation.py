@@ -387,7 +387,8 @@ def input_size_view(bundle):
         t("col_balanced_accuracy"): table["test_accuracy"].map(F.fmt_pct),
         t("sensitivity"): table["sensitivity"].map(F.fmt_pct), t("specificity"): table["specificity"].map(F.fmt_pct),
         t("col_latency"): table["latency_ms"].map(lambda v: F.fmt_num(v, 1)),
-        t("col_external_auc"): table["external_auc"]})
+        t("col_external_auc"): table["external_auc"],
+        t("col_external_accuracy"): table["external_accuracy"].map(F.fmt_pct)})
     st.dataframe(shown, hide_index=True, key="input_size_table",
                  column_config={t("col_val_auc"): fmt, t("col_auc"): fmt, t("col_external_auc"): fmt})
     st.caption(t("input_size_table_caption"))

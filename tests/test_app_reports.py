@@ -414,7 +414,7 @@ SIZE_ROWS = [  # (size, val AUC, test AUC, accuracy at the balanced point, laten
 def size_report() -> dict:
     return {"what": "one member (same recipe) trained at several square input sizes", "rows": [
         {"size": s, "member": "cnn", "params": 849785, "epochs": 12, "train_seconds": 100.0, "val_auc": v,
-         "test_auc": a, "test_auc_ci95": [a - 0.01, min(1.0, a + 0.004)], "test_balanced_accuracy": acc,
+         "test_auc": a, "test_auc_ci95": [a - 0.01, min(1.0, a + 0.004)], "test_accuracy": acc,
          "test_sensitivity": acc + 0.01, "test_specificity": acc - 0.02, "balanced_threshold": 0.5,
          "external_auc": a - 0.02, "external_accuracy": acc - 0.05, "external_dataset": "later-collection",
          "latency_ms": ms} for s, v, a, acc, ms in SIZE_ROWS]}
@@ -455,6 +455,7 @@ def test_evaluation_shows_the_input_size_table_plot_and_sentence(tiny_bundles, p
     assert values(test_auc["y"]).tolist() == pytest.approx([r[2] for r in SIZE_ROWS])
     table = next(d.value for d in at.dataframe if ev["col_input_size"] in d.value.columns)
     assert table[ev["col_input_size"]].tolist() == ["64 × 64", "128 × 128", "224 × 224"]
+    assert table[ev["col_external_accuracy"]].tolist() == [F.fmt_pct(r[3] - 0.05) for r in SIZE_ROWS]
 
 
 def test_a_member_that_cannot_be_read_is_explained_where_it_is_needed(tiny_bundles, point_app_at, tmp_path):

@@ -4,8 +4,10 @@ import base64
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from model.core.metrics import roc_auc
 from training.backbones import tfjs_weights
 
 
@@ -101,3 +103,68 @@ def test_member_subsets_and_the_two_stage_decision_are_compared_on_val(tmp_path)
     assert result["softmax"]["accuracy"] == pytest.approx(3 / 6)
     assert result["two_stage"]["accuracy"] == pytest.approx(4 / 6)  # 2 normal + 1 bacterial + 1 viral right
     assert result["two_stage"]["recall"]["NORMAL"] == 1.0
+
+
+def test_a_linear_probe_finds_a_real_signal_and_never_scores_a_patient_with_a_head_that_saw_them():
+    from training.probe import fit_logistic, out_of_fold, patient_folds, predict_logistic, probe
+
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(60), 3).astype(str)  # three images per patient
+    folds = patient_folds(patients)
+    assert all(len(set(folds[patients == p])) == 1 for p in set(patients))  # a patient never straddles folds
+    assert len(set(folds)) == 5
+
+    # A linear signal: the probe finds it in train and keeps it on new patients.
+    x = rng.normal(size=(180, 8))
+    y = (x[:, 0] - x[:, 1] + 0.3 * rng.normal(size=180) > 0).astype(float)
+    w = fit_logistic(x, y, 1e-3)
+    assert np.mean((predict_logistic(w, x) > 0.5) == y) > 0.9
+    result = probe(x[:120], y[:120], patients[:120], x[120:], y[120:], patients[120:])
+    assert result["val_auc"] > 0.9 and result["val_cv_auc"] > 0.85 and result["n_val"] == 60
+
+    # Features that only name the patient, labels drawn per patient: a head that saw a patient knows their label;
+    # out-of-fold predictions cannot, so their AUC is chance.
+    onehot = np.eye(60)[np.repeat(np.arange(60), 3)] + 0.01 * rng.normal(size=(180, 60))
+    labels = np.repeat(rng.integers(0, 2, 60), 3).astype(float)
+    seen = predict_logistic(fit_logistic(onehot, labels, 1e-4), onehot)
+    assert roc_auc(labels, seen) > 0.99
+    assert abs(roc_auc(labels, out_of_fold(onehot, labels, folds, 1e-4)) - 0.5) < 0.2
+
+
+def test_probe_reads_a_runs_split_and_a_bundles_member_features(tiny_bundles, tmp_path):
+    from training.probe import run_probe
+
+    run = tiny_bundles.parent / "run"
+    result = run_probe(run, tiny_bundles.parent / "data", bundle=tiny_bundles / "pneumonia-kermany")
+    members = json.loads((tiny_bundles / "pneumonia-kermany" / "manifest.json").read_text())["members"]
+    assert result["members"] == [m["name"] for m in members] and result["features"] > 0
+    split = pd.read_csv(run / "split.csv")
+    question = result["normal_vs_pneumonia"]
+    assert question["n_train"] == (split["split"] == "train").sum()
+    assert question["n_val"] == (split["split"] == "val").sum()
+    assert set(question) >= {"penalty", "train_cv_auc", "val_auc", "val_cv_auc"}
+    assert "test and external not scored" in result["split_used"]
+
+
+def test_a_size_study_row_takes_every_number_from_the_runs_val_chosen_evaluation(tmp_path):
+    import keras
+
+    from training.size_study import study
+
+    run = tmp_path / "size-16"
+    (run / "members").mkdir(parents=True)
+    inputs = keras.Input((16, 16, 1))
+    keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Conv2D(4, 3)(inputs)))).save(run / "members" / "cnn.keras")
+    (run / "members.json").write_text(json.dumps([{"name": "cnn", "file": "members/cnn.keras", "params": 45,
+                                                    "epochs_run": 12, "train_seconds": 60.0}]))
+    point = {"threshold": 0.7, "accuracy": 0.97, "sensitivity": 0.96, "specificity": 0.99}
+    (run / "evaluation.json").write_text(json.dumps({
+        "member_val_auc": {"cnn": 0.998},
+        "ensemble": {"auc": 0.997, "auc_ci95": [0.99, 0.999], "operating_points": {"balanced": point}},
+        "external": {"dataset": "later", "auc": 0.976, "operating_points": {"balanced": {
+            "threshold": 0.7, "accuracy": 0.86, "sensitivity": 0.99, "specificity": 0.64}}}}))
+    row = study({16: run})["rows"][0]
+    assert (row["size"], row["val_auc"], row["test_auc"], row["test_accuracy"]) == (16, 0.998, 0.997, 0.97)
+    assert (row["external_auc"], row["external_accuracy"], row["external_specificity"]) == (0.976, 0.86, 0.64)
+    assert row["balanced_threshold"] == 0.7 and row["latency_ms"] > 0

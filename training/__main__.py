@@ -113,6 +113,17 @@ def main(argv=None) -> int:
     hc.add_argument("--binary-run", required=True)
     hc.add_argument("--multiclass-run", required=True)
 
+    pr = sub.add_parser("probe", help="linear heads on frozen features (an ImageNet backbone, or a bundle's members), "
+                                      "normal vs pneumonia and bacterial vs viral, compared on val")
+    pr.add_argument("--run", required=True, help="a run whose patient split (split.csv) and input size are used")
+    pr.add_argument("--data", required=True, help="the dataset folder the run was trained on")
+    source = pr.add_mutually_exclusive_group(required=True)
+    source.add_argument("--backbone", choices=["xception_imagenet", "mobilenet_v2_nsfwjs"])
+    source.add_argument("--bundle", help="bundle folder: its members' pooled features, concatenated")
+    pr.add_argument("--backbones-dir", default="backbones")
+    pr.add_argument("--cache", help="decoded-image cache folder (as train's --cache)")
+    pr.add_argument("--out", required=True, help="JSON file to write")
+
     am = sub.add_parser("add-members", help="add an existing bundle's members to a run on the same patient split "
                                             "(then evaluate and export the larger ensemble)")
     am.add_argument("--run", required=True)
@@ -144,6 +155,12 @@ def main(argv=None) -> int:
         report = study({int(k): Path(v) for k, v in (r.split("=", 1) for r in args.run)})
         Path(args.out).write_text(json.dumps(report, indent=2))
         print(json.dumps(report, indent=2))
+        return 0
+    if args.command == "probe":
+        from training.probe import run_probe
+        result = run_probe(args.run, args.data, args.backbone, args.bundle, args.backbones_dir, args.cache)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))
         return 0
     if args.command == "heads-compare":
         from training.heads import compare_decisions

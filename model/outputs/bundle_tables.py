@@ -392,7 +392,7 @@ def input_size_table(report: dict) -> pd.DataFrame:
         ci = r.get("test_auc_ci95") or [np.nan, np.nan]
         rows.append({"size": int(r["size"]), "params": r.get("params"), "val_auc": r.get("val_auc"),
                      "test_auc": r.get("test_auc"), "ci_low": ci[0], "ci_high": ci[1],
-                     "test_accuracy": r.get("test_balanced_accuracy"), "sensitivity": r.get("test_sensitivity"),
+                     "test_accuracy": r.get("test_accuracy"), "sensitivity": r.get("test_sensitivity"),
                      "specificity": r.get("test_specificity"), "latency_ms": r.get("latency_ms"),
                      "external_auc": r.get("external_auc"), "external_accuracy": r.get("external_accuracy")})
     return pd.DataFrame(rows).sort_values("size", ignore_index=True) if rows else pd.DataFrame()

@@ -1,0 +1,168 @@
+"""Linear heads on frozen features, compared on val: what a backbone's features are worth without fine-tuning it,
+and whether a dedicated bacterial-vs-viral head beats the shipped subtype head.
+
+`python -m training probe` takes a run's patient split (its `split.csv`) and one source of features:
+
+- `--backbone NAME`: an ImageNet backbone fetched by `python -m training backbones fetch`, frozen, global-average
+  pooled. Xception (about 4.6 GFLOPs at 224) is too slow to fine-tune on a 2-core CPU; its frozen features cost one
+  forward pass per image, which the issue allows ("freezing early blocks, or caching features").
+- `--bundle FOLDER`: the pooled features each of a bundle's members feeds its head (the layer under the last
+  Dense), concatenated: a dedicated head re-fitted on the shipped networks.
+
+Images go through the project's one preprocessing path (`model.core.preprocess.to_model_input` at the run's input
+spec, then the stem every member uses: per-image standardisation). For each question (normal vs pneumonia on all
+images; bacterial vs viral on the pneumonia images) an L2-penalised logistic regression is fitted on the train
+split, its penalty chosen by patient-grouped 5-fold cross-validation inside train. It is then scored on val, where
+every comparison is made. Because the shipped members were trained on the train images, their features fit those
+images better than new ones; `val_cv` is therefore also given: out-of-fold predictions over val from heads fitted on
+the other val patients (5 patient-grouped folds, the same penalty), so no val prediction comes from a head that saw
+that patient. The internal test split and external sets are not scored here: nothing is chosen from a probe.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from model.core.metrics import roc_auc
+
+PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 strength on standardised features, per training example
+FOLDS = 5
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, penalty: float, iterations: int = 50) -> np.ndarray:
+    """Weights (bias last) of an L2-penalised logistic regression, by Newton's method on standardised `x`."""
+    n, d = x.shape
+    xb = np.hstack([x, np.ones((n, 1))])
+    w = np.zeros(d + 1)
+    ridge = np.full(d + 1, penalty * n)
+    ridge[-1] = 0.0  # the bias is not penalised
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-np.clip(xb @ w, -30, 30)))
+        grad = xb.T @ (p - y) + ridge * w
+        hess = (xb * (p * (1 - p))[:, None]).T @ xb + np.diag(ridge + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-6:
+            break
+    return w
+
+
+def predict_logistic(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.clip(x @ w[:-1] + w[-1], -30, 30)))
+
+
+def patient_folds(patients: np.ndarray, k: int = FOLDS, seed: int = 0) -> np.ndarray:
+    """A fold index per row; every image of a patient falls in the same fold."""
+    unique = np.unique(patients)
+    order = np.random.default_rng(seed).permutation(len(unique))
+    fold_of = dict(zip(unique[order], np.arange(len(unique)) % k))
+    return np.array([fold_of[p] for p in patients])
+
+
+def out_of_fold(x: np.ndarray, y: np.ndarray, folds: np.ndarray, penalty: float) -> np.ndarray:
+    """Each row's probability from a head fitted on the other folds (features standardised on those folds)."""
+    p = np.empty(len(y))
+    for f in np.unique(folds):
+        fit, held = folds != f, folds == f
+        mu, sd = x[fit].mean(0), x[fit].std(0) + 1e-6
+        p[held] = predict_logistic(fit_logistic((x[fit] - mu) / sd, y[fit], penalty), (x[held] - mu) / sd)
+    return p
+
+
+def probe(x_train, y_train, patients_train, x_val, y_val, patients_val) -> dict:
+    """Choose the penalty by grouped CV in train, fit on all of train, score val; plus out-of-fold val (see the
+    module docstring)."""
+    folds = patient_folds(patients_train)
+    cv = {c: roc_auc(y_train, out_of_fold(x_train, y_train, folds, c)) for c in PENALTIES}
+    chosen = max(PENALTIES, key=lambda c: -np.inf if np.isnan(cv[c]) else cv[c])  # NaN: a fold of one class
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
+    w = fit_logistic((x_train - mu) / sd, y_train, chosen)
+    val = predict_logistic(w, (x_val - mu) / sd)
+    val_cv = out_of_fold(x_val, y_val, patient_folds(patients_val), chosen)
+    return {"penalty": chosen, "train_cv_auc": {str(c): round(a, 4) for c, a in cv.items()},
+            "val_auc": roc_auc(y_val, val), "val_cv_auc": roc_auc(y_val, val_cv),
+            "n_train": int(len(y_train)), "n_val": int(len(y_val))}
+
+
+def backbone_features(images: np.ndarray, name: str, folder: Path, batch: int = 32) -> np.ndarray:
+    """Global-average-pooled features of a fetched ImageNet backbone, frozen, on the stem's standardised input
+    brought to the range the backbone was fed (as `training.architectures.mobilenet_v2_imagenet` does)."""
+    import keras
+    from keras import layers
+
+    from training.architectures import _stem
+    from training.backbones import load_backbone
+
+    h, w, c = images.shape[1:]
+    inputs, x = _stem({"height": h, "width": w, "channels": c})
+    if name == "xception_imagenet":  # fed pixels / 127.5 - 1: mean 0, spread about 0.5
+        x = layers.Rescaling(0.5, name="to_xception_range")(x)
+        build = keras.applications.Xception
+    else:  # mobilenet_v2_nsfwjs: fed pixels / 255
+        x = layers.Rescaling(0.25, offset=0.5, name="to_unit_range")(x)
+        build = keras.applications.MobileNetV2
+    if c == 1:
+        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    backbone = build(input_tensor=x, include_top=False, weights=None, pooling="avg")
+    model = keras.Model(inputs, backbone.output)
+    load_backbone(model, name, folder)
+    return _forward(model, images, batch)
+
+
+def bundle_features(images: np.ndarray, bundle_dir: Path, batch: int = 32) -> tuple[np.ndarray, list[str]]:
+    """Each member's pooled features (the input of its last Dense), concatenated; and the member names."""
+    import keras
+
+    from model.core.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    parts = []
+    for member in bundle.members:
+        head = member.model.layers[-1]
+        parts.append(_forward(keras.Model(member.model.inputs, head.input), images, batch))
+    return np.hstack(parts), [m.name for m in bundle.members]
+
+
+def _forward(model, images: np.ndarray, batch: int) -> np.ndarray:
+    import tensorflow as tf
+
+    run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return np.concatenate([run(tf.constant(images[i:i + batch], tf.float32)).numpy()
+                           for i in range(0, len(images), batch)])
+
+
+def run_probe(run: str | Path, data: str | Path, backbone: str | None = None, bundle: str | Path | None = None,
+              backbones_dir: str | Path = "backbones", cache: str | Path | None = None) -> dict:
+    """Features for the run's train and val images, then both questions (see the module docstring)."""
+    from training.data import load_images
+
+    run, data = Path(run), Path(data)
+    config = json.loads((run / "config.json").read_text())
+    split = pd.read_csv(run / "split.csv")
+    split = split[split["split"].isin(["train", "val"])].reset_index(drop=True)
+    spec = config["input"]
+    table = split.assign(path=[str(data / p) for p in split["path"]])
+    images = load_images(table, spec, cache)
+    started = time.time()
+    if backbone:
+        x, source = backbone_features(images, backbone, Path(backbones_dir)), {"backbone": backbone}
+    else:
+        x, names = bundle_features(images, Path(bundle))
+        source = {"bundle": Path(bundle).name, "members": names}
+    seconds = time.time() - started
+    tr, va = (split["split"] == "train").to_numpy(), (split["split"] == "val").to_numpy()
+    patients = split["patient_id"].astype(str).to_numpy()
+    pneumonia = (split["label"] == "PNEUMONIA").to_numpy()
+    viral = (split["subtype"] == "virus").to_numpy()
+    result = {**source, "run": run.name, "features": int(x.shape[1]), "feature_seconds": round(seconds, 1),
+              "split_used": "train (fit, penalty by grouped CV) and val (comparison); test and external not scored"}
+    result["normal_vs_pneumonia"] = probe(x[tr], pneumonia[tr].astype(float), patients[tr],
+                                          x[va], pneumonia[va].astype(float), patients[va])
+    bt, bv = tr & pneumonia, va & pneumonia
+    result["bacterial_vs_viral"] = probe(x[bt], viral[bt].astype(float), patients[bt],
+                                         x[bv], viral[bv].astype(float), patients[bv])
+    return result
