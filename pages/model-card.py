@@ -7,6 +7,7 @@ import streamlit as st
 from model.core.types import Task
 from model.outputs import bundle_tables as tables
 from model.outputs import formatting as F
+from model.outputs.safe_text import md_escape
 from pages.lib.common import bundle_report, current_bundle, threshold_for
 from pages.lib.evidence_view import lead
 from pages.lib.router import take_over
@@ -16,6 +17,15 @@ from pages.lib.ui import fmt_int, tr
 take_over()  # a deep link on a fresh server: hand over to app.py's navigation (pages.lib.router)
 
 t = tr("model_card")
+
+
+def initial_weights_text(record) -> str:
+    """A member's starting weights, as the manifest records them: random with its seed, or a pretrained backbone
+    with its source package, licence and checksum."""
+    parts = tables.initial_weights_parts(record)
+    if parts is None:
+        return t("init_not_recorded")
+    return t(f"init_{parts.pop('kind')}", **{k: md_escape(str(v)) for k, v in parts.items()})
 
 
 def per_dataset(key: str, dataset: str, **kwargs) -> str:
@@ -181,11 +191,13 @@ if len(versions):
     for column in ("temperature", "bias"):
         if column in versions:
             versions[column] = versions[column].map(lambda v: F.fmt_num(v, 2))
+    versions["initial_weights"] = versions["initial_weights"].map(initial_weights_text)
     st.table(versions.rename(columns={
         "name": t("col_model"), "arch": t("col_arch"), "params": t("col_params"), "epochs_run": t("col_epochs"),
         "val_auc": t("col_val_auc"), "temperature": t("col_temperature"), "bias": t("col_bias"),
         "train_seconds": t("col_train_time"),
-        "code_commit": t("col_commit"), "sha256": t("col_sha")}), hide_index=True)
+        "code_commit": t("col_commit"), "sha256": t("col_sha"), "initial_weights": t("col_initial_weights")}),
+        hide_index=True)
 
 st.header(t("h_citation"))
 st.markdown(per_dataset("citation", dataset, data=training.get("data", "?")))

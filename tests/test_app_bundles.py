@@ -49,3 +49,15 @@ def test_diagnose_shows_the_widgets_of_each_task(name, expected, slider):
         assert cls in text, f"{cls} not shown for {name}"
     has_threshold_slider = any(s.key == "dx_threshold" or "threshold" in (s.label or "").lower() for s in at.slider)
     assert has_threshold_slider == slider
+
+
+def test_the_model_card_names_each_members_initial_weights_and_their_licence():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.session_state["bundle"] = "pneumonia-type-kermany"
+    at.switch_page("pages/model-card.py")
+    at.run()
+    assert not at.exception
+    versions = next(tb.value for tb in at.table if "Initial weights" in tb.value.columns)
+    started = dict(zip(versions["Model"], versions["Initial weights"]))
+    assert "npm nsfwjs@4.3.0, licence MIT" in started["mobilenetv2_imagenet"].replace("\\", "").replace("\u200b", "")
+    assert started["resnet"] == started["cnn"] == "random (seed 42)"

@@ -278,3 +278,14 @@ def test_reports_module_never_imports_streamlit(module):
     source = (data_folder.REPO_ROOT / "model" / "outputs" / f"{module}.py").read_text()
     assert "import streamlit" not in source and "training" not in json.dumps(
         [line for line in source.splitlines() if line.startswith(("import", "from"))])
+
+
+def test_initial_weights_are_told_from_the_manifests_record():
+    assert tables.initial_weights_parts(None) is None
+    assert tables.initial_weights_parts({"kind": "random", "seed": 7}) == {"kind": "random", "seed": 7}
+    pretrained = tables.initial_weights_parts({
+        "kind": "pretrained backbone", "name": "mobilenet_v2_nsfwjs", "weights": "ImageNet", "registry": "npm",
+        "package": "nsfwjs", "version": "4.3.0", "licence": "MIT", "sha256": "a" * 64})
+    assert pretrained == {"kind": "pretrained", "weights": "ImageNet", "package": "npm nsfwjs@4.3.0",
+                          "licence": "MIT", "sha256": "a" * 12}
+    assert tables.initial_weights_parts({"kind": "file", "file": "/runs/x/members/cnn.keras"})["file"] == "cnn.keras"

@@ -344,14 +344,31 @@ def short_commit(commit) -> str:
 
 
 def version_table(manifest: dict) -> pd.DataFrame:
-    """One row per member: name, arch, params, epochs_run, val_auc, temperature, train_seconds, code_commit, sha256."""
+    """One row per member: name, arch, params, epochs_run, val_auc, temperature, train_seconds, code_commit, sha256,
+    and initial_weights (the manifest's record of where the member's starting weights came from, or None)."""
     rows = [{"name": m.get("name"), "arch": m.get("arch"), "params": m.get("params"),
              "epochs_run": m.get("epochs_run"), "val_auc": m.get("val_auc"), "temperature": m.get("temperature"),
              "bias": m.get("bias"), "train_seconds": m.get("train_seconds"),
-             "code_commit": short_commit(m.get("code_commit")), "sha256": (m.get("sha256") or "")[:12]}
+             "code_commit": short_commit(m.get("code_commit")), "sha256": (m.get("sha256") or "")[:12],
+             "initial_weights": m.get("initial_weights") if isinstance(m.get("initial_weights"), dict) else None}
             for m in manifest.get("members", [])]
     frame = pd.DataFrame(rows)
     return frame.drop(columns="bias") if frame.empty or frame["bias"].isna().all() else frame
+
+
+def initial_weights_parts(record: dict | None) -> dict | None:
+    """What a member started from, for the model card: {"kind": "random", "seed"}, or {"kind": "pretrained",
+    "weights", "package", "licence", "sha256"} (package as "registry name@version"), or {"kind": "file", "file"};
+    None when the manifest does not record it (members trained before it was recorded)."""
+    if not record:
+        return None
+    if record.get("kind") == "random":
+        return {"kind": "random", "seed": record.get("seed")}
+    if record.get("kind") == "pretrained backbone":
+        return {"kind": "pretrained", "weights": record.get("weights") or record.get("name") or "?",
+                "package": f"{record.get('registry', '?')} {record.get('package', '?')}@{record.get('version', '?')}",
+                "licence": record.get("licence") or "?", "sha256": (record.get("sha256") or "")[:12]}
+    return {"kind": "file", "file": Path(str(record.get("file") or "?")).name}
 
 
 def calibration_text(calibration: dict) -> str:
