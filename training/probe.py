@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,22 +34,22 @@ PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 strength on standardised feature
 FOLDS = 5
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, penalty: float, iterations: int = 50) -> np.ndarray:
-    """Weights (bias last) of an L2-penalised logistic regression, by Newton's method on standardised `x`."""
+def fit_logistic(x: np.ndarray, y: np.ndarray, penalty: float, iterations: int = 500) -> np.ndarray:
+    """Weights (bias last) of an L2-penalised logistic regression on standardised `x`, by L-BFGS (scipy) with the
+    exact gradient: each step costs one pass over the features, so thousands of features stay cheap."""
+    from scipy.optimize import minimize
+
     n, d = x.shape
-    xb = np.hstack([x, np.ones((n, 1))])
-    w = np.zeros(d + 1)
-    ridge = np.full(d + 1, penalty * n)
-    ridge[-1] = 0.0  # the bias is not penalised
-    for _ in range(iterations):
-        p = 1 / (1 + np.exp(-np.clip(xb @ w, -30, 30)))
-        grad = xb.T @ (p - y) + ridge * w
-        hess = (xb * (p * (1 - p))[:, None]).T @ xb + np.diag(ridge + 1e-9)
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.max(np.abs(step)) < 1e-6:
-            break
-    return w
+    ridge = penalty * n
+
+    def loss(w):
+        z = x @ w[:-1] + w[-1]
+        p = 1 / (1 + np.exp(-np.clip(z, -30, 30)))
+        value = np.sum(np.logaddexp(0, z) - y * z) + 0.5 * ridge * (w[:-1] @ w[:-1])
+        residual = p - y
+        return value, np.append(x.T @ residual + ridge * w[:-1], residual.sum())  # the bias is not penalised
+
+    return minimize(loss, np.zeros(d + 1), jac=True, method="L-BFGS-B", options={"maxiter": iterations}).x
 
 
 def predict_logistic(w: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -113,8 +114,8 @@ def backbone_features(images: np.ndarray, name: str, folder: Path, batch: int = 
     return _forward(model, images, batch)
 
 
-def bundle_features(images: np.ndarray, bundle_dir: Path, batch: int = 32) -> tuple[np.ndarray, list[str]]:
-    """Each member's pooled features (the input of its last Dense), concatenated; and the member names."""
+def bundle_features(images: np.ndarray, bundle_dir: Path, batch: int = 32) -> np.ndarray:
+    """Each member's pooled features (the input of its last Dense), concatenated in manifest order."""
     import keras
 
     from model.core.bundle import load_bundle
@@ -124,7 +125,22 @@ def bundle_features(images: np.ndarray, bundle_dir: Path, batch: int = 32) -> tu
     for member in bundle.members:
         head = member.model.layers[-1]
         parts.append(_forward(keras.Model(member.model.inputs, head.input), images, batch))
-    return np.hstack(parts), [m.name for m in bundle.members]
+    return np.hstack(parts)
+
+
+def _cached(cache, key: dict, compute) -> np.ndarray:
+    """`compute()`, kept in the cache folder under a digest of `key` (the images and the weights they went through)."""
+    import hashlib
+
+    if not cache:
+        return compute()
+    path = Path(cache) / f"features-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.npy"
+    if path.exists():
+        return np.load(path)
+    x = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, x)
+    return x
 
 
 def _forward(model, images: np.ndarray, batch: int) -> np.ndarray:
@@ -149,10 +165,15 @@ def run_probe(run: str | Path, data: str | Path, backbone: str | None = None, bu
     images = load_images(table, spec, cache)
     started = time.time()
     if backbone:
-        x, source = backbone_features(images, backbone, Path(backbones_dir)), {"backbone": backbone}
+        record = json.loads((Path(backbones_dir) / f"{backbone}.json").read_text())
+        source = {"backbone": backbone, "sha256": record["sha256"]}
+        features = partial(backbone_features, images, backbone, Path(backbones_dir))
     else:
-        x, names = bundle_features(images, Path(bundle))
-        source = {"bundle": Path(bundle).name, "members": names}
+        manifest = json.loads((Path(bundle) / "manifest.json").read_text())
+        source = {"bundle": Path(bundle).name, "members": [m["name"] for m in manifest["members"]],
+                  "sha256": [m["sha256"] for m in manifest["members"]]}
+        features = partial(bundle_features, images, Path(bundle))
+    x = _cached(cache, {"paths": list(split["path"]), "spec": spec, **source}, features)
     seconds = time.time() - started
     tr, va = (split["split"] == "train").to_numpy(), (split["split"] == "val").to_numpy()
     patients = split["patient_id"].astype(str).to_numpy()
