@@ -369,6 +369,13 @@ def input_size_view(bundle):
         text = t("size_enough", size=verdict["enough"], val_auc=F.fmt_num(verdict["enough_val_auc"]),
                  best=verdict["best"], best_val_auc=F.fmt_num(verdict["best_val_auc"]),
                  tolerance=F.fmt_num(verdict["tolerance"]))
+        if "versus_best" in verdict:
+            b = verdict["versus_best"]
+            text += " " + t("size_versus_best", size=b["size"], auc=F.fmt_num(b["test_auc_loss"]),
+                            points=F.fmt_num(100 * b["accuracy_loss"], 1), speedup=F.fmt_num(b["speedup"], 1))
+            if F.is_number(b["external_auc"]) and F.is_number(b["best_external_auc"]):
+                text += " " + t("size_versus_best_external", auc=F.fmt_num(b["external_auc"]),
+                                best_auc=F.fmt_num(b["best_external_auc"]), size=b["size"])
         if "smaller" in verdict:
             s = verdict["smaller"]
             text += " " + t("size_smaller_loses", size=s["size"], auc=F.fmt_num(s["test_auc_loss"]),

@@ -428,6 +428,10 @@ def test_the_verdict_is_chosen_on_val_and_says_what_the_smaller_size_loses():
     assert verdict["smaller"]["accuracy_loss"] == pytest.approx(0.02)
     assert verdict["smaller"]["speedup"] == pytest.approx(2.5)
     assert verdict["largest"]["slowdown"] == pytest.approx(2.4)
+    versus = verdict["versus_best"]  # what 128 gives up against 224, the best on val
+    assert (versus["size"], versus["test_auc_loss"], versus["accuracy_loss"], versus["speedup"]) == \
+        (224, pytest.approx(0.002), pytest.approx(0.005), pytest.approx(2.4))
+    assert (versus["external_auc"], versus["best_external_auc"]) == (pytest.approx(0.972), pytest.approx(0.974))
     one = {"rows": size_report()["rows"][:1]}
     assert tables.input_size_verdict(tables.input_size_table(one)) is None
 
@@ -448,6 +452,8 @@ def test_evaluation_shows_the_input_size_table_plot_and_sentence(tiny_bundles, p
     assert ev["size_enough"].format(size=128, val_auc="0.996", best=224, best_val_auc="0.997",
                                     tolerance="0.005") in text
     assert ev["size_smaller_loses"].format(size=64, auc="0.007", points="2.0", speedup="2.5") in text
+    assert ev["size_versus_best"].format(size=224, auc="0.002", points="0.5", speedup="2.4") in text
+    assert ev["size_versus_best_external"].format(auc="0.972", best_auc="0.974", size=224) in text
     chart = figure(at, "input_size_chart")
     names = [trace.get("name") for trace in chart["data"]]
     assert ev["size_test_auc"] in names and ev["size_external_auc"] in names

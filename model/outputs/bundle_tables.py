@@ -417,8 +417,9 @@ def input_size_table(report: dict) -> pd.DataFrame:
 
 def input_size_verdict(table: pd.DataFrame, tolerance: float = ENOUGH_VAL_AUC) -> dict | None:
     """Which size is enough, chosen on val: the smallest whose val AUC is within `tolerance` of the best size's.
-    Then what the next smaller size loses on the internal test (AUC, accuracy at its balanced point) and what it
-    saves (latency). None without at least two sizes with a val AUC."""
+    Then what it gives up against the best size (internal test; external reported beside it, never used to choose),
+    what the next smaller size loses on the internal test (AUC, accuracy at its balanced point) and what it saves
+    (latency). None without at least two sizes with a val AUC."""
     rows = table.dropna(subset=["val_auc"]) if not table.empty else table
     if len(rows) < 2:
         return None
@@ -427,6 +428,13 @@ def input_size_verdict(table: pd.DataFrame, tolerance: float = ENOUGH_VAL_AUC) -
     verdict = {"enough": int(enough["size"]), "best": int(best["size"]), "tolerance": tolerance,
                "enough_val_auc": float(enough["val_auc"]), "best_val_auc": float(best["val_auc"]),
                "enough_test_auc": enough["test_auc"], "enough_latency_ms": enough["latency_ms"]}
+    if enough["size"] != best["size"]:  # what choosing the enough size gives up against the best one
+        verdict["versus_best"] = {"size": int(best["size"]), "test_auc_loss": best["test_auc"] - enough["test_auc"],
+                                  "accuracy_loss": best["test_accuracy"] - enough["test_accuracy"],
+                                  "speedup": best["latency_ms"] / enough["latency_ms"] if enough["latency_ms"]
+                                  else np.nan,
+                                  "external_auc": enough.get("external_auc"),
+                                  "best_external_auc": best.get("external_auc")}
     smaller = rows[rows["size"] < enough["size"]]
     if len(smaller):
         s = smaller.iloc[-1]
