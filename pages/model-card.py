@@ -191,13 +191,15 @@ if len(versions):
     for column in ("temperature", "bias"):
         if column in versions:
             versions[column] = versions[column].map(lambda v: F.fmt_num(v, 2))
-    versions["initial_weights"] = versions["initial_weights"].map(initial_weights_text)
+    started = pd.DataFrame({t("col_model"): versions["name"],
+                            t("col_initial_weights"): versions.pop("initial_weights").map(initial_weights_text)})
     st.table(versions.rename(columns={
         "name": t("col_model"), "arch": t("col_arch"), "params": t("col_params"), "epochs_run": t("col_epochs"),
         "val_auc": t("col_val_auc"), "temperature": t("col_temperature"), "bias": t("col_bias"),
         "train_seconds": t("col_train_time"),
-        "code_commit": t("col_commit"), "sha256": t("col_sha"), "initial_weights": t("col_initial_weights")}),
-        hide_index=True)
+        "code_commit": t("col_commit"), "sha256": t("col_sha")}), hide_index=True)
+    st.markdown(t("initial_weights_text"))
+    st.table(started, hide_index=True)
 
 st.header(t("h_citation"))
 st.markdown(per_dataset("citation", dataset, data=training.get("data", "?")))

@@ -276,9 +276,12 @@ def test_model_card_shows_the_manifest_numbers(bundle_dir):
     text = text_of(at)
     assert training["code_commit"] in text
     assert f"random seed {training['split_seed']}" in text
-    versions = at.table[-1].value
+    versions = next(tb.value for tb in at.table if en["col_commit"] in tb.value.columns)
     assert versions[en["col_commit"]].tolist() == [tables.short_commit(m["code_commit"]) for m in manifest["members"]]
     assert versions[en["col_model"]].tolist() == [m["name"] for m in manifest["members"]]
+    started = at.table[-1].value  # each member's starting weights, as its manifest records them
+    assert started[en["col_initial_weights"]].tolist() == [
+        en["init_random"].format(seed=m["initial_weights"]["seed"]) for m in manifest["members"]]
     # The tiny bundle trains on a handful of images: it must say so, prominently.
     assert training["counts"]["train"] < 1000
     assert any(en["research_only"] in e.value for e in at.error)
