@@ -132,10 +132,16 @@ def test_a_linear_probe_finds_a_real_signal_and_never_scores_a_patient_with_a_he
 
 
 def test_probe_reads_a_runs_split_and_a_bundles_member_features(tiny_bundles, tmp_path):
-    from training.probe import run_probe
+    from training.__main__ import main
 
     run = tiny_bundles.parent / "run"
-    result = run_probe(run, tiny_bundles.parent / "data", bundle=tiny_bundles / "pneumonia-kermany")
+    args = ["probe", "--run", str(run), "--data", str(tiny_bundles.parent / "data"), "--bundle",
+            str(tiny_bundles / "pneumonia-kermany"), "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "p.json")]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert len(list((tmp_path / "cache").glob("features-*.npy"))) == 1  # a second probe of the same images reuses it
+    assert main(args) == 0 and json.loads((tmp_path / "p.json").read_text())["features"] == result["features"]
     members = json.loads((tiny_bundles / "pneumonia-kermany" / "manifest.json").read_text())["members"]
     assert result["members"] == [m["name"] for m in members] and result["features"] > 0
     split = pd.read_csv(run / "split.csv")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from model.core.types import TrainingTask
 
@@ -149,7 +150,6 @@ def main(argv=None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "size-study":
-        from pathlib import Path
 
         from training.size_study import study
         report = study({int(k): Path(v) for k, v in (r.split("=", 1) for r in args.run)})
@@ -171,7 +171,6 @@ def main(argv=None) -> int:
         print("added: " + ", ".join(add_members(args.run, args.bundle, only=args.only)))
         return 0
     if args.command == "attach-report":
-        from pathlib import Path
 
         from training.export import attach_report
         print(attach_report(args.bundle, args.file))
