@@ -150,7 +150,6 @@ def main(argv=None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "size-study":
-
         from training.size_study import study
         report = study({int(k): Path(v) for k, v in (r.split("=", 1) for r in args.run)})
         Path(args.out).write_text(json.dumps(report, indent=2))
@@ -171,7 +170,6 @@ def main(argv=None) -> int:
         print("added: " + ", ".join(add_members(args.run, args.bundle, only=args.only)))
         return 0
     if args.command == "attach-report":
-
         from training.export import attach_report
         print(attach_report(args.bundle, args.file))
         if (Path(args.bundle) / "manifest.sig").exists():

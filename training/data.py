@@ -80,21 +80,32 @@ def _read_folder_layout(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "label", "subtype", "patient_id", "source_split"])
 
 
+def cached_array(cache_dir: str | Path | None, prefix: str, key, compute) -> np.ndarray:
+    """`compute()`, kept as `<cache_dir>/<prefix>-<digest of key>.npy` (`key`: anything JSON can write that names
+    what the array was made from); recomputed every time without a cache folder."""
+    if not cache_dir:
+        return compute()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"{prefix}-{digest}.npy"
+    if path.exists():
+        return np.load(path)
+    out = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    return out
+
+
 def load_images(df: pd.DataFrame, spec: dict, cache_dir: str | Path | None = None) -> np.ndarray:
     """Decode every image once into an (N, H, W, C) uint8 array, cached on disk by file list and input spec."""
-    key = hashlib.sha256(json.dumps([list(df["path"]), spec], sort_keys=True).encode()).hexdigest()[:16]
-    cache = Path(cache_dir) / f"images-{key}.npy" if cache_dir else None
-    if cache is not None and cache.exists():
-        return np.load(cache)
-    from model.io import decode
+    def decode_all() -> np.ndarray:
+        from model.io import decode
 
-    out = np.empty((len(df), spec["height"], spec["width"], spec.get("channels", 1)), np.uint8)
-    for i, path in enumerate(df["path"]):
-        out[i] = to_model_input(decode(Path(path).read_bytes(), Path(path).name).pixels, spec)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, out)
-    return out
+        out = np.empty((len(df), spec["height"], spec["width"], spec.get("channels", 1)), np.uint8)
+        for i, path in enumerate(df["path"]):
+            out[i] = to_model_input(decode(Path(path).read_bytes(), Path(path).name).pixels, spec)
+        return out
+
+    return cached_array(cache_dir, "images", [list(df["path"]), spec], decode_all)
 
 
 def duplicate_groups(images: np.ndarray, threshold: float = 0.995) -> np.ndarray:

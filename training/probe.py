@@ -65,13 +65,17 @@ def patient_folds(patients: np.ndarray, k: int = FOLDS, seed: int = 0) -> np.nda
     return np.array([fold_of[p] for p in patients])
 
 
+def fit_and_predict(x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray, penalty: float) -> np.ndarray:
+    """Probabilities for `x_new` from a head fitted on `x_fit`, both standardised by `x_fit`'s mean and spread."""
+    mu, sd = x_fit.mean(0), x_fit.std(0) + 1e-6
+    return predict_logistic(fit_logistic((x_fit - mu) / sd, y_fit, penalty), (x_new - mu) / sd)
+
+
 def out_of_fold(x: np.ndarray, y: np.ndarray, folds: np.ndarray, penalty: float) -> np.ndarray:
-    """Each row's probability from a head fitted on the other folds (features standardised on those folds)."""
+    """Each row's probability from a head fitted on the other folds."""
     p = np.empty(len(y))
     for f in np.unique(folds):
-        fit, held = folds != f, folds == f
-        mu, sd = x[fit].mean(0), x[fit].std(0) + 1e-6
-        p[held] = predict_logistic(fit_logistic((x[fit] - mu) / sd, y[fit], penalty), (x[held] - mu) / sd)
+        p[folds == f] = fit_and_predict(x[folds != f], y[folds != f], x[folds == f], penalty)
     return p
 
 
@@ -81,9 +85,7 @@ def probe(x_train, y_train, patients_train, x_val, y_val, patients_val) -> dict:
     folds = patient_folds(patients_train)
     cv = {c: roc_auc(y_train, out_of_fold(x_train, y_train, folds, c)) for c in PENALTIES}
     chosen = max(PENALTIES, key=lambda c: -np.inf if np.isnan(cv[c]) else cv[c])  # NaN: a fold of one class
-    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
-    w = fit_logistic((x_train - mu) / sd, y_train, chosen)
-    val = predict_logistic(w, (x_val - mu) / sd)
+    val = fit_and_predict(x_train, y_train, x_val, chosen)
     val_cv = out_of_fold(x_val, y_val, patient_folds(patients_val), chosen)
     return {"penalty": chosen, "train_cv_auc": {str(c): round(a, 4) for c, a in cv.items()},
             "val_auc": roc_auc(y_val, val), "val_cv_auc": roc_auc(y_val, val_cv),
@@ -129,21 +131,6 @@ def bundle_features(images: np.ndarray, bundle_dir: Path, batch: int = 32) -> np
     return np.hstack(parts)
 
 
-def _cached(cache, key: dict, compute) -> np.ndarray:
-    """`compute()`, kept in the cache folder under a digest of `key` (the images and the weights they went through)."""
-    import hashlib
-
-    if not cache:
-        return compute()
-    path = Path(cache) / f"features-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.npy"
-    if path.exists():
-        return np.load(path)
-    x = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, x)
-    return x
-
-
 def _forward(model, images: np.ndarray, batch: int) -> np.ndarray:
     import tensorflow as tf
 
@@ -155,7 +142,7 @@ def _forward(model, images: np.ndarray, batch: int) -> np.ndarray:
 def run_probe(run: str | Path, data: str | Path, backbone: str | None = None, bundle: str | Path | None = None,
               backbones_dir: str | Path = "backbones", cache: str | Path | None = None) -> dict:
     """Features for the run's train and val images, then both questions (see the module docstring)."""
-    from training.data import load_images
+    from training.data import cached_array, load_images
 
     run, data = Path(run), Path(data)
     config = json.loads((run / "config.json").read_text())
@@ -174,7 +161,7 @@ def run_probe(run: str | Path, data: str | Path, backbone: str | None = None, bu
         source = {"bundle": Path(bundle).name, "members": [m["name"] for m in manifest["members"]],
                   "sha256": [m["sha256"] for m in manifest["members"]]}
         features = partial(bundle_features, images, Path(bundle))
-    x = _cached(cache, {"paths": list(split["path"]), "spec": spec, **source}, features)
+    x = cached_array(cache, "features", {"paths": list(split["path"]), "spec": spec, **source}, features)
     seconds = time.time() - started
     tr, va = (split["split"] == "train").to_numpy(), (split["split"] == "val").to_numpy()
     patients = split["patient_id"].astype(str).to_numpy()
