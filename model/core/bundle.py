@@ -116,6 +116,7 @@ class Bundle:
     classes = property(lambda self: list(self.manifest["classes"]))
     input_spec = property(lambda self: self.manifest["input"])
     operating_points = property(lambda self: self.manifest.get("operating_points", []))
+    members_loaded = property(lambda self: all(m.model is not None for m in self.members))  # see load_members
 
     def operating_point(self, name: str | None = None) -> dict:
         name = name or self.manifest.get("default_operating_point")
@@ -320,7 +321,7 @@ def load_members(bundle: Bundle, recheck: bool = True) -> Bundle:
     before it is read, so a file changed since the bundle was verified is refused, not loaded. Raises a BundleError
     with a human message, as load_bundle does. The app verifies its bundles when it starts and loads members only
     for the pages that predict: the others open without importing TensorFlow."""
-    if all(member.model is not None for member in bundle.members):
+    if bundle.members_loaded:
         return bundle
     import keras
 

@@ -68,7 +68,7 @@ def current_bundle():
     bundles, errors = load_bundles()
     t = tr("common")
     for folder, message in errors.items():
-        st.error(t("bundle_refused", folder=md_escape(folder), message=md_escape(message)))
+        _show_refused(folder, message)
     if not bundles:
         st.error(t("no_bundles"))
         return None
@@ -82,18 +82,26 @@ def current_bundle():
 
 
 def ready_to_predict(bundle) -> bool:
-    """Load the bundle's Keras members for a page that predicts (a spinner the first time in this process); False,
-    with the reason drawn as for a refused bundle, when they cannot be loaded."""
+    """Load the bundle's Keras members for a page that predicts (behind a spinner, the first time in this process);
+    False, with the reason drawn as for a refused bundle, when they cannot be loaded."""
     from model.core.bundle import BundleError
-    from model.outputs.safe_text import md_escape
 
+    if bundle.members_loaded:  # every later rerun (a slider moved): nothing to load, no spinner
+        return True
     try:
         with st.spinner(tr("common")("loading_models")):
             with_members(bundle.name)
     except BundleError as e:
-        st.error(tr("common")("bundle_refused", folder=md_escape(bundle.path.name), message=md_escape(e.message)))
+        _show_refused(bundle.path.name, e.message)
         return False
     return True
+
+
+def _show_refused(folder: str, message: str) -> None:
+    """Why a bundle (named by its folder) cannot be used, as text."""
+    from model.outputs.safe_text import md_escape
+
+    st.error(tr("common")("bundle_refused", folder=md_escape(folder), message=md_escape(message)))
 
 
 def threshold_for(bundle, site=None):
