@@ -79,7 +79,6 @@ def radiograph(size=(256, 224), pneumonia: bool = False, seed: int = 0) -> np.nd
     return img
 
 
-
 def radiograph_png(seed: int, pneumonia: bool) -> bytes:
     """A 256×224 drawn radiograph as PNG bytes, with a bright blob where PNEUMONIA (the site and record tests'
     labelled images: the tiny bundle's scores separate them somewhat)."""
@@ -87,6 +86,7 @@ def radiograph_png(seed: int, pneumonia: bool) -> bytes:
     if pneumonia:
         cv2.circle(image, (70, 140), 22, 235, -1)
     return png_bytes(image)
+
 
 def toy_chest(size=(256, 224), pneumonia: bool = False, seed: int = 0,
               blob_at: tuple[float, float] | None = None) -> np.ndarray:
