@@ -27,7 +27,8 @@ def main(argv=None) -> int:
                    help="multitask: one network with a pneumonia head and a normal/bacterial/viral head; "
                         "`heads` then cuts its run into a binary and a multiclass run")
     t.add_argument("--members", default="cnn,resnet,mobilenetv2",
-                   help="comma-separated architectures: cnn, resnet, mobilenetv2, mobilenetv3s")
+                   help="comma-separated architectures: cnn, resnet, mobilenetv2, mobilenetv3s, and the ImageNet "
+                        "starts mobilenetv2_imagenet, xception_imagenet (after `backbones fetch`)")
     t.add_argument("--size", type=int, default=224, help="square input size in pixels")
     t.add_argument("--epochs", type=int, default=30, help="length of the cosine schedule")
     t.add_argument("--batch-size", type=int, default=32)
