@@ -5,9 +5,11 @@ from pathlib import Path
 import streamlit as st
 
 from pages.lib.common import sidebar, tr
+from pages.lib.reruns import keep_keras_session
 from pages.lib.router import take_over
 
 take_over()  # the first run of a fresh server may come here through Streamlit's legacy pages/ mode
+keep_keras_session()  # Streamlit would clear Keras' session after every run (pages/lib/reruns.py)
 st.set_page_config(page_title="Tórax", page_icon=str(Path(__file__).parent / "assets" / "icon.png"), layout="wide")
 t = tr("common")
 navigation = st.navigation([

@@ -300,3 +300,28 @@ def test_results_are_re_decided_for_every_task_without_inference():
     rows = worklist_rows([decided, replace(two, probabilities=None, error={"code": "x", "message": "bad"})])
     assert rows[0]["decision"] == "A" and rows[0]["probability"] == 0.5
     assert rows[1]["error"] == "bad" and rows[1]["probability"] is None
+
+
+def test_reruns_leave_the_keras_session_alone_and_the_loaded_models_out_of_the_collectors_walk(
+        monkeypatch, point_app_at, tiny_bundles, tmp_path):
+    """pages/lib/reruns.py: Streamlit would clear Keras' session after every script run, and collect over every
+    object TensorFlow and the members hold. A rerun here must not clear the session, and once the members are
+    loaded they are frozen out of the collections Streamlit still runs."""
+    import gc
+    import shutil
+
+    import keras
+
+    cleared = []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: cleared.append(a))
+    fresh = point_app_at(shutil.copytree(tiny_bundles, tmp_path / "bundles"))  # members not loaded in this process
+    gc.unfreeze()
+    at = upload(open_app(), "chest.png", png_bytes(radiograph((256, 200), pneumonia=True, seed=3)))
+    at.slider[0].set_value(0.4).run()
+    assert decision(at) and not cleared
+    from pages.lib.common import with_members
+    bundle = with_members("pneumonia-kermany")
+    assert Path(bundle.path).parent == fresh
+    assert gc.get_freeze_count() > 0
+    young = {id(o) for generation in range(3) for o in gc.get_objects(generation)}
+    assert all(id(m.model) not in young for m in bundle.members)

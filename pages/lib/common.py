@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from pages.lib.reruns import settle_heap
 from pages.lib.ui import LANGUAGES, lang, tr
 
 
@@ -29,7 +30,9 @@ def load_bundles():
     link to them in a few seconds)."""
     from model.core.bundle import load_all
 
-    return load_all(models=False)
+    loaded = load_all(models=False)
+    settle_heap()
+    return loaded
 
 
 def with_members(name: str):
@@ -37,7 +40,12 @@ def with_members(name: str):
     just before it is read). Raises model.core.bundle.BundleError."""
     from model.core.bundle import load_members
 
-    return load_members(load_bundles()[0][name])
+    bundle = load_bundles()[0][name]
+    if bundle.members_loaded:
+        return bundle
+    load_members(bundle)
+    settle_heap()  # TensorFlow and the members stay for the life of the server
+    return bundle
 
 
 @st.cache_resource(show_spinner=False)
