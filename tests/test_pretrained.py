@@ -78,6 +78,41 @@ def test_pretrained_member_keeps_batchnorm_frozen_and_takes_the_fetched_weights(
         load_backbone(member, "mobilenet_v2_nsfwjs", tmp_path)
 
 
+def test_the_xception_member_takes_every_backbone_layer_also_those_keras_numbers(tmp_path):
+    """Xception leaves its four 1×1 shortcut convolutions (and their BatchNorms) unnamed, so Keras numbers them per
+    process: `conv2d` in the member, `conv2d_4` in the copy the weights are read into. Matching by name left them
+    random (and frozen) in the first Xception run; they must be copied like the rest."""
+    import keras
+
+    from model.core.bundle import sha256_file
+    from training.architectures import xception_imagenet
+    from training.backbones import load_backbone
+
+    backbone = keras.applications.Xception(input_shape=(71, 71, 3), include_top=False, weights=None)
+    rng = np.random.default_rng(2)
+    for var in backbone.weights:
+        var.assign(rng.normal(0, 0.01, var.shape).astype("float32") + (1.0 if "variance" in var.path else 0.0))
+    backbone.save_weights(tmp_path / "xception.weights.h5")
+    (tmp_path / "xception_imagenet.json").write_text(json.dumps(
+        {"name": "xception_imagenet", "file": "xception.weights.h5",
+         "sha256": sha256_file(tmp_path / "xception.weights.h5"), "package": "pneumonia-model-package",
+         "version": "0.3.0", "licence": "MIT"}))
+    member = xception_imagenet({"height": 71, "width": 71, "channels": 1}, n_outputs=3, task="multiclass")
+    record = load_backbone(member, "xception_imagenet", tmp_path)
+    theirs = [layer for layer in backbone.layers if layer.weights]
+    ours = [layer for layer in member.layers if layer.weights][:len(theirs)]
+    assert record["layers_copied"] == len(theirs) == 80
+    shortcuts = [(a, b) for a, b in zip(theirs, ours) if not a.name.startswith("block")]
+    assert len(shortcuts) == 8 and any(a.name != b.name for a, b in shortcuts)  # named apart, paired all the same
+    for a, b in zip(theirs, ours):
+        for x, y in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(x, y)
+    frozen = {layer.name for layer in member.layers if layer.weights and not layer.trainable}
+    assert "block11_sepconv3" in frozen and "block12_sepconv1" not in frozen and "prediction" not in frozen
+    convs = [b for a, b in shortcuts if isinstance(b, keras.layers.Conv2D)]
+    assert convs[-1].name not in frozen and convs[0].name in frozen  # the exit flow's shortcut learns with it
+
+
 def test_member_subsets_and_the_two_stage_decision_are_compared_on_val(tmp_path):
     from training.evaluate import compare_subsets
     from training.heads import compare_decisions

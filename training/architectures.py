@@ -6,8 +6,6 @@ may be given, since nothing can be downloaded at run time.
 """
 from __future__ import annotations
 
-import re
-
 import keras
 from keras import layers
 
@@ -127,10 +125,10 @@ def xception_imagenet(input_spec: dict, n_outputs: int = 1, task: str = Training
     if input_spec.get("channels", 1) == 1:
         x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
     backbone = keras.applications.Xception(input_tensor=x, include_top=False, weights=None)
-    for layer in backbone.layers:
-        block = re.match(r"block(\d+)_", layer.name)
-        frozen = block is None or int(block.group(1)) < train_from
-        if isinstance(layer, layers.BatchNormalization) or (frozen and layer.weights):
+    learning = False  # from the first layer of block `train_from` on, in graph order (so the exit flow's unnamed
+    for layer in backbone.layers:  # 1×1 shortcut convolution learns with its block)
+        learning = learning or layer.name.startswith(f"block{train_from}_")
+        if isinstance(layer, layers.BatchNormalization) or not learning:
             layer.trainable = False
     model = keras.Model(inputs, _head(backbone.output, n_outputs, task), name="xception_imagenet")
     if weights:

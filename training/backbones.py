@@ -158,8 +158,14 @@ def fetch(out: Path = DEFAULT_DIR, names=tuple(SOURCES)) -> list[dict]:
 
 
 def load_backbone(model, name: str, folder: Path = DEFAULT_DIR) -> dict:
-    """Copy a fetched backbone's weights, by layer name, into `model` (a member built around the same
-    keras.applications network). The weights file's sha256 is checked against its provenance first."""
+    """Copy a fetched backbone's weights into `model` (a member built around the same keras.applications network),
+    every layer with weights, in order. The weights file's sha256 is checked against its provenance first.
+
+    Layers are paired by position, not by name: Keras numbers the layers an application leaves unnamed (Xception's
+    four 1×1 shortcut convolutions and their BatchNorms) per process, so the same layer is `conv2d` in the member
+    and `conv2d_4` in a second copy built beside it, and matching names silently skipped them. The pairing starts
+    at the source's first layer (named the same in both), and each pair must be the same kind of layer with the same
+    weight shapes, or nothing is copied."""
     import keras
     folder = Path(folder)
     record = json.loads((folder / f"{name}.json").read_text())
@@ -172,12 +178,18 @@ def load_backbone(model, name: str, folder: Path = DEFAULT_DIR) -> dict:
                    input_shape=(224, 224, 3), include_top=False, weights=None)}[name]
     source = builder()
     source.load_weights(path)
-    targets = {layer.name: layer for layer in model.layers}
-    copied = 0
-    for layer in source.layers:
-        if layer.weights and layer.name in targets:
-            targets[layer.name].set_weights(layer.get_weights())
-            copied += 1
-    if copied == 0:
+    sources = [layer for layer in source.layers if layer.weights]
+    targets = [layer for layer in model.layers if layer.weights]
+    start = next((i for i, layer in enumerate(targets) if layer.name == sources[0].name), None)
+    if start is None:
         raise ValueError(f"no layer of {model.name} matches the {name} backbone")
+    pairs = list(zip(sources, targets[start:]))
+    for theirs, ours in pairs:
+        shapes = [tuple(w.shape) for w in theirs.weights], [tuple(w.shape) for w in ours.weights]
+        if len(pairs) < len(sources) or type(theirs) is not type(ours) or shapes[0] != shapes[1]:
+            raise ValueError(f"{model.name} does not hold the {name} backbone in order: {theirs.name} "
+                             f"{shapes[0]} against {ours.name} {shapes[1]}")
+    for theirs, ours in pairs:
+        ours.set_weights(theirs.get_weights())
+    copied = len(pairs)
     return {**record, "layers_copied": copied}
