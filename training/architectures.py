@@ -125,8 +125,10 @@ def xception_imagenet(input_spec: dict, n_outputs: int = 1, task: str = Training
     if input_spec.get("channels", 1) == 1:
         x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
     backbone = keras.applications.Xception(input_tensor=x, include_top=False, weights=None)
-    learning = False  # from the first layer of block `train_from` on, in graph order (so the exit flow's unnamed
-    for layer in backbone.layers:  # 1×1 shortcut convolution learns with its block)
+    # Learning starts at the first layer of block `train_from`, in graph order, so the exit flow's unnamed 1×1
+    # shortcut convolution learns with its block.
+    learning = False
+    for layer in backbone.layers:
         learning = learning or layer.name.startswith(f"block{train_from}_")
         if isinstance(layer, layers.BatchNormalization) or not learning:
             layer.trainable = False

@@ -184,12 +184,14 @@ def load_backbone(model, name: str, folder: Path = DEFAULT_DIR) -> dict:
     if start is None:
         raise ValueError(f"no layer of {model.name} matches the {name} backbone")
     pairs = list(zip(sources, targets[start:]))
+    if len(pairs) < len(sources):
+        raise ValueError(f"{model.name} holds {len(pairs)} of the {name} backbone's {len(sources)} layers with "
+                         "weights")
     for theirs, ours in pairs:
         shapes = [tuple(w.shape) for w in theirs.weights], [tuple(w.shape) for w in ours.weights]
-        if len(pairs) < len(sources) or type(theirs) is not type(ours) or shapes[0] != shapes[1]:
+        if type(theirs) is not type(ours) or shapes[0] != shapes[1]:
             raise ValueError(f"{model.name} does not hold the {name} backbone in order: {theirs.name} "
                              f"{shapes[0]} against {ours.name} {shapes[1]}")
     for theirs, ours in pairs:
         ours.set_weights(theirs.get_weights())
-    copied = len(pairs)
-    return {**record, "layers_copied": copied}
+    return {**record, "layers_copied": len(pairs)}
