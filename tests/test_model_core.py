@@ -91,6 +91,7 @@ def test_batch_and_single_predictions_agree_without_retracing(two_bundles):
     singles = [ensemble.predict(i) for i in imgs]
     assert [b.probability for b in batch] == pytest.approx([s.probability for s in singles], abs=1e-5)
     assert ensemble._forward.experimental_get_tracing_count() == 1
+    assert ensemble._one.experimental_get_tracing_count() == 1  # the single-image pass, with its feature maps
 
 
 def test_decision_at_threshold():
@@ -140,6 +141,30 @@ def test_predict_cli_loads_each_member_once_for_many_files(two_bundles, tmp_path
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["file"] for line in lines] == [str(f) for f in files]
     assert len([c for c in calls if "alpha" in str(c[0])]) == 2  # two members, loaded once each
+
+
+def test_a_gradcam_after_predict_reuses_its_forward_pass_and_draws_the_same_map(tiny_bundles):
+    from model.core.ensemble import Ensemble, features_memo
+    from model.core.preprocess import to_model_input
+
+    bundle = bundle_lib.load_bundle(tiny_bundles / "pneumonia-kermany")
+    ensemble, explainer = Ensemble(bundle), Explainer(bundle)
+    img, other = toy_chest((200, 180), pneumonia=True, seed=11), toy_chest((200, 180), seed=12)
+    features_memo.clear()
+    cold = {c: explainer.cams(img, "gradcam", c) for c in bundle.classes}  # nothing kept: every member runs
+
+    single = ensemble.predict(img)
+    batched = ensemble.predict_batch(to_model_input(img, bundle.input_spec)[None])[0]
+    assert single.probabilities == pytest.approx(batched.probabilities, abs=1e-6)
+    full, from_features = explainer._compiled_gradcam()
+    explainer._cams["compiled"] = (lambda *a: pytest.fail("the members ran again"), from_features)
+    for c in bundle.classes:
+        warm = explainer.cams(img, "gradcam", c)
+        assert warm.keys() == cold[c].keys()
+        for name in warm:
+            assert np.abs(warm[name] - cold[c][name]).max() < 1e-5, name
+    with pytest.raises(pytest.fail.Exception):  # an image predict has not seen needs the whole forward pass
+        explainer.cams(other, "gradcam")
 
 
 def test_compiled_gradcam_matches_tf_keras_vis(tiny_bundles):

@@ -2,7 +2,9 @@
 at a threshold. All members run inside one compiled `tf.function` with a fixed input signature (no retracing)."""
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +15,41 @@ from model.core.types import Task
 _EPS = 1e-7
 _compiled: dict[tuple, object] = {}  # (member model ids, input shape) → the compiled forward, kept per process
 _compiled_lock = threading.Lock()
+
+
+class FeatureMemo:
+    """The last few single-image forward passes' CAM-layer feature maps, one entry per (loaded models, model input).
+    `Ensemble.predict` leaves them here and `Explainer.cams` takes them, so explaining an image just analysed runs
+    only each member's head backwards instead of every member's whole network again. Holds model inputs' digests,
+    never pixels."""
+
+    def __init__(self, entries: int = 8):
+        self.entries = entries
+        self._store: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(models, model_input: np.ndarray) -> tuple:
+        return tuple(id(m) for m in models), hashlib.blake2b(np.ascontiguousarray(model_input).tobytes(),
+                                                             digest_size=16).digest()
+
+    def put(self, key: tuple, features: list[np.ndarray]) -> None:
+        with self._lock:
+            self._store[key] = features
+            self._store.move_to_end(key)
+            while len(self._store) > self.entries:
+                self._store.popitem(last=False)
+
+    def get(self, key: tuple) -> list[np.ndarray] | None:
+        with self._lock:
+            return self._store.get(key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._store.clear()
+
+
+features_memo = FeatureMemo()
 
 
 def apply_temperature(prob: np.ndarray, temperature: float, task: Task | str, bias: float = 0.0) -> np.ndarray:
@@ -83,24 +120,60 @@ class Ensemble:
 
             with _compiled_lock:
                 self._forward = _compiled.setdefault(key, forward)
+        self._one = self._one_with_features()
+
+    def _one_with_features(self):
+        """One image's forward pass that also returns each member's CAM-layer feature map (compiled once per set of
+        loaded models, like the batch forward); None when a member names no CAM layer."""
+        import keras
+        import tensorflow as tf
+
+        members = self.bundle.members
+        shape = (1, self.spec["height"], self.spec["width"], self.spec.get("channels", 1))
+        key = ("features",) + tuple(id(m.model) for m in members) + (shape,)
+        with _compiled_lock:
+            if key in _compiled:
+                return _compiled[key]
+        try:
+            parts = [keras.Model(m.model.inputs, [m.model.output, m.model.get_layer(m.cam_layer).output])
+                     for m in members]
+        except (ValueError, AttributeError, TypeError):
+            return None
+
+        @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8)])
+        def one(x):
+            outs = [part(tf.cast(x, tf.float32), training=False) for part in parts]
+            return tf.stack([tf.cast(o, tf.float32) for o, _ in outs]), tuple(tf.cast(f, tf.float32) for _, f in outs)
+
+        with _compiled_lock:
+            return _compiled.setdefault(key, one)
 
     def raw(self, batch: np.ndarray) -> np.ndarray:
         """(members, N, outputs) uncalibrated member outputs for a uint8 batch."""
         return self._forward(np.ascontiguousarray(batch, dtype=np.uint8)).numpy()
 
     def predict_batch(self, batch: np.ndarray) -> list[Prediction]:
-        out = self.raw(batch)
+        return self._predictions(self.raw(batch))
+
+    def _predictions(self, out: np.ndarray) -> list[Prediction]:
         per_member = [apply_temperature(out[i], m.temperature, self.task, m.bias)
                       for i, m in enumerate(self.bundle.members)]
         mean = np.mean(per_member, axis=0)
         names = [m.name for m in self.bundle.members]
         return [Prediction(self.classes, self.task, self._named(mean[n]),
                            {name: self._named(p[n]) for name, p in zip(names, per_member)})
-                for n in range(len(batch))]
+                for n in range(out.shape[1])]
 
     def predict(self, gray: np.ndarray) -> Prediction:
-        """One decoded uint8 grayscale image (any size) → Prediction."""
-        return self.predict_batch(to_model_input(gray, self.spec)[None])[0]
+        """One decoded uint8 grayscale image (any size) → Prediction. Its members' CAM-layer features are kept in
+        `features_memo`, for a Grad-CAM of the same image that follows."""
+        x = to_model_input(gray, self.spec)
+        if self._one is None:
+            return self.predict_batch(x[None])[0]
+        out, features = self._one(np.ascontiguousarray(x[None], dtype=np.uint8))
+        features_memo.put(FeatureMemo.key([m.model for m in self.bundle.members], x),
+                          [f.numpy() for f in features])
+        return self._predictions(out.numpy())[0]
 
     def _named(self, row: np.ndarray) -> dict[str, float]:
         if self.task == Task.BINARY:

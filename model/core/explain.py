@@ -7,6 +7,7 @@ import threading
 import cv2
 import numpy as np
 
+from model.core.ensemble import FeatureMemo, features_memo
 from model.core.preprocess import to_model_input
 from model.core.types import CamMethod, Task, look_up_option
 
@@ -64,8 +65,11 @@ class Explainer:
     def _compiled_gradcam(self):
         """Grad-CAM for every member in one compiled graph: the same maths as tf-keras-vis's Gradcam with
         ReplaceToLinear (gradient of the pre-activation score, channel weights = spatial mean of the gradient,
-        ReLU, min-max normalised, bilinear to input size), ~5× faster than its eager path. Needs each member's
-        last layer to be a Dense head, as training.architectures builds; otherwise returns None."""
+        ReLU, min-max normalised, bilinear to input size), ~5× faster than its eager path. Two entry points: `full`
+        runs each member from the image; `from_features` starts at the CAM-layer feature maps that
+        `Ensemble.predict` left in `features_memo`, and so runs only the layers after them. Needs each member to
+        end in a chain of single-input layers from its CAM layer to a Dense head, as training.architectures
+        builds; otherwise returns None."""
         if "compiled" in self._cams:
             return self._cams["compiled"]
         h, w = self.spec["height"], self.spec["width"]
@@ -86,45 +90,68 @@ class Explainer:
         import keras
         import tensorflow as tf
 
-        parts = []
+        parts = []  # per member: (image → CAM-layer features, the layers from there to the head's input, the head)
         for m in self.bundle.members:
-            head = m.model.layers[-1]
-            if not isinstance(head, keras.layers.Dense):
+            layers = m.model.layers
+            names = [layer.name for layer in layers]
+            if m.cam_layer not in names or not isinstance(layers[-1], keras.layers.Dense):
                 return None
-            parts.append((keras.Model(m.model.inputs, [m.model.get_layer(m.cam_layer).output, head.input]), head))
+            chain, previous = layers[names.index(m.cam_layer) + 1:-1], layers[names.index(m.cam_layer)]
+            for layer in chain + [layers[-1]]:
+                if layer.input is not previous.output:  # a branch after the CAM layer: no fast path
+                    return None
+                previous = layer
+            parts.append((keras.Model(m.model.inputs, m.model.get_layer(m.cam_layer).output), chain, layers[-1]))
         h, w = self.spec["height"], self.spec["width"]
 
-        @tf.function(input_signature=[tf.TensorSpec((1, h, w, self.spec.get("channels", 1)), tf.float32),
-                                      tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.float32)])
-        def run(x, k, sign):
+        def cams_from(features, k, sign):
             cams = []
-            for sub, head in parts:
+            for f, (_, chain, head) in zip(features, parts):
                 with tf.GradientTape() as tape:
-                    features, pooled = sub(x, training=False)
+                    tape.watch(f)
+                    pooled = f
+                    for layer in chain:
+                        pooled = layer(pooled, training=False)
                     score = sign * (tf.matmul(pooled, head.kernel) + head.bias)[:, k]
-                grads = tape.gradient(score, features)
+                grads = tape.gradient(score, f)
                 weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-                cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
+                cam = tf.nn.relu(tf.reduce_sum(weights * f, axis=-1))[..., None]
                 # Corner-aligned, as scipy.ndimage.zoom(order=1) upsamples in tf-keras-vis.
                 cam = tf.compat.v1.image.resize_bilinear(cam, (h, w), align_corners=True)[0, ..., 0]
                 lo, hi = tf.reduce_min(cam), tf.reduce_max(cam)
                 cams.append(tf.math.divide_no_nan(cam - lo, hi - lo))
             return tf.stack(cams)
 
-        return run
+        scalars = [tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.float32)]
+
+        @tf.function(input_signature=[tf.TensorSpec((1, h, w, self.spec.get("channels", 1)), tf.float32)] + scalars)
+        def full(x, k, sign):
+            return cams_from([tf.cast(sub(x, training=False), tf.float32) for sub, _, _ in parts], k, sign)
+
+        shapes = tuple(tf.TensorSpec((1,) + tuple(sub.output.shape[1:]), tf.float32) for sub, _, _ in parts)
+
+        @tf.function(input_signature=[shapes] + scalars)
+        def from_features(features, k, sign):
+            return cams_from(list(features), k, sign)
+
+        return full, from_features
 
     def cams(self, gray: np.ndarray, method: CamMethod | str = CamMethod.GRADCAM,
              class_name: str | None = None) -> dict[str, np.ndarray]:
-        """{member name: CAM, "ensemble": mean of member CAMs}, each at model-input resolution in [0, 1]."""
+        """{member name: CAM, "ensemble": mean of member CAMs}, each at model-input resolution in [0, 1]. A
+        Grad-CAM of an image `Ensemble.predict` has just seen reuses that forward pass's feature maps."""
         method = look_up_option(method, CamMethod)
         class_name = class_name or self.bundle.classes[-1]
         x = to_model_input(gray, self.spec)
         fast = self._compiled_gradcam() if method == CamMethod.GRADCAM else None
         if fast is not None:
+            full, from_features = fast
             binary = self.bundle.task == Task.BINARY
-            k = 0 if binary else self.bundle.classes.index(class_name)
-            sign = -1.0 if binary and class_name == self.bundle.classes[0] else 1.0
-            stacked = fast(x[None].astype(np.float32), np.int32(k), np.float32(sign)).numpy()
+            k = np.int32(0 if binary else self.bundle.classes.index(class_name))
+            sign = np.float32(-1.0 if binary and class_name == self.bundle.classes[0] else 1.0)
+            features = features_memo.get(FeatureMemo.key([m.model for m in self.bundle.members], x))
+            stacked = (from_features(tuple(features), k, sign) if features is not None
+                       else full(x[None].astype(np.float32), k, sign)).numpy()
             out = {m.name: stacked[i] for i, m in enumerate(self.bundle.members)}
         else:
             out = {m.name: self.member_cam(x, m, method, class_name) for m in self.bundle.members}
