@@ -385,6 +385,19 @@ def input_size_view(bundle):
             text += " " + t("size_larger_gains", size=g["size"], auc=F.fmt_num(g["test_auc_gain"]),
                             slowdown=F.fmt_num(g["slowdown"], 1))
         st.markdown(text)
+    three = tables.three_class_size_verdict(table, verdict["enough"] if verdict else None)
+    if three:
+        text = t("size_three_class", size=three["best"], val_acc=F.fmt_pct(three["best_val_accuracy"]),
+                 test_acc=F.fmt_pct(three["best_test_accuracy"]), bvv=F.fmt_num(three["best_test_bvv_auc"]))
+        if "binary_enough" in three:
+            e = three["binary_enough"]
+            text += " " + t("size_three_class_binary_enough", size=e["size"],
+                            val_points=F.fmt_num(100 * e["val_accuracy_loss"], 1),
+                            test_points=F.fmt_num(100 * e["test_accuracy_loss"], 1),
+                            bvv=F.fmt_num(e["test_bvv_auc_loss"]))
+        elif verdict and verdict["enough"] == three["best"]:
+            text += " " + t("size_three_class_same")
+        st.markdown(text)
     st.plotly_chart(charts.input_size(t, table), key="input_size_chart")
     fmt = st.column_config.NumberColumn(format="%.3f")
     shown = pd.DataFrame({
@@ -396,8 +409,14 @@ def input_size_view(bundle):
         t("col_latency"): table["latency_ms"].map(lambda v: F.fmt_num(v, 1)),
         t("col_external_auc"): table["external_auc"],
         t("col_external_accuracy"): table["external_accuracy"].map(F.fmt_pct)})
+    if three:
+        shown[t("col_val_3class_accuracy")] = table["val_3class_accuracy"].map(F.fmt_pct)
+        shown[t("col_test_3class_accuracy")] = table["test_3class_accuracy"].map(F.fmt_pct)
+        shown[t("col_test_bvv_auc")] = table["test_bacterial_vs_viral_auc"]
+        shown[t("col_external_3class_accuracy")] = table["external_3class_accuracy"].map(F.fmt_pct)
     st.dataframe(shown, hide_index=True, key="input_size_table",
-                 column_config={t("col_val_auc"): fmt, t("col_auc"): fmt, t("col_external_auc"): fmt})
+                 column_config={t("col_val_auc"): fmt, t("col_auc"): fmt, t("col_external_auc"): fmt,
+                                t("col_test_bvv_auc"): fmt})
     st.caption(t("input_size_table_caption"))
 
 

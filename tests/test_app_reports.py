@@ -420,7 +420,16 @@ def size_report() -> dict:
          "test_auc": a, "test_auc_ci95": [a - 0.01, min(1.0, a + 0.004)], "test_accuracy": acc,
          "test_sensitivity": acc + 0.01, "test_specificity": acc - 0.02, "balanced_threshold": 0.5,
          "external_auc": a - 0.02, "external_accuracy": acc - 0.05, "external_dataset": "later-collection",
-         "latency_ms": ms} for s, v, a, acc, ms in SIZE_ROWS]}
+         "latency_ms": ms, **three_class(s)} for s, v, a, acc, ms in SIZE_ROWS]}
+
+
+THREE_CLASS = {64: (0.780, 0.760, 0.780), 128: (0.800, 0.790, 0.800), 224: (0.810, 0.800, 0.810)}  # val, test, BvV
+
+
+def three_class(size: int) -> dict:
+    val, test, bvv = THREE_CLASS[size]
+    return {"val_3class_accuracy": val, "val_bacterial_vs_viral_auc": bvv + 0.01, "test_3class_accuracy": test,
+            "test_bacterial_vs_viral_auc": bvv, "external_3class_accuracy": test + 0.1}
 
 
 def test_the_verdict_is_chosen_on_val_and_says_what_the_smaller_size_loses():
@@ -437,6 +446,18 @@ def test_the_verdict_is_chosen_on_val_and_says_what_the_smaller_size_loses():
     assert (versus["external_auc"], versus["best_external_auc"]) == (pytest.approx(0.972), pytest.approx(0.974))
     one = {"rows": size_report()["rows"][:1]}
     assert tables.input_size_verdict(tables.input_size_table(one)) is None
+
+
+def test_the_three_class_side_names_the_val_best_size_and_what_the_binary_choice_gives_up():
+    table = tables.input_size_table(size_report())
+    three = tables.three_class_size_verdict(table, binary_enough=128)
+    assert (three["best"], three["best_val_accuracy"], three["best_test_accuracy"]) == (224, 0.81, 0.80)
+    gives_up = three["binary_enough"]
+    assert (gives_up["size"], gives_up["val_accuracy_loss"], gives_up["test_accuracy_loss"],
+            gives_up["test_bvv_auc_loss"]) == (128, pytest.approx(0.01), pytest.approx(0.01), pytest.approx(0.01))
+    assert "binary_enough" not in tables.three_class_size_verdict(table, binary_enough=224)
+    binary_only = {"rows": [{k: v for k, v in r.items() if k not in three_class(64)} for r in size_report()["rows"]]}
+    assert tables.three_class_size_verdict(tables.input_size_table(binary_only)) is None
 
 
 def test_evaluation_shows_the_input_size_table_plot_and_sentence(tiny_bundles, point_app_at, tmp_path):
@@ -465,6 +486,10 @@ def test_evaluation_shows_the_input_size_table_plot_and_sentence(tiny_bundles, p
     table = next(d.value for d in at.dataframe if ev["col_input_size"] in d.value.columns)
     assert table[ev["col_input_size"]].tolist() == ["64 × 64", "128 × 128", "224 × 224"]
     assert table[ev["col_external_accuracy"]].tolist() == [F.fmt_pct(r[3] - 0.05) for r in SIZE_ROWS]
+    assert ev["size_three_class"].format(size=224, val_acc="81.0%", test_acc="80.0%", bvv="0.810") in text
+    assert ev["size_three_class_binary_enough"].format(size=128, val_points="1.0", test_points="1.0",
+                                                       bvv="0.010") in text
+    assert table[ev["col_test_3class_accuracy"]].tolist() == [F.fmt_pct(THREE_CLASS[r[0]][1]) for r in SIZE_ROWS]
 
 
 def test_a_member_that_cannot_be_read_is_explained_where_it_is_needed(tiny_bundles, point_app_at, tmp_path):

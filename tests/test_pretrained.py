@@ -205,7 +205,17 @@ def test_a_size_study_row_takes_every_number_from_the_runs_val_chosen_evaluation
         "ensemble": {"auc": 0.997, "auc_ci95": [0.99, 0.999], "operating_points": {"balanced": point}},
         "external": {"dataset": "later", "auc": 0.976, "operating_points": {"balanced": {
             "threshold": 0.7, "accuracy": 0.86, "sensitivity": 0.99, "specificity": 0.64}}}}))
-    row = study({16: run})["rows"][0]
+    three = tmp_path / "size-16-multiclass"
+    three.mkdir()
+    (three / "evaluation.json").write_text(json.dumps({
+        "task": "multiclass", "member_val_auc": {"cnn": 0.91},
+        "ensemble": {"accuracy": 0.79, "bacterial_vs_viral_auc": 0.80, "macro_auc": 0.92},
+        "external": {"accuracy": 0.90, "bacterial_vs_viral_auc": 0.98},
+        "val_comparison": [{"members": ["cnn"], "val_accuracy": 0.81, "val_bacterial_vs_viral_auc": 0.82}]}))
+    assert "val_3class_accuracy" not in study({16: run})["rows"][0]
+    row = study({16: run}, {16: three})["rows"][0]
+    assert (row["val_3class_accuracy"], row["test_3class_accuracy"], row["test_bacterial_vs_viral_auc"],
+            row["external_3class_accuracy"]) == (0.81, 0.79, 0.80, 0.90)
     assert (row["size"], row["val_auc"], row["test_auc"], row["test_accuracy"]) == (16, 0.998, 0.997, 0.97)
     assert (row["external_auc"], row["external_accuracy"], row["external_specificity"]) == (0.976, 0.86, 0.64)
     assert row["balanced_threshold"] == 0.7 and row["latency_ms"] > 0

@@ -109,6 +109,8 @@ def main(argv=None) -> int:
     ss = sub.add_parser("size-study", help="one member at several input sizes: AUC, accuracy, latency, parameters")
     ss.add_argument("--run", action="append", required=True, metavar="SIZE=RUN",
                     help="an evaluated single-member binary run per input size")
+    ss.add_argument("--three-class", action="append", default=[], metavar="SIZE=RUN",
+                    help="the same member's evaluated three-class run at that size (optional, repeatable)")
     ss.add_argument("--out", required=True, help="JSON file to write (put it in the run as input-size.json)")
 
     hc = sub.add_parser("heads-compare", help="three-way softmax vs pneumonia-first two-stage decision, on val")
@@ -152,7 +154,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "size-study":
         from training.size_study import study
-        report = study({int(k): Path(v) for k, v in (r.split("=", 1) for r in args.run)})
+        report = study({int(k): Path(v) for k, v in (r.split("=", 1) for r in args.run)},
+                       {int(k): Path(v) for k, v in (r.split("=", 1) for r in args.three_class)})
         Path(args.out).write_text(json.dumps(report, indent=2))
         print(json.dumps(report, indent=2))
         return 0

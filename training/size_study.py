@@ -4,7 +4,9 @@ Each size is its own evaluated single-member run (`train --size S`, `heads`, `ev
 is chosen on val exactly as for a shipped bundle: calibration and the balanced threshold on val, the internal test
 scored once, the external set reported only. Latency is the member alone, one image, compiled, on this machine.
 `python -m training size-study --run 64=RUN --run 128=RUN --run 224=RUN --out FILE` writes the table the
-Evaluation page draws (the bundle's `reports/input-size.json`).
+Evaluation page draws (the bundle's `reports/input-size.json`). `--three-class SIZE=RUN` adds the same member's
+three-class head at that size (the multitask run's other cut, evaluated the same way): accuracy and bacterial-vs-viral
+AUC on val, the internal test and external, since the harder question may need more pixels than the binary one.
 """
 from __future__ import annotations
 
@@ -56,9 +58,29 @@ def row(size: int, run: Path) -> dict:
             "latency_ms": latency_ms(run / member["file"], size)}
 
 
-def study(runs: dict[int, Path]) -> dict:
+def three_class(run: Path) -> dict:
+    """The three-class head of one single-member run at one size: accuracy and bacterial-vs-viral AUC on val (where
+    choices are made), the internal test (scored once) and external (reported only)."""
+    run = Path(run)
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    if len(evaluation["member_val_auc"]) != 1 or evaluation["task"] != "multiclass":
+        raise ValueError(f"{run} is not an evaluated single-member three-class run")
+    val = evaluation["val_comparison"][0]
+    external = evaluation.get("external") or {}
+    return {"val_3class_accuracy": val["val_accuracy"], "val_bacterial_vs_viral_auc": val["val_bacterial_vs_viral_auc"],
+            "test_3class_accuracy": evaluation["ensemble"]["accuracy"],
+            "test_bacterial_vs_viral_auc": evaluation["ensemble"]["bacterial_vs_viral_auc"],
+            "external_3class_accuracy": external.get("accuracy"),
+            "external_bacterial_vs_viral_auc": external.get("bacterial_vs_viral_auc")}
+
+
+def study(runs: dict[int, Path], three_class_runs: dict[int, Path] | None = None) -> dict:
     rows = [row(size, run) for size, run in sorted(runs.items())]
+    for r in rows:
+        if r["size"] in (three_class_runs or {}):
+            r.update(three_class(three_class_runs[r["size"]]))
     return {"what": "one member (same recipe) trained at several square input sizes", "rows": rows,
             "chosen_on": "val (calibration, balanced threshold); internal test scored once; external reported only",
             "accuracy": "accuracy at each size's balanced point (Youden on val), on the internal test and on external",
+            "three_class": "where given: the same member's three-class head, most probable class, at each size",
             "latency": "member alone, 1 image, tf.function, median of 30, on the machine that ran the study"}

@@ -411,8 +411,36 @@ def input_size_table(report: dict) -> pd.DataFrame:
                      "test_auc": r.get("test_auc"), "ci_low": ci[0], "ci_high": ci[1],
                      "test_accuracy": r.get("test_accuracy"), "sensitivity": r.get("test_sensitivity"),
                      "specificity": r.get("test_specificity"), "latency_ms": r.get("latency_ms"),
-                     "external_auc": r.get("external_auc"), "external_accuracy": r.get("external_accuracy")})
+                     "external_auc": r.get("external_auc"), "external_accuracy": r.get("external_accuracy"),
+                     **{k: r.get(k, np.nan) for k in THREE_CLASS_COLUMNS}})
     return pd.DataFrame(rows).sort_values("size", ignore_index=True) if rows else pd.DataFrame()
+
+
+THREE_CLASS_COLUMNS = ("val_3class_accuracy", "val_bacterial_vs_viral_auc", "test_3class_accuracy",
+                       "test_bacterial_vs_viral_auc", "external_3class_accuracy")
+
+
+def three_class_size_verdict(table: pd.DataFrame, binary_enough: int | None = None) -> dict | None:
+    """The three-class side of the study, where it was run: the size whose three-class head is most accurate on val
+    (the smaller one on a tie), and what the size that is enough for the binary question gives up against it on val
+    and on the internal test. None without at least two sizes with a val three-class accuracy."""
+    if table.empty or "val_3class_accuracy" not in table:
+        return None
+    rows = table.dropna(subset=["val_3class_accuracy"])
+    if len(rows) < 2:
+        return None
+    best = rows.loc[rows["val_3class_accuracy"].idxmax()]  # idxmax keeps the first, i.e. the smaller size
+    verdict = {"best": int(best["size"]), "best_val_accuracy": float(best["val_3class_accuracy"]),
+               "best_test_accuracy": float(best["test_3class_accuracy"]),
+               "best_test_bvv_auc": float(best["test_bacterial_vs_viral_auc"])}
+    if binary_enough is not None and binary_enough != verdict["best"] and binary_enough in set(rows["size"]):
+        other = rows[rows["size"] == binary_enough].iloc[0]
+        verdict["binary_enough"] = {
+            "size": binary_enough,
+            "val_accuracy_loss": verdict["best_val_accuracy"] - float(other["val_3class_accuracy"]),
+            "test_accuracy_loss": verdict["best_test_accuracy"] - float(other["test_3class_accuracy"]),
+            "test_bvv_auc_loss": verdict["best_test_bvv_auc"] - float(other["test_bacterial_vs_viral_auc"])}
+    return verdict
 
 
 def input_size_verdict(table: pd.DataFrame, tolerance: float = ENOUGH_VAL_AUC) -> dict | None:
