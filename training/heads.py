@@ -68,5 +68,6 @@ def compare_decisions(binary_run: str | Path, multiclass_run: str | Path) -> dic
     def report(pred):
         return {"accuracy": float((pred == y).mean()),
                 "recall": {c: float((pred[y == k] == k).mean()) for k, c in enumerate(pm["classes"])}}
-    return {"split": "val", "n": int(len(y)), "binary_threshold": threshold,
+    return {"split": "val", "n": int(len(y)), "binary_run": binary_run.name, "multiclass_run": multiclass_run.name,
+            "binary_threshold": threshold,
             "softmax": report(softmax), "two_stage": report(two_stage)}
