@@ -391,10 +391,10 @@ def input_size_view(bundle):
                  test_acc=F.fmt_pct(three["best_test_accuracy"]), bvv=F.fmt_num(three["best_test_bvv_auc"]))
         if "binary_enough" in three:
             e = three["binary_enough"]
-            text += " " + t("size_three_class_binary_enough", size=e["size"],
-                            val_points=F.fmt_num(100 * e["val_accuracy_loss"], 1),
-                            test_points=F.fmt_num(100 * e["test_accuracy_loss"], 1),
-                            bvv=F.fmt_num(e["test_bvv_auc_loss"]))
+            text += " " + t("size_three_class_binary_enough", size=e["size"], best=three["best"],
+                            val_points=F.fmt_delta(100 * e["val_accuracy_change"], 1),
+                            test_points=F.fmt_delta(100 * e["test_accuracy_change"], 1),
+                            bvv=F.fmt_delta(e["test_bvv_auc_change"]))
         elif verdict and verdict["enough"] == three["best"]:
             text += " " + t("size_three_class_same")
         st.markdown(text)

@@ -453,8 +453,8 @@ def test_the_three_class_side_names_the_val_best_size_and_what_the_binary_choice
     three = tables.three_class_size_verdict(table, binary_enough=128)
     assert (three["best"], three["best_val_accuracy"], three["best_test_accuracy"]) == (224, 0.81, 0.80)
     gives_up = three["binary_enough"]
-    assert (gives_up["size"], gives_up["val_accuracy_loss"], gives_up["test_accuracy_loss"],
-            gives_up["test_bvv_auc_loss"]) == (128, pytest.approx(0.01), pytest.approx(0.01), pytest.approx(0.01))
+    assert (gives_up["size"], gives_up["val_accuracy_change"], gives_up["test_accuracy_change"],
+            gives_up["test_bvv_auc_change"]) == (128, pytest.approx(-0.01), pytest.approx(-0.01), pytest.approx(-0.01))
     assert "binary_enough" not in tables.three_class_size_verdict(table, binary_enough=224)
     binary_only = {"rows": [{k: v for k, v in r.items() if k not in three_class(64)} for r in size_report()["rows"]]}
     assert tables.three_class_size_verdict(tables.input_size_table(binary_only)) is None
@@ -487,8 +487,8 @@ def test_evaluation_shows_the_input_size_table_plot_and_sentence(tiny_bundles, p
     assert table[ev["col_input_size"]].tolist() == ["64 × 64", "128 × 128", "224 × 224"]
     assert table[ev["col_external_accuracy"]].tolist() == [F.fmt_pct(r[3] - 0.05) for r in SIZE_ROWS]
     assert ev["size_three_class"].format(size=224, val_acc="81.0%", test_acc="80.0%", bvv="0.810") in text
-    assert ev["size_three_class_binary_enough"].format(size=128, val_points="1.0", test_points="1.0",
-                                                       bvv="0.010") in text
+    assert ev["size_three_class_binary_enough"].format(size=128, best=224, val_points="−1.0", test_points="−1.0",
+                                                       bvv="−0.010") in text
     assert table[ev["col_test_3class_accuracy"]].tolist() == [F.fmt_pct(THREE_CLASS[r[0]][1]) for r in SIZE_ROWS]
 
 

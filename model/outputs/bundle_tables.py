@@ -422,8 +422,9 @@ THREE_CLASS_COLUMNS = ("val_3class_accuracy", "val_bacterial_vs_viral_auc", "tes
 
 def three_class_size_verdict(table: pd.DataFrame, binary_enough: int | None = None) -> dict | None:
     """The three-class side of the study, where it was run: the size whose three-class head is most accurate on val
-    (the smaller one on a tie), and what the size that is enough for the binary question gives up against it on val
-    and on the internal test. None without at least two sizes with a val three-class accuracy."""
+    (the smaller one on a tie), and how the size that is enough for the binary question differs from it (that size
+    minus the best) on val and on the internal test. None without at least two sizes with a val three-class
+    accuracy."""
     if table.empty or "val_3class_accuracy" not in table:
         return None
     rows = table.dropna(subset=["val_3class_accuracy"])
@@ -437,9 +438,9 @@ def three_class_size_verdict(table: pd.DataFrame, binary_enough: int | None = No
         other = rows[rows["size"] == binary_enough].iloc[0]
         verdict["binary_enough"] = {
             "size": binary_enough,
-            "val_accuracy_loss": verdict["best_val_accuracy"] - float(other["val_3class_accuracy"]),
-            "test_accuracy_loss": verdict["best_test_accuracy"] - float(other["test_3class_accuracy"]),
-            "test_bvv_auc_loss": verdict["best_test_bvv_auc"] - float(other["test_bacterial_vs_viral_auc"])}
+            "val_accuracy_change": float(other["val_3class_accuracy"]) - verdict["best_val_accuracy"],
+            "test_accuracy_change": float(other["test_3class_accuracy"]) - verdict["best_test_accuracy"],
+            "test_bvv_auc_change": float(other["test_bacterial_vs_viral_auc"]) - verdict["best_test_bvv_auc"]}
     return verdict
 
 

@@ -17,6 +17,11 @@ def fmt_num(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if is_number(x) else "—"
 
 
+def fmt_delta(x, digits: int = 3) -> str:
+    """A difference with its sign: 0.0123 -> "+0.012", -0.8 -> "−0.800"; missing or NaN -> "—"."""
+    return (f"{x:+.{digits}f}".replace("-", "−") if is_number(x) else "—")
+
+
 def fmt_pct(x, digits: int = 1) -> str:
     """0.9123 -> "91.2%"; missing or NaN -> "—"."""
     return f"{100 * x:.{digits}f}%" if is_number(x) else "—"
