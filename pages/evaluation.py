@@ -409,15 +409,20 @@ def input_size_view(bundle):
         t("col_latency"): table["latency_ms"].map(lambda v: F.fmt_num(v, 1)),
         t("col_external_auc"): table["external_auc"],
         t("col_external_accuracy"): table["external_accuracy"].map(F.fmt_pct)})
-    if three:
-        shown[t("col_val_3class_accuracy")] = table["val_3class_accuracy"].map(F.fmt_pct)
-        shown[t("col_test_3class_accuracy")] = table["test_3class_accuracy"].map(F.fmt_pct)
-        shown[t("col_test_bvv_auc")] = table["test_bacterial_vs_viral_auc"]
-        shown[t("col_external_3class_accuracy")] = table["external_3class_accuracy"].map(F.fmt_pct)
     st.dataframe(shown, hide_index=True, key="input_size_table",
-                 column_config={t("col_val_auc"): fmt, t("col_auc"): fmt, t("col_external_auc"): fmt,
-                                t("col_test_bvv_auc"): fmt})
+                 column_config={t("col_val_auc"): fmt, t("col_auc"): fmt, t("col_external_auc"): fmt})
     st.caption(t("input_size_table_caption"))
+    if three:
+        st.dataframe(pd.DataFrame({
+            t("col_input_size"): [f"{s} × {s}" for s in table["size"]],
+            t("col_val_3class_accuracy"): table["val_3class_accuracy"].map(F.fmt_pct),
+            t("col_val_bvv_auc"): table["val_bacterial_vs_viral_auc"],
+            t("col_test_3class_accuracy"): table["test_3class_accuracy"].map(F.fmt_pct),
+            t("col_test_bvv_auc"): table["test_bacterial_vs_viral_auc"],
+            t("col_external_3class_accuracy"): table["external_3class_accuracy"].map(F.fmt_pct)}),
+            hide_index=True, key="input_size_three_class_table",
+            column_config={t("col_val_bvv_auc"): fmt, t("col_test_bvv_auc"): fmt})
+        st.caption(t("input_size_three_class_caption"))
 
 
 # --- page -----------------------------------------------------------------------------------------------------------

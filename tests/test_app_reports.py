@@ -489,7 +489,9 @@ def test_evaluation_shows_the_input_size_table_plot_and_sentence(tiny_bundles, p
     assert ev["size_three_class"].format(size=224, val_acc="81.0%", test_acc="80.0%", bvv="0.810") in text
     assert ev["size_three_class_binary_enough"].format(size=128, best=224, val_points="−1.0", test_points="−1.0",
                                                        bvv="−0.010") in text
-    assert table[ev["col_test_3class_accuracy"]].tolist() == [F.fmt_pct(THREE_CLASS[r[0]][1]) for r in SIZE_ROWS]
+    three = next(d.value for d in at.dataframe if ev["col_test_3class_accuracy"] in d.value.columns)
+    assert three[ev["col_input_size"]].tolist() == ["64 × 64", "128 × 128", "224 × 224"]
+    assert three[ev["col_test_3class_accuracy"]].tolist() == [F.fmt_pct(THREE_CLASS[r[0]][1]) for r in SIZE_ROWS]
 
 
 def test_a_member_that_cannot_be_read_is_explained_where_it_is_needed(tiny_bundles, point_app_at, tmp_path):
