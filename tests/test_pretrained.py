@@ -47,22 +47,29 @@ def test_a_shard_shorter_than_its_manifest_is_refused():
         tfjs_weights(model_js.replace("shape:[2000]", "shape:[1000]"), shard_js)
 
 
+def fake_backbone(folder, name: str, backbone, seed: int):
+    """`backbone` with random weights (BatchNorm variances near 1), written as a fetched backbone `name` would be:
+    the weights file and its provenance record with the sha256."""
+    from model.core.bundle import sha256_file
+
+    rng = np.random.default_rng(seed)
+    for var in backbone.weights:
+        var.assign(rng.normal(0, 0.01, var.shape).astype("float32") + (1.0 if "variance" in var.path else 0.0))
+    backbone.save_weights(folder / f"{name}.weights.h5")
+    (folder / f"{name}.json").write_text(json.dumps(
+        {"name": name, "file": f"{name}.weights.h5", "sha256": sha256_file(folder / f"{name}.weights.h5"),
+         "package": "a registry package", "version": "0", "licence": "MIT"}))
+    return backbone
+
+
 def test_pretrained_member_keeps_batchnorm_frozen_and_takes_the_fetched_weights(tmp_path):
     import keras
 
-    from model.core.bundle import sha256_file
     from training.architectures import last_conv_layer, mobilenet_v2_imagenet
     from training.backbones import load_backbone
 
-    backbone = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, include_top=False,
-                                              weights=None)
-    rng = np.random.default_rng(1)
-    for var in backbone.weights:
-        var.assign(rng.normal(0, 0.01, var.shape).astype("float32") + (1.0 if "variance" in var.path else 0.0))
-    backbone.save_weights(tmp_path / "mnv2.weights.h5")
-    (tmp_path / "mobilenet_v2_nsfwjs.json").write_text(json.dumps(
-        {"name": "mobilenet_v2_nsfwjs", "file": "mnv2.weights.h5", "sha256": sha256_file(tmp_path / "mnv2.weights.h5"),
-         "package": "nsfwjs", "version": "4.3.0", "licence": "MIT"}))
+    backbone = fake_backbone(tmp_path, "mobilenet_v2_nsfwjs", keras.applications.MobileNetV2(
+        input_shape=(224, 224, 3), alpha=1.0, include_top=False, weights=None), seed=1)
     member = mobilenet_v2_imagenet({"height": 96, "width": 96, "channels": 1}, task="multitask")
     record = load_backbone(member, "mobilenet_v2_nsfwjs", tmp_path)
     assert record["licence"] == "MIT" and record["layers_copied"] > 100
@@ -73,7 +80,7 @@ def test_pretrained_member_keeps_batchnorm_frozen_and_takes_the_fetched_weights(
     out = member(np.full((1, 96, 96, 1), 128, np.float32))
     assert set(out) == {"prediction", "subtype"}
 
-    (tmp_path / "mnv2.weights.h5").write_bytes(b"tampered")
+    (tmp_path / "mobilenet_v2_nsfwjs.weights.h5").write_bytes(b"tampered")
     with pytest.raises(ValueError, match="sha256"):
         load_backbone(member, "mobilenet_v2_nsfwjs", tmp_path)
 
@@ -84,19 +91,11 @@ def test_the_xception_member_takes_every_backbone_layer_also_those_keras_numbers
     random (and frozen) in the first Xception run; they must be copied like the rest."""
     import keras
 
-    from model.core.bundle import sha256_file
     from training.architectures import xception_imagenet
     from training.backbones import load_backbone
 
-    backbone = keras.applications.Xception(input_shape=(71, 71, 3), include_top=False, weights=None)
-    rng = np.random.default_rng(2)
-    for var in backbone.weights:
-        var.assign(rng.normal(0, 0.01, var.shape).astype("float32") + (1.0 if "variance" in var.path else 0.0))
-    backbone.save_weights(tmp_path / "xception.weights.h5")
-    (tmp_path / "xception_imagenet.json").write_text(json.dumps(
-        {"name": "xception_imagenet", "file": "xception.weights.h5",
-         "sha256": sha256_file(tmp_path / "xception.weights.h5"), "package": "pneumonia-model-package",
-         "version": "0.3.0", "licence": "MIT"}))
+    backbone = fake_backbone(tmp_path, "xception_imagenet", keras.applications.Xception(
+        input_shape=(71, 71, 3), include_top=False, weights=None), seed=2)
     member = xception_imagenet({"height": 71, "width": 71, "channels": 1}, n_outputs=3, task="multiclass")
     record = load_backbone(member, "xception_imagenet", tmp_path)
     theirs = [layer for layer in backbone.layers if layer.weights]
@@ -111,6 +110,31 @@ def test_the_xception_member_takes_every_backbone_layer_also_those_keras_numbers
     assert "block11_sepconv3" in frozen and "block12_sepconv1" not in frozen and "prediction" not in frozen
     convs = [b for a, b in shortcuts if isinstance(b, keras.layers.Conv2D)]
     assert convs[-1].name not in frozen and convs[0].name in frozen  # the exit flow's shortcut learns with it
+
+
+def test_the_probes_feature_cache_names_the_weights_loaded_not_only_the_file(tmp_path, monkeypatch):
+    """The frozen-feature cache was keyed by the backbone file's sha256, so features made while the loader skipped
+    Xception's numbered layers would have been reused after the fix. The key now digests the weights in the model."""
+    import keras
+
+    import training.backbones
+    from training.probe import backbone_model, weights_digest
+
+    fake_backbone(tmp_path, "mobilenet_v2_nsfwjs", keras.applications.MobileNetV2(
+        input_shape=(224, 224, 3), alpha=1.0, include_top=False, weights=None), seed=3)
+    spec = {"height": 64, "width": 64, "channels": 1}
+    loaded = weights_digest(backbone_model("mobilenet_v2_nsfwjs", tmp_path, spec))
+    assert weights_digest(backbone_model("mobilenet_v2_nsfwjs", tmp_path, spec)) == loaded  # the same numbers
+    real = training.backbones.load_backbone
+
+    def skips_the_last_layer(model, name, folder):  # a loader with a bug: the same file, other numbers
+        record = real(model, name, folder)
+        last = [layer for layer in model.layers if layer.weights][-1]
+        last.set_weights([w * 0 for w in last.get_weights()])
+        return record
+
+    monkeypatch.setattr(training.backbones, "load_backbone", skips_the_last_layer)
+    assert weights_digest(backbone_model("mobilenet_v2_nsfwjs", tmp_path, spec)) != loaded
 
 
 def test_member_subsets_and_the_two_stage_decision_are_compared_on_val(tmp_path):

@@ -20,6 +20,7 @@ that patient. The internal test split and external sets are not scored here: not
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from functools import partial
@@ -92,29 +93,37 @@ def probe(x_train, y_train, patients_train, x_val, y_val, patients_val) -> dict:
             "n_train": int(len(y_train)), "n_val": int(len(y_val))}
 
 
-def backbone_features(images: np.ndarray, name: str, folder: Path, batch: int = 32) -> np.ndarray:
-    """Global-average-pooled features of a fetched ImageNet backbone, frozen, on the stem's standardised input
-    brought to the range the backbone was fed (as `training.architectures.mobilenet_v2_imagenet` does)."""
+def backbone_model(name: str, folder: Path, spec: dict):
+    """A fetched ImageNet backbone, frozen, with global-average pooling, on the stem's standardised input brought to
+    the range the backbone was fed (as `training.architectures.mobilenet_v2_imagenet` does)."""
     import keras
     from keras import layers
 
     from training.architectures import _stem
     from training.backbones import load_backbone
 
-    h, w, c = images.shape[1:]
-    inputs, x = _stem({"height": h, "width": w, "channels": c})
+    inputs, x = _stem(spec)
     if name == "xception_imagenet":  # fed pixels / 127.5 - 1: mean 0, spread about 0.5
         x = layers.Rescaling(0.5, name="to_xception_range")(x)
         build = keras.applications.Xception
     else:  # mobilenet_v2_nsfwjs: fed pixels / 255
         x = layers.Rescaling(0.25, offset=0.5, name="to_unit_range")(x)
         build = keras.applications.MobileNetV2
-    if c == 1:
+    if spec.get("channels", 1) == 1:
         x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
     backbone = build(input_tensor=x, include_top=False, weights=None, pooling="avg")
     model = keras.Model(inputs, backbone.output)
     load_backbone(model, name, folder)
-    return _forward(model, images, batch)
+    return model
+
+
+def weights_digest(model) -> str:
+    """sha256 of every weight the model holds, in order: names the numbers that make the features, however they
+    were loaded (a cache keyed only by the weight file would outlive a fix to the loader)."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
 
 
 def bundle_features(images: np.ndarray, bundle_dir: Path, batch: int = 32) -> np.ndarray:
@@ -154,8 +163,9 @@ def run_probe(run: str | Path, data: str | Path, backbone: str | None = None, bu
     started = time.time()
     if backbone:
         record = json.loads((Path(backbones_dir) / f"{backbone}.json").read_text())
-        source = {"backbone": backbone, "sha256": record["sha256"]}
-        features = partial(backbone_features, images, backbone, Path(backbones_dir))
+        model = backbone_model(backbone, Path(backbones_dir), spec)
+        source = {"backbone": backbone, "sha256": record["sha256"], "weights_loaded": weights_digest(model)}
+        features = partial(_forward, model, images, 32)
     else:
         manifest = json.loads((Path(bundle) / "manifest.json").read_text())
         source = {"bundle": Path(bundle).name, "members": [m["name"] for m in manifest["members"]],
