@@ -190,7 +190,7 @@ if len(versions):
     versions["val_auc"] = versions["val_auc"].map(F.fmt_num)
     for column in ("temperature", "bias"):
         if column in versions:
-            versions[column] = versions[column].map(lambda v: F.fmt_num(v, 2))
+            versions[column] = versions[column].map(lambda v: F.fmt_nums(v, 2))
     started = pd.DataFrame({t("col_model"): versions["name"],
                             t("col_initial_weights"): versions.pop("initial_weights").map(initial_weights_text)})
     st.table(versions.rename(columns={

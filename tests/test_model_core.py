@@ -66,6 +66,9 @@ def test_temperature_scaling():
     probs = np.array([[0.7, 0.2, 0.1]])
     assert apply_temperature(probs, 1.0, "multiclass") == pytest.approx(probs)
     assert apply_temperature(probs, 3.0, "multiclass").sum() == pytest.approx(1.0)
+    shifted = apply_temperature(probs, 1.0, "multiclass", [0.0, np.log(2.0), 0.0])  # vector scaling: class 2 ×2
+    assert shifted[0] == pytest.approx(np.array([0.7, 0.4, 0.1]) / 1.2)
+    assert apply_temperature(probs, 1.0, "multiclass", 0.5) == pytest.approx(probs)  # one number moves nothing
 
 
 def test_ensemble_is_the_mean_of_calibrated_members(two_bundles):

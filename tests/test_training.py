@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from model.core import metrics as M
+from model.core.ensemble import apply_temperature
 from training import data as data_lib
 
 from helpers.bundles import make_kermany_folder
@@ -93,6 +94,29 @@ def test_operating_points_meet_their_definitions_on_val():
     assert M.rates(M.confusion(y, score, stricter))["sensitivity"] < 0.95
 
 
+def test_multiclass_calibration_undoes_a_prior_shift_with_a_bias_per_class():
+    """Class-balanced training pushes a three-class model towards its rarer classes; a temperature cannot move
+    probability between classes, a bias per class (vector scaling) can, and it is what the val likelihood asks for."""
+    from training.evaluate import fit_calibration
+
+    rng = np.random.default_rng(0)
+    truth = rng.dirichlet([1.0, 1.0, 1.0], 4000) * np.array([0.2, 0.6, 0.2])
+    truth /= truth.sum(1, keepdims=True)
+    y = np.eye(3)[[rng.choice(3, p=p) for p in truth]]
+    shift = np.array([0.0, -0.9, 0.4])  # the model under-calls class 1 and over-calls class 2
+    model = np.exp(np.log(truth) + shift)
+    model /= model.sum(1, keepdims=True)
+    temperature, bias = fit_calibration(model, y, "multiclass")
+    assert temperature == pytest.approx(1.0, abs=0.1) and bias[0] == 0.0
+    assert np.array(bias[1:]) == pytest.approx(-shift[1:], abs=0.15)
+    calibrated = apply_temperature(model, temperature, "multiclass", bias)
+
+    def nll(p):
+        return -np.mean(np.log((p * y).sum(1)))
+    assert nll(calibrated) < nll(model) - 0.01
+    assert (calibrated.argmax(1) == y.argmax(1)).mean() > (model.argmax(1) == y.argmax(1)).mean()
+
+
 def test_auc_matches_the_rank_definition():
     rng = np.random.default_rng(1)
     y, s = rng.integers(0, 2, 300), rng.normal(size=300)
@@ -165,6 +189,8 @@ def test_multiclass_and_multilabel_bundles_train_and_serve(task, folder, tmp_pat
     if task == "multiclass":
         assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
         assert prediction.label() in expected
+        assert bundle.manifest["calibration"]["method"].startswith("vector scaling")
+        assert all(len(m.bias) == 3 and m.bias[0] == 0.0 for m in bundle.members)  # a bias per class
     else:
         thresholds = bundle.operating_point("per-class")["thresholds"]
         assert set(prediction.label(thresholds)) <= set(expected)

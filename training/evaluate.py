@@ -22,16 +22,23 @@ from training import data as data_lib
 from training.train import encode_targets
 
 
-def fit_calibration(prob: np.ndarray, y: np.ndarray, task: str) -> tuple[float, float]:
-    """(temperature, bias) minimising validation negative log-likelihood. Binary models also get a bias (Platt
-    scaling): class weighting during training shifts their outputs, which a temperature alone cannot undo."""
+def fit_calibration(prob: np.ndarray, y: np.ndarray, task: str) -> tuple[float, float | list[float]]:
+    """(temperature, bias) minimising validation negative log-likelihood. Class weighting during training shifts a
+    model's outputs towards the rarer classes, which a temperature alone cannot undo, so binary models also get a
+    bias (Platt scaling) and multiclass models a bias per class (vector scaling; the first class's is 0, since only
+    differences count). Multi-label models keep a temperature."""
     def nll(params):
-        p = np.clip(apply_temperature(prob, float(np.exp(params[0])), task, float(params[1])), 1e-7, 1 - 1e-7)
+        bias = [0.0, *params[1:]] if task == TrainingTask.MULTICLASS else float(params[1])
+        p = np.clip(apply_temperature(prob, float(np.exp(params[0])), task, bias), 1e-7, 1 - 1e-7)
         if task == TrainingTask.MULTICLASS:
             return -np.mean(np.log((p * y).sum(1)))
         return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
-    if task != TrainingTask.BINARY:
+    if task == TrainingTask.MULTILABEL:
         return float(np.exp(minimize_scalar(lambda t: nll([t, 0.0]), bounds=(-3, 3), method="bounded").x)), 0.0
+    if task == TrainingTask.MULTICLASS:
+        fit = minimize(nll, x0=np.zeros(prob.shape[1]), method="L-BFGS-B",
+                       bounds=[(-3, 3)] + [(-10, 10)] * (prob.shape[1] - 1))
+        return float(np.exp(fit.x[0])), [0.0, *(float(b) for b in fit.x[1:])]
     fit = minimize(nll, x0=[0.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7})
     return float(np.exp(fit.x[0])), float(fit.x[1])
 

@@ -61,8 +61,9 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
         "population": population or "unspecified",
         "research_use_only": bool(research_use_only),
         "ensemble": {"method": "mean", "of": "calibrated member probabilities"},
-        "calibration": {"method": ("platt (temperature + bias)" if config["task"] == TrainingTask.BINARY
-                                   else "temperature"),
+        "calibration": {"method": {TrainingTask.BINARY: "platt (temperature + bias)",
+                                   TrainingTask.MULTICLASS: "vector scaling (temperature + a bias per class)"}
+                        .get(config["task"], "temperature"),
                         "per_member": evaluation["temperatures"], "bias_per_member": evaluation.get("biases", {}),
                         "fitted_on": "val"},
         "operating_points": evaluation.get("operating_points", []),

@@ -95,8 +95,10 @@ class Member:
         return float(self.info.get("temperature", 1.0))
 
     @property
-    def bias(self) -> float:
-        return float(self.info.get("bias", 0.0))
+    def bias(self) -> float | tuple[float, ...]:
+        """Platt bias (binary), or one bias per class (multiclass vector scaling)."""
+        bias = self.info.get("bias", 0.0)
+        return tuple(float(b) for b in bias) if isinstance(bias, list) else float(bias)
 
     @property
     def cam_layer(self) -> str:

@@ -52,12 +52,14 @@ class FeatureMemo:
 features_memo = FeatureMemo()
 
 
-def apply_temperature(prob: np.ndarray, temperature: float, task: Task | str, bias: float = 0.0) -> np.ndarray:
+def apply_temperature(prob: np.ndarray, temperature: float, task: Task | str,
+                      bias: float | list[float] | np.ndarray = 0.0) -> np.ndarray:
     """Calibrate probabilities: sigmoid(logit / T + bias) per output (bias > 0 undoes the shift that class
-    weighting puts into a binary model), or softmax(log p / T) for multiclass."""
+    weighting puts into a binary model), or softmax(log p / T + bias) for multiclass, with a bias per class (vector
+    scaling; a single number shifts every class alike, i.e. changes nothing)."""
     p = np.clip(np.asarray(prob, dtype="float64"), _EPS, 1 - _EPS)
     if task == Task.MULTICLASS:
-        z = np.log(p) / temperature
+        z = np.log(p) / temperature + np.asarray(bias, dtype="float64")
         z -= z.max(axis=-1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=-1, keepdims=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from model.core import metrics as M
-from model.outputs.formatting import fmt_num, is_number
+from model.outputs.formatting import fmt_num, fmt_nums, is_number
 
 SPLIT_ORDER = ("train", "val", "test")
 SMALL_TRAINING_SET = 1000  # fewer training images than this: "research use only"
@@ -372,13 +372,15 @@ def initial_weights_parts(record: dict | None) -> dict | None:
 
 
 def calibration_text(calibration: dict) -> str:
-    """"cnn: T = 1.09, b = 2.08; …": each member's fitted temperature (and bias, for Platt scaling)."""
+    """"cnn: T = 1.09, b = 2.08; …": each member's fitted temperature (and bias: one for Platt scaling, one per
+    class for vector scaling)."""
     temps, biases = calibration.get("per_member") or {}, calibration.get("bias_per_member") or {}
     parts = []
     for member, temp in temps.items():
         text = f"{member}: T = {fmt_num(temp, 2)}"
-        if is_number(biases.get(member)):
-            text += f", b = {fmt_num(biases[member], 2)}"
+        bias = biases.get(member)
+        if is_number(bias) or (isinstance(bias, list) and any(bias)):
+            text += f", b = {fmt_nums(bias, 2)}"
         parts.append(text)
     return "; ".join(parts)
 

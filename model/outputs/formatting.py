@@ -17,6 +17,13 @@ def fmt_num(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if is_number(x) else "—"
 
 
+def fmt_nums(x, digits: int = 2) -> str:
+    """A number, or one per class ("0.00 / 1.20 / 0.63", e.g. a multiclass bias), at `digits` decimals."""
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return " / ".join(fmt_num(v, digits) for v in x)
+    return fmt_num(x, digits)
+
+
 def fmt_delta(x, digits: int = 3) -> str:
     """A difference with its sign: 0.0123 -> "+0.012", -0.8 -> "−0.800"; missing or NaN -> "—"."""
     return (f"{x:+.{digits}f}".replace("-", "−") if is_number(x) else "—")
