@@ -191,6 +191,18 @@ def test_multiclass_and_multilabel_bundles_train_and_serve(task, folder, tmp_pat
         assert prediction.label() in expected
         assert bundle.manifest["calibration"]["method"].startswith("vector scaling")
         assert all(len(m.bias) == 3 and m.bias[0] == 0.0 for m in bundle.members)  # a bias per class
+        # Exported again (e.g. re-calibrated): unchanged members keep their bytes, a changed one is written anew.
+        first = {m["name"]: m["sha256"] for m in bundle.manifest["members"]}
+        written = (bundle.path / "members" / "cnn.keras").stat().st_mtime_ns
+        again = json.loads((export_bundle(run, tmp_path / "bundles" / task) / "manifest.json").read_text())
+        assert {m["name"]: m["sha256"] for m in again["members"]} == first
+        assert (bundle.path / "members" / "cnn.keras").stat().st_mtime_ns == written  # the file kept, not saved anew
+        import keras
+        member = keras.saving.load_model(run / "members" / "cnn.keras", compile=False)
+        member.weights[0].assign(member.weights[0].numpy() + 1.0)
+        member.save(run / "members" / "cnn.keras")
+        changed = json.loads((export_bundle(run, tmp_path / "bundles" / task) / "manifest.json").read_text())
+        assert {m["name"]: m["sha256"] for m in changed["members"]}["cnn"] != first["cnn"]
     else:
         thresholds = bundle.operating_point("per-class")["thresholds"]
         assert set(prediction.label(thresholds)) <= set(expected)

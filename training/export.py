@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -33,7 +34,10 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
     config = json.loads((run / "config.json").read_text())
     members = json.loads((run / "members.json").read_text())
     evaluation = json.loads((run / "evaluation.json").read_text())
+    previous = tempfile.TemporaryDirectory()  # the members a re-export may keep byte for byte (see _same_model)
     if bundle.exists():
+        if (bundle / "members").is_dir():
+            shutil.copytree(bundle / "members", previous.name, dirs_exist_ok=True)
         shutil.rmtree(bundle)
     (bundle / "members").mkdir(parents=True)
     (bundle / "reports").mkdir()
@@ -41,8 +45,15 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
     member_entries = []
     for m in members:
         target = bundle / "members" / Path(m["file"]).name
-        # Re-saved uncompiled: the bundle carries weights and graph, not the optimizer's state (a third the size).
-        keras.saving.load_model(run / m["file"], compile=False, safe_mode=True).save(target)
+        model = keras.saving.load_model(run / m["file"], compile=False, safe_mode=True)
+        kept = Path(previous.name) / target.name
+        if kept.exists() and _same_model(model, kept):
+            # A re-export that changes only calibration, thresholds or reports keeps the member file as it was:
+            # the same weights saved again differ in their bytes (a save date), and would add a binary to history.
+            shutil.copy2(kept, target)
+        else:
+            # Re-saved uncompiled: the bundle carries weights and graph, not the optimizer's state (a third the size).
+            model.save(target)
         member_entries.append({"name": m["name"], "file": f"members/{target.name}", "sha256": sha256_file(target),
                                "arch": m["arch"], "params": m["params"], "cam_layer": m["cam_layer"],
                                "val_auc": evaluation.get("member_val_auc", {}).get(m["name"], m["best_val_auc"]),
@@ -54,6 +65,7 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
                                "code_commit": m.get("code_commit", config["code_commit"]),
                                "hardware": m.get("hardware", hardware),
                                **{k: m[k] for k in ("seed", "initial_weights", "from_bundle") if k in m}})
+    previous.cleanup()
     timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").exists() else {}
     manifest = {
         "schema": 1, "name": bundle.name, "title": title or TITLES[config["task"]], "task": config["task"],
@@ -90,6 +102,15 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
     if sign_key is not None:
         sign_bundle(bundle, sign_key)
     return bundle
+
+
+def _same_model(model, path: Path) -> bool:
+    """Whether the .keras file at `path` holds the same graph and the same weights as `model`."""
+    other = keras.saving.load_model(path, compile=False, safe_mode=True)
+    return (json.dumps(model.get_config(), sort_keys=True, default=str)
+            == json.dumps(other.get_config(), sort_keys=True, default=str)
+            and len(model.weights) == len(other.weights)
+            and all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(model.weights, other.weights)))
 
 
 def report_digests(bundle: Path) -> dict[str, str]:
