@@ -195,7 +195,7 @@ def test_multiclass_and_multilabel_bundles_train_and_serve(task, folder, tmp_pat
         first = {m["name"]: m["sha256"] for m in bundle.manifest["members"]}
         written = (bundle.path / "members" / "cnn.keras").stat().st_mtime_ns
         again = json.loads((export_bundle(run, tmp_path / "bundles" / task) / "manifest.json").read_text())
-        assert {m["name"]: m["sha256"] for m in again["members"]} == first
+        assert {m["name"]: m["sha256"] for m in again["members"]} == first and again["version"] == bundle.version
         assert (bundle.path / "members" / "cnn.keras").stat().st_mtime_ns == written  # the file kept, not saved anew
         import keras
         member = keras.saving.load_model(run / "members" / "cnn.keras", compile=False)
@@ -203,6 +203,12 @@ def test_multiclass_and_multilabel_bundles_train_and_serve(task, folder, tmp_pat
         member.save(run / "members" / "cnn.keras")
         changed = json.loads((export_bundle(run, tmp_path / "bundles" / task) / "manifest.json").read_text())
         assert {m["name"]: m["sha256"] for m in changed["members"]}["cnn"] != first["cnn"]
+        assert changed["version"] != bundle.version
+        evaluation = json.loads((run / "evaluation.json").read_text())
+        evaluation["temperatures"]["cnn"] *= 1.5  # re-calibrated: the same member, other outputs
+        (run / "evaluation.json").write_text(json.dumps(evaluation))
+        recalibrated = json.loads((export_bundle(run, tmp_path / "bundles" / task) / "manifest.json").read_text())
+        assert recalibrated["version"] not in (bundle.version, changed["version"])
     else:
         thresholds = bundle.operating_point("per-class")["thresholds"]
         assert set(prediction.label(thresholds)) <= set(expected)

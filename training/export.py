@@ -3,6 +3,7 @@ and the reports the app's pages plot (`reports/evaluation.json`, `reports/scores
 sha256s the manifest lists too, so that its signature covers what the app shows."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -87,8 +88,13 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
                      "created": config["created"], "hardware": hardware, "wall_seconds": timing.get("wall_seconds"),
                      "epochs_max": config["epochs"], "batch_size": config["batch_size"], "lr": config["lr"],
                      "minutes_per_member": config["minutes_per_member"]},
-        "version": config["created"][:10] + "-" + config["code_commit"][:8],
     }
+    # The run's date and training commit, then what decides the outputs: a re-calibrated or re-thresholded export of
+    # the same run is another version (records, monitoring and site profiles are kept per version).
+    decides = json.dumps([[m["sha256"], m["temperature"], m["bias"]] for m in member_entries]
+                         + [manifest["operating_points"]], sort_keys=True)
+    manifest["version"] = (config["created"][:10] + "-" + config["code_commit"][:8] + "-"
+                           + hashlib.sha256(decides.encode()).hexdigest()[:6])
     (bundle / "reports" / "evaluation.json").write_text((run / "evaluation.json").read_text())
     shutil.copyfile(run / "scores.json", bundle / "reports" / "scores.json")
     for optional in ("scores-external.json", "input-size.json", "decisions.json"):  # reports a run may carry
