@@ -90,6 +90,24 @@ def mobilenet_v3_small(input_spec: dict, n_outputs: int = 1, task: str = Trainin
                         task, weights, include_preprocessing=False, minimalistic=False)
 
 
+# The range each fetched ImageNet backbone was fed, as (scale, offset) of the stem's standardised map: MobileNetV2
+# (nsfwjs) pixels / 255, mean 0.5 and spread 0.25; Xception pixels / 127.5 − 1, mean 0 and spread about 0.5.
+IMAGENET_RANGE = {"mobilenet_v2_nsfwjs": (0.25, 0.5, "to_unit_range"),
+                  "xception_imagenet": (0.5, 0.0, "to_xception_range")}
+
+
+def imagenet_input(input_spec: dict, backbone: str):
+    """(inputs, x): the stem's per-image standardised map brought to the range `backbone`'s ImageNet weights were
+    fed (fixed and parameter-free, so exposure still never reaches the first convolution), grey repeated to three
+    channels. Shared by the pretrained members and `training.probe`."""
+    inputs, x = _stem(input_spec)
+    scale, offset, name = IMAGENET_RANGE[backbone]
+    x = layers.Rescaling(scale, offset=offset, name=name)(x)
+    if input_spec.get("channels", 1) == 1:
+        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    return inputs, x
+
+
 def mobilenet_v2_imagenet(input_spec: dict, n_outputs: int = 1, task: str = TrainingTask.BINARY,
                           weights: str | None = None) -> keras.Model:
     """MobileNetV2 (width 1.0) meant to start from ImageNet (`training.backbones`, loaded by `train_member`).
@@ -98,10 +116,7 @@ def mobilenet_v2_imagenet(input_spec: dict, n_outputs: int = 1, task: str = Trai
     mean 0.5, standard deviation 0.25), fixed and parameter-free, so exposure still never reaches the first
     convolution. BatchNorm runs in inference mode (its ImageNet statistics are kept; only scale and shift learn),
     which fine-tuning a whole pretrained network with batches of 32 needs."""
-    inputs, x = _stem(input_spec)
-    x = layers.Rescaling(0.25, offset=0.5, name="to_unit_range")(x)
-    if input_spec.get("channels", 1) == 1:
-        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    inputs, x = imagenet_input(input_spec, "mobilenet_v2_nsfwjs")
     backbone = keras.applications.MobileNetV2(input_tensor=x, include_top=False, weights=None, alpha=1.0)
     for layer in backbone.layers:
         if isinstance(layer, layers.BatchNormalization):
@@ -120,10 +135,7 @@ def xception_imagenet(input_spec: dict, n_outputs: int = 1, task: str = Training
     flow and most of the middle flow keep their ImageNet weights and get no gradient (a training step at 224 ran
     4.6 images/s here). The standardised map is scaled to the spread Xception was fed (pixels / 127.5 − 1: mean 0,
     about 0.5), and BatchNorm runs in inference mode, as for the ImageNet MobileNetV2."""
-    inputs, x = _stem(input_spec)
-    x = layers.Rescaling(0.5, name="to_xception_range")(x)
-    if input_spec.get("channels", 1) == 1:
-        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    inputs, x = imagenet_input(input_spec, "xception_imagenet")
     backbone = keras.applications.Xception(input_tensor=x, include_top=False, weights=None)
     # Learning starts at the first layer of block `train_from`, in graph order, so the exit flow's unnamed 1×1
     # shortcut convolution learns with its block.

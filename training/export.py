@@ -35,38 +35,38 @@ def export_bundle(run: str | Path, bundle: str | Path, title: str | None = None,
     config = json.loads((run / "config.json").read_text())
     members = json.loads((run / "members.json").read_text())
     evaluation = json.loads((run / "evaluation.json").read_text())
-    previous = tempfile.TemporaryDirectory()  # the members a re-export may keep byte for byte (see _same_model)
-    if bundle.exists():
-        if (bundle / "members").is_dir():
-            shutil.copytree(bundle / "members", previous.name, dirs_exist_ok=True)
-        shutil.rmtree(bundle)
-    (bundle / "members").mkdir(parents=True)
-    (bundle / "reports").mkdir()
     hardware = json.loads((run / "hardware.json").read_text())
     member_entries = []
-    for m in members:
-        target = bundle / "members" / Path(m["file"]).name
-        model = keras.saving.load_model(run / m["file"], compile=False, safe_mode=True)
-        kept = Path(previous.name) / target.name
-        if kept.exists() and _same_model(model, kept):
-            # A re-export that changes only calibration, thresholds or reports keeps the member file as it was:
-            # the same weights saved again differ in their bytes (a save date), and would add a binary to history.
-            shutil.copy2(kept, target)
-        else:
-            # Re-saved uncompiled: the bundle carries weights and graph, not the optimizer's state (a third the size).
-            model.save(target)
-        member_entries.append({"name": m["name"], "file": f"members/{target.name}", "sha256": sha256_file(target),
-                               "arch": m["arch"], "params": m["params"], "cam_layer": m["cam_layer"],
-                               "val_auc": evaluation.get("member_val_auc", {}).get(m["name"], m["best_val_auc"]),
-                               "epochs_run": m["epochs_run"],
-                               **({"recipe": m["recipe"]} if "recipe" in m else {}),
-                               "temperature": evaluation["temperatures"][m["name"]],
-                               "bias": evaluation.get("biases", {}).get(m["name"], 0.0),
-                               "train_seconds": m["train_seconds"],
-                               "code_commit": m.get("code_commit", config["code_commit"]),
-                               "hardware": m.get("hardware", hardware),
-                               **{k: m[k] for k in ("seed", "initial_weights", "from_bundle") if k in m}})
-    previous.cleanup()
+    with tempfile.TemporaryDirectory() as previous:  # the members a re-export may keep byte for byte (_same_model)
+        if (bundle / "members").is_dir():
+            shutil.copytree(bundle / "members", previous, dirs_exist_ok=True)
+        if bundle.exists():
+            shutil.rmtree(bundle)
+        (bundle / "members").mkdir(parents=True)
+        (bundle / "reports").mkdir()
+        for m in members:
+            target = bundle / "members" / Path(m["file"]).name
+            model = keras.saving.load_model(run / m["file"], compile=False, safe_mode=True)
+            kept = Path(previous) / target.name
+            if kept.exists() and _same_model(model, kept):
+                # A re-export that changes only calibration, thresholds or reports keeps the member file as it was:
+                # the same weights saved again differ in their bytes (a save date), and would add a binary to history.
+                shutil.copy2(kept, target)
+            else:
+                # Re-saved uncompiled: the bundle carries weights and graph, not the optimizer's state (a third the
+                # size).
+                model.save(target)
+            member_entries.append({"name": m["name"], "file": f"members/{target.name}", "sha256": sha256_file(target),
+                                   "arch": m["arch"], "params": m["params"], "cam_layer": m["cam_layer"],
+                                   "val_auc": evaluation.get("member_val_auc", {}).get(m["name"], m["best_val_auc"]),
+                                   "epochs_run": m["epochs_run"],
+                                   **({"recipe": m["recipe"]} if "recipe" in m else {}),
+                                   "temperature": evaluation["temperatures"][m["name"]],
+                                   "bias": evaluation.get("biases", {}).get(m["name"], 0.0),
+                                   "train_seconds": m["train_seconds"],
+                                   "code_commit": m.get("code_commit", config["code_commit"]),
+                                   "hardware": m.get("hardware", hardware),
+                                   **{k: m[k] for k in ("seed", "initial_weights", "from_bundle") if k in m}})
     timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").exists() else {}
     manifest = {
         "schema": 1, "name": bundle.name, "title": title or TITLES[config["task"]], "task": config["task"],

@@ -94,23 +94,16 @@ def probe(x_train, y_train, patients_train, x_val, y_val, patients_val) -> dict:
 
 
 def backbone_model(name: str, folder: Path, spec: dict):
-    """A fetched ImageNet backbone, frozen, with global-average pooling, on the stem's standardised input brought to
-    the range the backbone was fed (as `training.architectures.mobilenet_v2_imagenet` does)."""
+    """A fetched ImageNet backbone, frozen, with global-average pooling, on the same input as the pretrained members
+    (`training.architectures.imagenet_input`)."""
     import keras
-    from keras import layers
 
-    from training.architectures import _stem
+    from training.architectures import imagenet_input
     from training.backbones import load_backbone
 
-    inputs, x = _stem(spec)
-    if name == "xception_imagenet":  # fed pixels / 127.5 - 1: mean 0, spread about 0.5
-        x = layers.Rescaling(0.5, name="to_xception_range")(x)
-        build = keras.applications.Xception
-    else:  # mobilenet_v2_nsfwjs: fed pixels / 255
-        x = layers.Rescaling(0.25, offset=0.5, name="to_unit_range")(x)
-        build = keras.applications.MobileNetV2
-    if spec.get("channels", 1) == 1:
-        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    inputs, x = imagenet_input(spec, name)
+    build = {"xception_imagenet": keras.applications.Xception,
+             "mobilenet_v2_nsfwjs": keras.applications.MobileNetV2}[name]
     backbone = build(input_tensor=x, include_top=False, weights=None, pooling="avg")
     model = keras.Model(inputs, backbone.output)
     load_backbone(model, name, folder)

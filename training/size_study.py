@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.core.types import TrainingTask
+
 
 def latency_ms(model_path: Path, size: int, repeats: int = 30) -> float:
     """Median wall time of one compiled forward pass on one image (after a warm-up)."""
@@ -63,7 +65,7 @@ def three_class(run: Path) -> dict:
     choices are made), the internal test (scored once) and external (reported only)."""
     run = Path(run)
     evaluation = json.loads((run / "evaluation.json").read_text())
-    if len(evaluation["member_val_auc"]) != 1 or evaluation["task"] != "multiclass":
+    if len(evaluation["member_val_auc"]) != 1 or evaluation["task"] != TrainingTask.MULTICLASS:
         raise ValueError(f"{run} is not an evaluated single-member three-class run")
     val = evaluation["val_comparison"][0]
     external = evaluation.get("external") or {}

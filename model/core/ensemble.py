@@ -29,9 +29,10 @@ class FeatureMemo:
         self._lock = threading.Lock()
 
     @staticmethod
-    def key(models, model_input: np.ndarray) -> tuple:
-        return tuple(id(m) for m in models), hashlib.blake2b(np.ascontiguousarray(model_input).tobytes(),
-                                                             digest_size=16).digest()
+    def key(bundle, model_input: np.ndarray) -> tuple:
+        """The bundle's loaded models (by identity) and a digest of one model input."""
+        return (tuple(id(m.model) for m in bundle.members),
+                hashlib.blake2b(np.ascontiguousarray(model_input).tobytes(), digest_size=16).digest())
 
     def put(self, key: tuple, features: list[np.ndarray]) -> None:
         with self._lock:
@@ -173,8 +174,7 @@ class Ensemble:
         if self._one is None:
             return self.predict_batch(x[None])[0]
         out, features = self._one(np.ascontiguousarray(x[None], dtype=np.uint8))
-        features_memo.put(FeatureMemo.key([m.model for m in self.bundle.members], x),
-                          [f.numpy() for f in features])
+        features_memo.put(FeatureMemo.key(self.bundle, x), [f.numpy() for f in features])
         return self._predictions(out.numpy())[0]
 
     def _named(self, row: np.ndarray) -> dict[str, float]:

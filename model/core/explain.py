@@ -149,7 +149,7 @@ class Explainer:
             binary = self.bundle.task == Task.BINARY
             k = np.int32(0 if binary else self.bundle.classes.index(class_name))
             sign = np.float32(-1.0 if binary and class_name == self.bundle.classes[0] else 1.0)
-            features = features_memo.get(FeatureMemo.key([m.model for m in self.bundle.members], x))
+            features = features_memo.get(FeatureMemo.key(self.bundle, x))
             stacked = (from_features(tuple(features), k, sign) if features is not None
                        else full(x[None].astype(np.float32), k, sign)).numpy()
             out = {m.name: stacked[i] for i, m in enumerate(self.bundle.members)}
