@@ -212,3 +212,30 @@ def test_multiclass_and_multilabel_bundles_train_and_serve(task, folder, tmp_pat
     else:
         thresholds = bundle.operating_point("per-class")["thresholds"]
         assert set(prediction.label(thresholds)) <= set(expected)
+
+
+def test_two_seeds_of_one_architecture_train_side_by_side_on_the_runs_split(folder, tmp_path):
+    import keras
+
+    from training.train import member_spec, train
+
+    run = train(str(folder), str(tmp_path / "run"), members=("cnn", "cnn@3"), size=32, epochs=1, steps=1,
+                batch_size=8, cache_dir=None, eager=True)
+    members = {m["name"]: m for m in json.loads((run / "members.json").read_text())}
+    assert set(members) == {"cnn", "cnn_s3"}
+    assert (members["cnn"]["seed"], members["cnn_s3"]["seed"]) == (42, 3)
+    assert members["cnn_s3"]["initial_weights"] == {"kind": "random", "seed": 3}
+    assert (run / "history-cnn_s3.csv").exists()
+    first, second = (keras.saving.load_model(run / members[n]["file"], compile=False) for n in ("cnn", "cnn_s3"))
+    assert not np.allclose(first.weights[0].numpy(), second.weights[0].numpy())  # another start, not a copy
+    split = pd.read_csv(run / "split.csv")
+    alone = train(str(folder), str(tmp_path / "alone"), members=("cnn@3",), size=32, epochs=1, steps=1,
+                  batch_size=8, cache_dir=None, eager=True)
+    assert pd.read_csv(alone / "split.csv")["split"].tolist() == split["split"].tolist()  # @SEED keeps the split
+    again = keras.saving.load_model(alone / "members" / "cnn_s3.keras", compile=False)
+    # the seed decides the start: the same member again
+    np.testing.assert_allclose(again.weights[0].numpy(), second.weights[0].numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="whole number"):
+        member_spec("cnn@x", 42)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        member_spec("vgg", 42)

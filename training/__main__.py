@@ -28,14 +28,16 @@ def main(argv=None) -> int:
                         "`heads` then cuts its run into a binary and a multiclass run")
     t.add_argument("--members", default="cnn,resnet,mobilenetv2",
                    help="comma-separated architectures: cnn, resnet, mobilenetv2, mobilenetv3s, and the ImageNet "
-                        "starts mobilenetv2_imagenet, xception_imagenet (after `backbones fetch`)")
+                        "starts mobilenetv2_imagenet, xception_imagenet (after `backbones fetch`); ARCH@SEED trains "
+                        "that architecture with its own seed for weights and augmentation, on the run's split")
     t.add_argument("--size", type=int, default=224, help="square input size in pixels")
     t.add_argument("--epochs", type=int, default=30, help="length of the cosine schedule")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate after the one-epoch warm-up")
     t.add_argument("--patience", type=int, default=10, help="early stopping patience on val AUC (epochs)")
     t.add_argument("--minutes-per-member", type=float, default=60.0, help="wall-clock budget per member")
-    t.add_argument("--seed", type=int, default=42, help="seed for the split, weights and augmentation")
+    t.add_argument("--seed", type=int, default=42, help="seed for the split, and for weights and augmentation of "
+                                                             "members without their own @SEED")
     t.add_argument("--cache", default="cache", help="folder for the decoded uint8 image cache ('' for none)")
     t.add_argument("--weights", action="append", default=[], metavar="ARCH=FILE",
                    help="local weights file for a member (e.g. mobilenetv2=imagenet_035.h5)")

@@ -159,10 +159,12 @@ def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spe
                  epochs: int, batch_size: int, lr: float, patience: int, minutes: float, weights: str | None,
                  steps: int | None = None, seed: int = 42, label_smoothing: float = 0.05,
                  weight_decay: float = 0.05, ema: float | None = 0.99, backbones_dir: str = "backbones",
-                 eager: bool = False) -> dict:
+                 eager: bool = False, name: str | None = None) -> dict:
     """One member: augmented batches (training.augment), AdamW with a one-epoch warm-up and cosine decay to zero,
     an exponential moving average of the weights (the saved model), label smoothing, and a per-epoch backup so an
-    interrupted run resumes where it stopped. Early stopping on val AUC remains as a guard against divergence."""
+    interrupted run resumes where it stopped. Early stopping on val AUC remains as a guard against divergence.
+    `name` (default: the architecture) names the member's files, so two seeds of one architecture can share a run."""
+    name = name or arch
     n_outputs = 3 if task == TrainingTask.MULTITASK else y_train.shape[1]
     model = ARCHITECTURES[arch](input_spec, n_outputs=n_outputs, task=task, weights=weights)
     initial_weights = {"kind": "file", "file": str(weights)} if weights else {"kind": "random", "seed": seed}
@@ -179,11 +181,11 @@ def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spe
                                                    ema_momentum=ema or 0.99), loss=loss, metrics=metrics,
                   run_eagerly=eager)
     budget = TimeBudget(minutes)
-    backup = out / f"backup-{arch}"
+    backup = out / f"backup-{name}"
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup)),
         keras.callbacks.EarlyStopping(monitor, mode="max", patience=patience),
-        keras.callbacks.CSVLogger(str(out / f"history-{arch}.csv"), append=backup.exists()),
+        keras.callbacks.CSVLogger(str(out / f"history-{name}.csv"), append=backup.exists()),
         budget,
     ]
     train_batches = Batches(x_train, y_train, batch_size, train=True, seed=seed,
@@ -193,11 +195,11 @@ def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spe
     history = model.fit(train_batches, validation_data=val_batches, epochs=epochs, callbacks=callbacks,
                         steps_per_epoch=steps, verbose=0 if steps else (1 if sys.stdout.isatty() else 2))
     (out / "members").mkdir(exist_ok=True)
-    path = out / "members" / f"{arch}.keras"
+    path = out / "members" / f"{name}.keras"
     model.optimizer = None  # the bundle keeps the (averaged) weights, not the optimizer state
     model.save(path)
     val_auc = history.history.get(monitor, [float("nan")])
-    return {"name": arch, "file": f"members/{arch}.keras", "arch": model.name, "params": int(model.count_params()),
+    return {"name": name, "file": f"members/{name}.keras", "arch": model.name, "params": int(model.count_params()),
             "cam_layer": last_conv_layer(model), "epochs_run": len(val_auc),
             "last_val_auc": float(val_auc[-1]) if len(val_auc) else float("nan"),
             "best_val_auc": float(np.nanmax(val_auc)), "stopped_by_time_budget": budget.stopped_early,
@@ -248,19 +250,37 @@ def train(data_dir: str, out: str, *, task: str = TrainingTask.BINARY, members=(
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "hardware.json").write_text(json.dumps(hardware(), indent=2))
     done = json.loads((out / "members.json").read_text()) if (out / "members.json").exists() else []
-    results = [m for m in done if m["name"] in members and (out / m["file"]).exists()]
-    for arch in members:
-        if any(m["name"] == arch for m in results):
-            print(f"== {arch} already trained in {out}", flush=True)
+    names = {member_spec(spec, seed)[1] for spec in members}
+    results = [m for m in done if m["name"] in names and (out / m["file"]).exists()]
+    for spec in members:
+        arch, name, member_seed = member_spec(spec, seed)
+        if any(m["name"] == name for m in results):
+            print(f"== {name} already trained in {out}", flush=True)
             continue
-        print(f"== training {arch} on {tr.sum()} images, validating on {va.sum()}", flush=True)
+        if member_seed != seed:
+            keras.utils.set_random_seed(member_seed)
+        print(f"== training {name} on {tr.sum()} images, validating on {va.sum()}", flush=True)
         results.append(train_member(arch, images[tr], rows(tr), images[va], rows(va), task, input_spec, out,
                                     epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
                                     minutes=minutes_per_member, weights=(weights or {}).get(arch), steps=steps,
-                                    seed=seed, eager=eager))
+                                    seed=member_seed, eager=eager, name=name))
         (out / "members.json").write_text(json.dumps(results, indent=2))
     (out / "timing.json").write_text(json.dumps({"wall_seconds": round(time.time() - started, 1)}))
     return out
+
+
+def member_spec(spec: str, split_seed: int) -> tuple[str, str, int]:
+    """`ARCH` or `ARCH@SEED` -> (architecture, member name, seed for its weights and augmentation). A member with its
+    own seed is named `ARCH_sSEED` and trains on the run's split (chosen by the run's seed), so several seeds of one
+    architecture can sit in one ensemble."""
+    arch, _, seed = spec.partition("@")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}: choose from {', '.join(sorted(ARCHITECTURES))}")
+    if not seed:
+        return arch, arch, split_seed
+    if not seed.isdigit():
+        raise ValueError(f"{spec!r}: the seed after @ must be a whole number")
+    return arch, f"{arch}_s{int(seed)}", int(seed)
 
 
 def default_classes(df: pd.DataFrame, task: str) -> list[str]:
