@@ -16,7 +16,7 @@ from pages.lib import charts
 from pages.lib.common import bundle_report, current_bundle, get_ensemble, get_explainer, ready_to_predict, threshold_for
 from pages.lib.evidence_view import lead
 from pages.lib.router import take_over
-from pages.lib.sites_view import active_site, side_by_side, site_caption, site_check
+from pages.lib.sites_view import active_site, side_by_side, site_caption, site_check, site_numbers
 from pages.lib.ui import data_dir_input, fmt_int, tr
 
 take_over()  # a deep link on a fresh server: hand over to app.py's navigation (pages.lib.router)
@@ -445,6 +445,7 @@ st.markdown(t("intro", model=bundle.title, n=fmt_int(evaluation.get("n")),
 if bundle.task == Task.BINARY and "ensemble" in evaluation and "roc" in evaluation["ensemble"]:
     binary_view(bundle, evaluation, scores)
 else:
+    site_numbers(bundle, SITE)
     per_class_view(evaluation, bundle)
     training_view(bundle)
     input_size_view(bundle)

@@ -61,3 +61,46 @@ def test_the_model_card_names_each_members_initial_weights_and_their_licence():
     started = dict(zip(versions["Model"], versions["Initial weights"]))
     assert "npm nsfwjs@4.3.0, licence MIT" in started["mobilenetv2_imagenet"].replace("\\", "").replace("\u200b", "")
     assert started["resnet"] == started["cnn"] == "random (seed 42)"
+
+
+def test_a_three_class_site_profile_is_checked_saved_and_used_in_the_app(tmp_path, monkeypatch):
+    """Evaluation → Check the model on your own images, on the three-class bundle: accuracy and each class's recall,
+    saved as a profile (vector scaling), then chosen in the sidebar: Evaluation shows it at its site, Diagnose
+    decides with it."""
+    import json
+
+    from helpers.images import sample_zip
+
+    monkeypatch.setenv("TORAX_SITES", str(tmp_path / "sites"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240)
+    at.session_state["bundle"] = "pneumonia-type-kermany"
+    at.switch_page("pages/evaluation.py").run()
+    assert not at.exception, at.exception
+    upload = sample_zip(per_class=6, classes=("NORMAL", "BACTERIAL", "VIRAL"))
+    at.file_uploader(key="sc_zip").set_value(("three.zip", upload, "application/zip")).run()
+    at.button(key="sc_run").click().run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Images scored"] == "18" and metrics["Accuracy (95% CI)"].count("–") == 1
+    classes = next(d.value for d in at.dataframe if "Recall" in d.value.columns)
+    assert list(classes.index) == ["NORMAL", "BACTERIAL", "VIRAL"]
+    at.text_input(key="sc_name").input("clinic-3").run()
+    at.button(key="sc_save").click().run()
+    assert not at.exception, at.exception
+    profile = json.loads((tmp_path / "sites" / "clinic-3.json").read_text())
+    assert profile["task"] == "multiclass" and profile["sample"]["n"] == 18
+
+    at.sidebar.selectbox(key="site").set_value("clinic-3").run()
+    assert not at.exception, at.exception
+    text = " ".join(str(e.value) for kind in ("caption", "subheader") for e in getattr(at, kind))
+    assert "Site profile in use: **clinic-3**" in text and "At this site" in text
+    table = next(d.value for d in at.dataframe if "With the profile (cross-validated)" in d.value.columns)
+    assert table.loc["Accuracy", "As shipped"] == pytest.approx(profile["as_shipped"]["accuracy"])
+    assert table.loc["Accuracy", "With the profile (cross-validated)"] == \
+        pytest.approx(profile["validation"]["accuracy"])
+
+    at.switch_page("pages/diagnose.py").run()
+    data = cv2.imencode(".png", radiograph((256, 224), pneumonia=True, seed=3))[1].tobytes()
+    at.file_uploader(key="dx_upload").set_value(("chest.png", data, "image/png")).run()
+    assert not at.exception, at.exception
+    assert any("Site profile in use: **clinic-3**" in str(c.value) for c in at.caption)

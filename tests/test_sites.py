@@ -352,3 +352,115 @@ def test_fit_refuses_options_that_would_leave_numbers_undefined(options):
     with pytest.raises(SiteError) as e:
         sites.fit(scored_sample(), stand_in_bundle(), "clinic-a", boot=20, **options)
     assert e.value.code == "bad_option" and next(iter(options)) in e.value.message
+
+
+# --- three classes (normal / bacterial / viral): vector scaling ------------------------------------------------
+THREE = ["NORMAL", "BACTERIAL", "VIRAL"]
+
+
+def three_class_bundle(name="pneumonia-type-kermany", version="v1"):
+    return SimpleNamespace(name=name, version=version, task=Task.MULTICLASS, classes=THREE, operating_points=[],
+                           manifest={"default_operating_point": None},
+                           members=[SimpleNamespace(name="cnn", info={"sha256": "b" * 64})])
+
+
+def three_class_sample(n=(60, 70, 40), seed=0) -> sites.Scored:
+    """Informative class probabilities that over-call BACTERIAL at this site, as the later collection's do: a
+    prior shift that only a bias per class (not a temperature) can undo."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), n)
+    logits = rng.normal(0, 1, (len(y), 3)) + 2.0 * np.eye(3)[y] + np.array([0.0, 1.6, 0.3])
+    return sites.Scored("pneumonia-type-kermany", THREE, "sample", [f"f{i}" for i in range(len(y))], y,
+                        M.softmax(logits), [], {})
+
+
+def test_vector_scaling_recovers_a_known_miscalibration():
+    rng = np.random.default_rng(1)
+    logp = np.log(M.softmax(rng.normal(0, 2, (20000, 3))))
+    truth = M.softmax(0.6 * logp + np.array([0.0, -1.0, 0.5]))
+    y = (rng.uniform(size=(len(truth), 1)) > np.cumsum(truth, axis=1)).sum(axis=1)
+    a, b = M.fit_vector_scaling(y, logp)
+    assert a == pytest.approx(0.6, abs=0.03) and b[0] == 0.0
+    assert b[1] == pytest.approx(-1.0, abs=0.06) and b[2] == pytest.approx(0.5, abs=0.06)
+    # a separable sample gives finite numbers, and a ranking that is backwards is never turned round
+    separable = np.log(np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]] * 4))
+    y = np.tile(np.arange(3), 4)
+    assert np.isfinite([M.fit_vector_scaling(y, separable)[0]]).all()
+    assert M.fit_vector_scaling((y + 1) % 3, separable)[0] >= M.MIN_PLATT_SLOPE
+
+
+def test_a_three_class_profile_undoes_a_site_shift_and_is_judged_by_cross_validation(tmp_path):
+    bundle, scored = three_class_bundle(), three_class_sample()
+    profile = sites.fit(scored, bundle, "later-collection", repeats=2, boot=100)
+    shipped, cv = profile["as_shipped"], profile["validation"]
+    assert profile["task"] == "multiclass" and profile["operating_points"] == []
+    assert cv["accuracy"] > shipped["accuracy"] + 0.05 and cv["ece"] < shipped["ece"]
+    assert cv["recall"]["NORMAL"] > shipped["recall"]["NORMAL"]  # the over-called class gives back its normals
+    for key in ("accuracy", "macro_auc", "ece"):
+        lo, hi = cv[f"{key}_ci95"]
+        assert lo <= cv[key] <= hi
+    assert np.asarray(cv["out_of_fold"]["probability"]).shape == (170, 3)
+    assert profile["calibration"]["b"][0] == 0.0 and len(profile["calibration"]["b"]) == 3
+    summary = "\n".join(sites.summary_lines(profile))
+    assert f"accuracy {shipped['accuracy']:.3f}" in summary and f"accuracy {cv['accuracy']:.3f}" in summary
+
+    site = sites.load("later-collection", bundle, sites.save(profile, tmp_path).parent)
+    p = scored.p[:5]
+    calibrated = site.calibrate(p)
+    np.testing.assert_allclose(calibrated.sum(axis=1), 1.0)
+    np.testing.assert_allclose(site.uncalibrate(calibrated), p, rtol=1e-6)
+    from model.core.ensemble import Prediction
+
+    prediction = Prediction(THREE, Task.MULTICLASS, dict(zip(THREE, p[0])), {"cnn": dict(zip(THREE, p[0]))})
+    local = site.apply(prediction)
+    assert local.probabilities == pytest.approx(dict(zip(THREE, calibrated[0])))
+    assert local.members["cnn"] == pytest.approx(local.probabilities)
+
+    # a result analysed as shipped (Diagnose, Worklist) is recalibrated without inference and decided by its top class
+    from model.core.analysis import apply_site, decide
+    from model.core.types import Result
+
+    shown = Result("x.png", bundle.name, Task.MULTICLASS, probabilities=dict(zip(THREE, p[1])),
+                   members={"cnn": dict(zip(THREE, p[1]))})
+    local = decide(apply_site(shown, site), bundle, None, site)
+    assert local.site == "later-collection" and local.probabilities == pytest.approx(dict(zip(THREE, calibrated[1])))
+    assert local.label == THREE[int(np.argmax(calibrated[1]))] and local.threshold is None
+
+    report = sites.validate(scored, bundle, site)
+    assert report["task"] == "multiclass" and report["site"] == "later-collection"
+    assert any("optimistic" in note for note in report["notes"])  # validated on the images it was fitted on
+    assert np.sum(report["confusion"]) == scored.n
+
+
+def test_three_class_cross_validation_fits_on_the_other_folds_only(monkeypatch):
+    fitted_on = []
+    original = M.fit_vector_scaling
+    monkeypatch.setattr(M, "fit_vector_scaling",
+                        lambda y, logp: fitted_on.append({tuple(r) for r in np.round(logp, 9)}) or original(y, logp))
+    scored = three_class_sample(n=(20, 25, 15))
+    cv = sites.cross_validate_multiclass(scored.y, scored.p, folds=5, repeats=2)
+    rows = [tuple(r) for r in np.round(np.log(np.clip(scored.p, 1e-7, 1)), 9)]
+    k = 0
+    for fold in cv["folds"]:
+        for j in range(cv["k"]):
+            held_out = {rows[i] for i in np.flatnonzero(fold == j)}
+            assert not held_out & fitted_on[k]
+            k += 1
+    assert k == len(fitted_on) == 10
+
+
+def test_a_three_class_profile_is_refused_for_another_kind_of_bundle_or_with_a_bad_bias(tmp_path):
+    profile = sites.fit(three_class_sample(), three_class_bundle(), "later-collection", repeats=1, boot=20)
+    sites.save(profile, tmp_path)
+    binary_named_alike = SimpleNamespace(**{**vars(stand_in_bundle(name="pneumonia-type-kermany"))})
+    with pytest.raises(SiteError, match="multiclass profile") as e:
+        sites.load("later-collection", binary_named_alike, tmp_path)
+    assert e.value.code == "wrong_bundle"
+    broken = {**profile, "calibration": {**profile["calibration"], "b": [0.0, 1.0]}}
+    broken["sha256"] = sites.content_sha256(broken)
+    with pytest.raises(SiteError, match="not usable numbers"):
+        sites.verify(broken, three_class_bundle())
+    multilabel = SimpleNamespace(**{**vars(three_class_bundle()), "task": Task.MULTILABEL})
+    with pytest.raises(SiteError, match="one class") as e:
+        sites.fit(three_class_sample(), multilabel, "x")
+    assert e.value.code == "unsupported_task"

@@ -126,10 +126,19 @@ def _validate(args) -> int:
         return 0
     print(f"{bundle.name}{' with site profile ' + site.name if site else ' as shipped'}: {report['n']} images "
           f"({', '.join(f'{c} {n}' for c, n in report['per_class'].items())})")
-    lo, hi = report["auc_ci95"]
-    print(f"AUC {report['auc']:.3f} (95% CI {lo:.3f}–{hi:.3f}), ECE {report['ece']:.3f}")
+    ci = lambda pair: f"95% CI {pair[0]:.3f}–{pair[1]:.3f}"  # noqa: E731
+    if report.get("task") == "multiclass":
+        print(f"accuracy {report['accuracy']:.3f} ({ci(report['accuracy_ci95'])}), macro AUC "
+              f"{report['macro_auc']:.3f} ({ci(report['macro_auc_ci95'])}), ECE {report['ece']:.3f} "
+              "(the most probable class decides)")
+        for c, r in report["recall"].items():
+            print(f"  {c:<12} recall {r:.3f} ({ci(report['recall_ci95'][c])}), AUC {report['auc'][c]:.3f}")
+        print("confusion (rows: true, columns: predicted " + ", ".join(report["classes"]) + "): "
+              + "; ".join(" ".join(str(n) for n in row) for row in report["confusion"]))
+    else:
+        print(f"AUC {report['auc']:.3f} ({ci(report['auc_ci95'])}), ECE {report['ece']:.3f}")
     num = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731  (a PPV with no positive call is undefined)
-    for name, p in report["points"].items():
+    for name, p in report.get("points", {}).items():
         print(f"  {name:<12} threshold {num(p['threshold'])}: sensitivity {num(p['sensitivity'])}, specificity "
               f"{num(p['specificity'])}, PPV {num(p['ppv'])}, NPV {num(p['npv'])}, accuracy {num(p['accuracy'])}")
     if report["warnings"]:

@@ -97,10 +97,15 @@ def with_prediction(result: Result, prediction: Prediction, bundle, threshold=No
 
 
 def apply_site(result: Result, site) -> Result:
-    """A result analysed as shipped, recalibrated with a site profile (no inference; binary bundles). Decide it
-    afterwards with `decide(..., site=site)`."""
-    if site is None or result.site == site.name or result.error or result.probability is None:
+    """A result analysed as shipped, recalibrated with a site profile (no inference; binary and multiclass
+    bundles). Decide it afterwards with `decide(..., site=site)`."""
+    if site is None or result.site == site.name or result.error or result.probabilities is None:
         return replace(result)
+    if result.task == Task.MULTICLASS:
+        prediction = site.apply(Prediction(list(result.probabilities), result.task, result.probabilities,
+                                           result.members or {}))
+        return replace(result, probabilities=prediction.probabilities, members=prediction.members or result.members,
+                       spread=prediction.spread if prediction.members else result.spread, site=site.name)
     neg, pos = list(result.probabilities)
     prediction = site.apply(Prediction([neg, pos], result.task, result.probabilities,
                                        {m: {neg: 1 - p, pos: p} for m, p in (result.members or {}).items()}))

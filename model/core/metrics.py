@@ -187,6 +187,79 @@ def fit_platt(y, z, iterations: int = 100) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def softmax(z) -> np.ndarray:
+    z = np.asarray(z, float)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def fit_vector_scaling(y, logp, iterations: int = 100) -> tuple[float, list[float]]:
+    """(a, b) so that softmax(a·log p + b) is calibrated on (y, log p), y the class index: vector scaling, one slope
+    and a bias per class (the first 0: only differences count). Platt's smoothed targets, generalised: the true
+    class (N_c+1)/(N_c+2), the rest shared by the other classes, so a perfectly separated sample still gives finite
+    numbers. Newton's method with step halving on this convex loss, as `fit_platt`."""
+    y, L = np.asarray(y, int).ravel(), np.asarray(logp, float)
+    n, k = L.shape
+    counts = np.bincount(y, minlength=k)
+    true = (counts[y] + 1) / (counts[y] + 2)
+    T = np.repeat(((1 - true) / (k - 1))[:, None], k, axis=1)
+    T[np.arange(n), y] = true
+    J = np.zeros((n, k, k))  # d z_ik / d (a, b_1 .. b_{k-1})
+    J[:, :, 0] = L
+    J[:, np.arange(1, k), np.arange(1, k)] = 1.0
+
+    def z_of(theta):
+        return theta[0] * L + np.concatenate([[0.0], theta[1:]])
+
+    def nll(theta):
+        z = z_of(theta)
+        m = z.max(axis=1, keepdims=True)
+        return float(np.sum(m[:, 0] + np.log(np.exp(z - m).sum(axis=1)) - (T * z).sum(axis=1)))
+
+    def newton(theta, free):
+        loss = nll(theta)
+        for _ in range(iterations):
+            q = softmax(z_of(theta))
+            g = np.einsum("nkp,nk->p", J, q - T)[free]
+            cov = q[:, :, None] * np.eye(k)[None] - q[:, :, None] * q[:, None, :]
+            h = np.einsum("nkp,nkl,nlq->pq", J, cov, J)[np.ix_(free, free)] + 1e-9 * np.eye(len(free))
+            step = np.zeros_like(theta)
+            step[free] = np.linalg.solve(h, g)
+            scale = 1.0
+            while scale > 1e-8 and nll(theta - scale * step) > loss:
+                scale /= 2
+            if scale <= 1e-8:
+                break
+            theta = theta - scale * step
+            new = nll(theta)
+            if loss - new < 1e-12 * max(1.0, abs(loss)) and np.abs(scale * step).max() < 1e-8:
+                break
+            loss = new
+        return theta
+
+    theta = newton(np.concatenate([[1.0], np.zeros(k - 1)]), np.arange(k))
+    if not theta[0] > MIN_PLATT_SLOPE:  # never turn the ranking round (or flatten it): keep a small slope
+        theta = newton(np.concatenate([[MIN_PLATT_SLOPE], theta[1:]]), np.arange(1, k))
+    return float(theta[0]), [0.0, *(float(b) for b in theta[1:])]
+
+
+def multiclass_summary(y, prob, classes) -> dict:
+    """Accuracy of the most probable class, each class's recall and one-vs-rest AUC, their macro mean, the
+    top-label calibration error and the confusion matrix (rows: true class, columns: predicted)."""
+    y, prob = np.asarray(y, int).ravel(), np.asarray(prob, float)
+    pred = prob.argmax(axis=1)
+    k = len(classes)
+    matrix = np.zeros((k, k), int)
+    np.add.at(matrix, (y, pred), 1)
+    recall = {c: _ratio(matrix[i, i], matrix[i].sum()) for i, c in enumerate(classes)}
+    auc = {c: roc_auc((y == i).astype(int), prob[:, i]) if 0 < (y == i).sum() < len(y) else float("nan")
+           for i, c in enumerate(classes)}
+    known = [v for v in auc.values() if not np.isnan(v)]
+    return {"accuracy": float((pred == y).mean()), "recall": recall, "auc": auc,
+            "macro_auc": float(np.mean(known)) if known else float("nan"),
+            "ece": expected_calibration_error(pred == y, prob.max(axis=1))[0], "confusion": matrix.tolist()}
+
+
 def wilson_ci(successes: float, total: float, z: float = 1.96) -> list[float]:
     """95% Wilson score interval of a proportion ([nan, nan] when total is 0)."""
     if total <= 0:

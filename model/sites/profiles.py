@@ -6,7 +6,10 @@ path `python -m model predict` uses (`model.core.analysis.analyse`, with the inp
 that cannot be read or are not chest radiographs. `validate` reports AUC, ECE and each operating point on it;
 `fit` fits Platt scaling on the ensemble logit and re-chooses the operating points with the bundle's own rules
 (`model.core.metrics.choose_operating_points`), and estimates how those choices do on images they were *not* fitted on
-by repeated stratified cross-validation inside the sample. The result is a small JSON profile, tied to the bundle
+by repeated stratified cross-validation inside the sample. For a single-label bundle of more classes (normal /
+bacterial / viral) the profile holds vector scaling instead (a slope and a bias per class on the ensemble's
+log-probabilities; the most probable class still decides), checked the same way: accuracy, each class's recall,
+AUC and calibration, cross-validated. The result is a small JSON profile, tied to the bundle
 name, version and member sha256s, carrying a sha256 of its own canonical content; anything else is refused.
 
 Trust (docs/SECURITY.md): the sha256 only shows damage, since whoever can edit a profile can recompute it. Where
@@ -14,7 +17,8 @@ $TORAX_TRUSTED_KEYS is set, a profile is used only when it carries an Ed25519 si
 one of those keys (`site fit --sign-key`), as for bundles; without keys a profile is as trustworthy as the sites
 folder's permissions, which is why the folder is created 0700 and profiles written 0600.
 
-Binary bundles only. Never imports training/ or Streamlit; writes only profiles, atomically, into `sites_dir()`.
+Binary and multiclass bundles (not multi-label). Never imports training/ or Streamlit; writes only profiles,
+atomically, into `sites_dir()`.
 """
 from __future__ import annotations
 
@@ -74,10 +78,10 @@ def sites_writable(folder: Path | None = None) -> bool:
     return os.access(folder, os.W_OK)
 
 
-def _require_binary(bundle):
-    if bundle.task != Task.BINARY:
-        raise SiteError("unsupported_task", f"Site checks and profiles are for two-class bundles; '{bundle.name}' is "
-                                            f"{bundle.task.value} ({', '.join(bundle.classes)}).")
+def _require_supported(bundle):
+    if bundle.task not in (Task.BINARY, Task.MULTICLASS):
+        raise SiteError("unsupported_task", f"Site checks and profiles are for bundles that give each image one class; "
+                                            f"'{bundle.name}' is {bundle.task.value} ({', '.join(bundle.classes)}).")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -85,8 +89,9 @@ def _require_binary(bundle):
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class Scored:
-    """A labelled set run through the bundle as shipped: y (1 = the positive class), p (the ensemble probability
-    exactly as `predict` gives it), the files used, the ones skipped, and how often each warning came up."""
+    """A labelled set run through the bundle as shipped: y (binary: 1 = the positive class; multiclass: the class's
+    index), p (the ensemble probability exactly as `predict` gives it; multiclass: one row of class probabilities
+    per image), the files used, the ones skipped, and how often each warning came up."""
     bundle: str
     classes: list[str]
     source: str
@@ -102,7 +107,11 @@ class Scored:
 
     @property
     def per_class(self) -> dict[str, int]:
-        return {self.classes[0]: int((self.y == 0).sum()), self.classes[1]: int((self.y == 1).sum())}
+        return {c: int((self.y == k).sum()) for k, c in enumerate(self.classes)}
+
+    @property
+    def multiclass(self) -> bool:
+        return len(self.classes) > 2
 
 
 def score(labelled: LabelledSet, ensemble, guard=None, progress=None, max_pixels: int | None = None) -> Scored:
@@ -117,7 +126,7 @@ def score(labelled: LabelledSet, ensemble, guard=None, progress=None, max_pixels
     from model.io.base import MAX_TOTAL_PIXELS
 
     bundle = ensemble.bundle
-    _require_binary(bundle)
+    _require_supported(bundle)
     seen: dict[str, tuple[str, str]] = {}
     conflicts, skipped = [], list(labelled.skipped)
     files, ys, ps = [], [], []
@@ -167,17 +176,19 @@ def score(labelled: LabelledSet, ensemble, guard=None, progress=None, max_pixels
                                             if w["code"] == WarningCode.NOT_CHEST_XRAY)})
         else:
             files.append(item.name)
-            ys.append(int(item.label == bundle.classes[-1]))
-            ps.append(float(result.probability))
+            ys.append(bundle.classes.index(item.label))
+            ps.append(float(result.probability) if bundle.task == Task.BINARY else
+                      [float(result.probabilities[c]) for c in bundle.classes])
     if conflicts:
         shown = "; ".join(conflicts[:5]) + (f"; and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
         raise SiteError("conflicting_labels", f"Refused: the same image appears under two labels ({shown}). "
                                               "Fix the labels and try again; nothing was saved.")
     y = np.asarray(ys, int)
     if len(set(ys)) < 2:
-        have = ", ".join(f"{c}: {n}" for c, n in zip(bundle.classes, (int((y == 0).sum()), int((y == 1).sum()))))
+        have = ", ".join(f"{c}: {int((y == k).sum())}" for k, c in enumerate(bundle.classes))
         raise SiteError("one_class", f"After skipping {len(skipped)} file(s) that could not be used, the set has "
-                                     f"images of one class only ({have}); a site check needs both.")
+                                     f"images of one class only ({have}); a site check needs "
+                                     + ("both." if len(bundle.classes) == 2 else "at least two of them."))
     return Scored(bundle.name, list(bundle.classes), labelled.source, files, y, np.asarray(ps, float), skipped,
                   dict(warnings))
 
@@ -186,10 +197,12 @@ def score(labelled: LabelledSet, ensemble, guard=None, progress=None, max_pixels
 # Numbers
 # ---------------------------------------------------------------------------------------------------------------
 def _stratified_resamples(y: np.ndarray, n: int, seed: int):
+    """Bootstrap index sets that keep every class's count. Classes are drawn from the highest index down, so a
+    binary sample draws its positives first, as it always has (the same seed gives the same intervals)."""
     rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    groups = [np.flatnonzero(y == c) for c in sorted(np.unique(y), reverse=True)]
     for _ in range(n):
-        yield np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        yield np.concatenate([rng.choice(g, len(g)) for g in groups])
 
 
 def bootstrap_ci(y, values, statistic, n: int = BOOTSTRAP, seed: int = 0) -> list[float]:
@@ -211,6 +224,16 @@ def point_report(y, p, threshold: float) -> dict:
 
 def _few_images_notes(per_class: dict, y, p, points: dict) -> list[str]:
     notes = []
+    if np.ndim(p) == 2:  # multiclass: each class's recall, decided by the most probable class
+        pred = np.asarray(p).argmax(axis=1)
+        for k, (cls, count) in enumerate(per_class.items()):
+            if count < FEW_PER_CLASS:
+                hits = int((pred == k)[y == k].sum())
+                lo, hi = M.wilson_ci(hits, count)
+                notes.append(f"Only {count} {cls} image(s) (at least {FEW_PER_CLASS} per class are advised): the "
+                             f"recall of {cls}, {hits}/{count}, has a 95% CI of {lo:.2f}–{hi:.2f} "
+                             f"(±{(hi - lo) / 2:.2f}).")
+        return notes
     for k, (cls, count) in enumerate(per_class.items()):
         if count < FEW_PER_CLASS:
             rate = "specificity" if k == 0 else "sensitivity"
@@ -226,9 +249,11 @@ def _few_images_notes(per_class: dict, y, p, points: dict) -> list[str]:
 def validate(scored: Scored, bundle, site: SiteProfile | None = None) -> dict:
     """How the bundle does on a labelled set: as shipped, or with a site profile's calibration and thresholds.
     `python -m model site validate --json` prints this."""
-    _require_binary(bundle)
+    _require_supported(bundle)
     y = scored.y
     p = site.calibrate(scored.p) if site else scored.p
+    if bundle.task == Task.MULTICLASS:
+        return _validate_multiclass(scored, bundle, site, p)
     thresholds = {o["name"]: o["threshold"] for o in (site.operating_points if site else bundle.operating_points)
                   if "threshold" in o}
     points = {name: point_report(y, p, t) for name, t in thresholds.items()}
@@ -241,6 +266,69 @@ def validate(scored: Scored, bundle, site: SiteProfile | None = None) -> dict:
                      "profile's cross-validated numbers are the honest ones.")
     return plain({"n": scored.n, "auc": M.roc_auc(y, p),
                   "auc_ci95": bootstrap_ci(y, p, M.roc_auc), "ece": _ece(y, p), "points": points,
+                  "warnings": warnings, "site": site.name if site else None, "bundle": bundle.name,
+                  "per_class": scored.per_class, "skipped": scored.skipped, "notes": notes})
+
+
+def _log_probabilities(p) -> np.ndarray:
+    return np.log(np.clip(np.asarray(p, float), 1e-7, 1.0))
+
+
+def _calibrate_multiclass(p, a: float, b) -> np.ndarray:
+    return M.softmax(a * _log_probabilities(p) + np.asarray(b, float))
+
+
+def _multiclass_cis(y, prob, classes, boot: int, seed: int) -> dict:
+    """Stratified-bootstrap 95% CIs over images of accuracy, macro AUC, ECE and each class's recall. `prob` is one
+    set of probabilities (n × k) or several (repeats × n × k, e.g. cross-validation's): statistics are averaged
+    over the sets, then the images resampled."""
+    y = np.asarray(y, int)
+    sets = np.asarray(prob, float)
+    sets = sets[None] if sets.ndim == 2 else sets
+    correct = sets.argmax(axis=2) == y[None, :]
+    confidence = sets.max(axis=2)
+
+    def stats(idx):
+        yy = y[idx]
+        out = {"accuracy": float(correct[:, idx].mean()),
+               "macro_auc": float(np.mean([M.multiclass_summary(yy, s[idx], classes)["macro_auc"] for s in sets])),
+               "ece": float(np.mean([M.expected_calibration_error(c[idx], f[idx])[0]
+                                     for c, f in zip(correct, confidence)]))}
+        for k, c in enumerate(classes):
+            out[f"recall {c}"] = float(correct[:, idx][:, yy == k].mean()) if (yy == k).any() else float("nan")
+        return out
+
+    draws = [stats(i) for i in _stratified_resamples(y, boot, seed)]
+    return {key: [float(v) for v in np.nanpercentile([d[key] for d in draws], [2.5, 97.5])] for key in draws[0]}
+
+
+def multiclass_report(y, prob, classes, boot: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """Accuracy, macro AUC, ECE and each class's recall and AUC, with 95% CIs, and the confusion matrix of one set
+    of probabilities (n × k), or the average over several (repeats × n × k; the matrix then pooled)."""
+    sets = np.asarray(prob, float)
+    sets = sets[None] if sets.ndim == 2 else sets
+    summaries = [M.multiclass_summary(y, s, classes) for s in sets]
+    mean = lambda get: float(np.mean([get(x) for x in summaries]))  # noqa: E731
+    cis = _multiclass_cis(y, sets, classes, boot, seed)
+    return {"accuracy": mean(lambda x: x["accuracy"]), "accuracy_ci95": cis["accuracy"],
+            "macro_auc": mean(lambda x: x["macro_auc"]), "macro_auc_ci95": cis["macro_auc"],
+            "ece": mean(lambda x: x["ece"]), "ece_ci95": cis["ece"],
+            "recall": {c: mean(lambda x: x["recall"][c]) for c in classes},
+            "recall_ci95": {c: cis[f"recall {c}"] for c in classes},
+            "auc": {c: mean(lambda x: x["auc"][c]) for c in classes},
+            "confusion": np.sum([x["confusion"] for x in summaries], axis=0).tolist()}
+
+
+def _validate_multiclass(scored: Scored, bundle, site, p) -> dict:
+    warnings = dict(scored.warnings)
+    notes = _few_images_notes(scored.per_class, scored.y, p, {})
+    if notes:
+        warnings["few_images"] = len(notes)
+    if site and site.sample_sha256 and site.sample_sha256 == sample_fingerprint(scored):
+        notes.append("This is the sample the site profile was fitted on: these numbers are optimistic. The "
+                     "profile's cross-validated numbers are the honest ones.")
+    return plain({"task": Task.MULTICLASS.value, "n": scored.n, "classes": list(bundle.classes),
+                  **multiclass_report(scored.y, p, list(bundle.classes)),
                   "warnings": warnings, "site": site.name if site else None, "bundle": bundle.name,
                   "per_class": scored.per_class, "skipped": scored.skipped, "notes": notes})
 
@@ -331,6 +419,23 @@ def cv_metrics(y, cv: dict, boot: int = BOOTSTRAP, seed: int = 0) -> dict:
     return out
 
 
+def cross_validate_multiclass(y, p, folds: int = FOLDS, repeats: int = REPEATS, seed: int = 0) -> dict:
+    """Repeated stratified k-fold for a multiclass profile: vector scaling fitted on k−1 folds, applied to the
+    held-out fold. Returns the out-of-fold probabilities (repeats × n × k), the fold assignments and the folds."""
+    y, logp = np.asarray(y, int), _log_probabilities(p)
+    k = int(min(folds, np.bincount(y, minlength=logp.shape[1]).min()))
+    rng = np.random.default_rng(seed)
+    oof = np.empty((repeats, *logp.shape))
+    assignments = []
+    for r in range(repeats):
+        fold = stratified_folds(y, k, rng)
+        assignments.append(fold)
+        for j in range(k):
+            a, b = M.fit_vector_scaling(y[fold != j], logp[fold != j])
+            oof[r, fold == j] = M.softmax(a * logp[fold == j] + np.asarray(b))
+    return {"probability": oof, "folds": assignments, "k": k}
+
+
 def bundle_identity(bundle) -> dict:
     return {"name": bundle.name, "version": bundle.version,
             "members": {m.name: m.info.get("sha256") for m in bundle.members}}
@@ -344,7 +449,7 @@ def fit(scored: Scored, bundle, name: str, folds: int = FOLDS, repeats: int = RE
         boot: int = BOOTSTRAP, records: dict | None = None) -> dict:
     """A site profile (a dict, not yet saved) from a scored labelled sample: labelled images, or the record's
     confirmed results (model.store.sample; `records` then names the range of the record used)."""
-    _require_binary(bundle)
+    _require_supported(bundle)
     check_name(name)
     check_options(folds, repeats, seed)
     small = {c: n for c, n in scored.per_class.items() if n < MIN_PER_CLASS_TO_FIT}
@@ -352,6 +457,8 @@ def fit(scored: Scored, bundle, name: str, folds: int = FOLDS, repeats: int = RE
         raise SiteError("too_few", "Too few images to fit a site profile: "
                         + ", ".join(f"{c} has {n}" for c, n in small.items())
                         + f"; at least {MIN_PER_CLASS_TO_FIT} per class are needed (and {FEW_PER_CLASS} advised).")
+    if bundle.task == Task.MULTICLASS:
+        return _fit_multiclass(scored, bundle, name, folds, repeats, seed, boot, records)
     y, p = scored.y, scored.p
     targets = bundle_targets(bundle)
     (a, b), points = fit_rules(y, M.logit(p), targets)
@@ -380,6 +487,42 @@ def fit(scored: Scored, bundle, name: str, folds: int = FOLDS, repeats: int = RE
         "as_shipped": {"auc": shipped["auc"], "ece": shipped["ece"],
                        "points": {k: {r: v[r] for r in ("threshold", "sensitivity", "specificity")}
                                   for k, v in shipped["points"].items()}},
+        "notes": notes,
+    }
+    profile = plain(profile)
+    profile["sha256"] = content_sha256(profile)
+    return profile
+
+
+def _fit_multiclass(scored: Scored, bundle, name: str, folds: int, repeats: int, seed: int, boot: int,
+                    records: dict | None) -> dict:
+    """A multiclass profile: vector scaling on the ensemble's log-probabilities, fitted on the whole sample, and
+    its cross-validated accuracy, recall, AUC and calibration. The most probable class decides, as shipped."""
+    y, p, classes = scored.y, scored.p, list(bundle.classes)
+    a, b = M.fit_vector_scaling(y, _log_probabilities(p))
+    cv = cross_validate_multiclass(y, p, folds, repeats, seed)
+    shipped = multiclass_report(y, p, classes, boot, seed)
+    notes = _few_images_notes(scored.per_class, y, _calibrate_multiclass(p, a, b), {})
+    profile = {
+        "kind": KIND, "schema": SCHEMA, "site": name, "task": Task.MULTICLASS.value, "classes": classes,
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "bundle": bundle_identity(bundle),
+        "sample": {"source": scored.source.strip("'"), "n": scored.n, "per_class": scored.per_class,
+                   "skipped": dict(Counter(s["code"] for s in scored.skipped)), "sha256": sample_fingerprint(scored),
+                   **({"records": records} if records else {})},
+        "calibration": {"method": "vector scaling on the ensemble's log-probabilities: p_site = softmax(a * log(p) "
+                                  "+ b), b[0] = 0; the most probable class decides",
+                        "a": a, "b": b},
+        "operating_points": [],
+        "default_operating_point": None,
+        "validation": {
+            "method": f"repeated stratified {cv['k']}-fold cross-validation ({repeats} repeats, seed {seed}): "
+                      "vector scaling fitted on the other folds, scored on the held-out fold, averaged over the "
+                      f"repeats; 95% CIs from {boot} stratified bootstrap resamples of the images",
+            "folds": cv["k"], "repeats": repeats, "seed": seed,
+            **multiclass_report(y, cv["probability"], classes, boot, seed),
+            "out_of_fold": {"y": y.tolist(), "probability": np.round(cv["probability"][0], 5).tolist()}},
+        "as_shipped": {k: shipped[k] for k in ("accuracy", "macro_auc", "ece", "recall", "confusion")},
         "notes": notes,
     }
     profile = plain(profile)
@@ -491,9 +634,14 @@ class SiteProfile:
     name = property(lambda self: self.data["site"])
     operating_points = property(lambda self: self.data["operating_points"])
     sample_sha256 = property(lambda self: self.data.get("sample", {}).get("sha256"))
+    task = property(lambda self: Task(self.data.get("task", Task.BINARY.value)))
 
     def calibrate(self, p):
+        """Binary: the positive class's probability (a number or an array). Multiclass: class probabilities, one
+        row per image (n × k, or one row of k)."""
         c = self.data["calibration"]
+        if self.task == Task.MULTICLASS:
+            return _calibrate_multiclass(p, c["a"], c["b"])
         out = M.sigmoid(c["a"] * M.logit(p) + c["b"])
         return float(out) if np.ndim(out) == 0 else out
 
@@ -501,6 +649,8 @@ class SiteProfile:
         """The probability as shipped that `calibrate` turns into `p` (a > 0, so one-to-one; exact to about 1e-9
         between 1e-7 and 1 - 1e-7)."""
         c = self.data["calibration"]
+        if self.task == Task.MULTICLASS:
+            return M.softmax((_log_probabilities(p) - np.asarray(c["b"], float)) / c["a"])
         out = M.sigmoid((M.logit(p) - c["b"]) / c["a"])
         return float(out) if np.ndim(out) == 0 else out
 
@@ -516,8 +666,12 @@ class SiteProfile:
         """The prediction with every probability (ensemble and members) recalibrated for this site."""
         from model.core.ensemble import Prediction
 
-        neg, pos = prediction.classes
-        recal = lambda probs: {neg: 1 - self.calibrate(probs[pos]), pos: self.calibrate(probs[pos])}
+        if self.task == Task.MULTICLASS:
+            classes = list(prediction.classes)
+            recal = lambda probs: dict(zip(classes, map(float, self.calibrate([probs[c] for c in classes]))))
+        else:
+            neg, pos = prediction.classes
+            recal = lambda probs: {neg: 1 - self.calibrate(probs[pos]), pos: self.calibrate(probs[pos])}
         return Prediction(prediction.classes, prediction.task, recal(prediction.probabilities),
                           {m: recal(p) for m, p in prediction.members.items()})
 
@@ -540,10 +694,16 @@ def verify(profile: dict, bundle, where: str = "") -> SiteProfile:
         raise SiteError("tampered", f"{label} was refused: its content does not match its recorded sha256 (it was "
                                     "edited or damaged). Fit it again with `python -m model site fit`.")
     _check_trust(profile, label)
+    task = profile.get("task", Task.BINARY.value)
+    if task != bundle.task.value:
+        raise SiteError("wrong_bundle", f"{label} was refused: it is a {task} profile, and {bundle.name} is "
+                                        f"{bundle.task.value}.")
     try:
-        a, b = float(profile["calibration"]["a"]), float(profile["calibration"]["b"])
+        a, raw = float(profile["calibration"]["a"]), profile["calibration"]["b"]
+        b = [float(v) for v in raw] if task == Task.MULTICLASS else [float(raw)]
         thresholds = [float(o["threshold"]) for o in profile["operating_points"]]
-        ok = np.isfinite([a, b, *thresholds]).all() and all(0 <= t <= 1 for t in thresholds) and a > 0
+        ok = np.isfinite([a, *b, *thresholds]).all() and all(0 <= t <= 1 for t in thresholds) and a > 0 \
+            and (task != Task.MULTICLASS or len(b) == len(bundle.classes))
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok:
@@ -559,7 +719,7 @@ def verify(profile: dict, bundle, where: str = "") -> SiteProfile:
 
 def load(name: str, bundle, folder: Path | None = None) -> SiteProfile:
     """The verified profile `name` for `bundle`, or a SiteError saying why it cannot be used."""
-    _require_binary(bundle)
+    _require_supported(bundle)
     path = profile_path(name, folder)
     if not path.is_file():
         known = ", ".join(p["name"] for p in list_profiles(folder)) or "none"
@@ -600,8 +760,11 @@ def list_profiles(folder: Path | None = None, bundle=None) -> list[dict]:
 def evidence_sets(bundle, site: SiteProfile | None = None) -> dict[str, dict]:
     """{"site"|"external"|"internal": {"y", "score", "n", "dataset"}}, most external first. Scores are on the scale
     the reader's threshold is on: with a site profile active, the bundle's own test scores go through its
-    calibration too. "site" is the profile's pooled out-of-fold (cross-validated) probabilities."""
+    calibration too. "site" is the profile's pooled out-of-fold (cross-validated) probabilities. Binary bundles
+    only: sensitivity and specificity at a threshold mean nothing for a most-probable-class decision."""
     out = {}
+    if bundle.task != Task.BINARY:
+        return out
     if site is not None:
         oof = site.data.get("validation", {}).get("out_of_fold")
         if oof:
@@ -626,15 +789,28 @@ def summary_lines(profile: dict, path: Path | None = None) -> list[str]:
     lines = [f"Site profile '{profile['site']}' for {bundle['name']} (version {bundle['version']})"
              + (f" saved to {path}" if path else ""),
              f"Sample: {s['n']} images (" + ", ".join(f"{c} {n}" for c, n in s["per_class"].items()) + ")"
-             + ("; skipped: " + ", ".join(f"{k} {n}" for k, n in s["skipped"].items()) if s["skipped"] else ""),
-             f"As shipped on this sample: AUC {shipped['auc']:.3f}, ECE {shipped['ece']:.3f}; "
-             + ", ".join(f"{k} sens {p['sensitivity']:.2f} / spec {p['specificity']:.2f}"
-                         for k, p in shipped["points"].items()),
-             f"Recalibration: p_site = sigmoid({profile['calibration']['a']:.3f}·logit(p) "
-             f"{profile['calibration']['b']:+.3f})",
-             f"With this profile, cross-validated ({v['folds']}-fold × {v['repeats']}, never scored on the images "
-             f"fitted on), 95% CI:",
-             f"  AUC {v['auc']:.3f} ({ci(v['auc_ci95'])}), ECE {v['ece']:.3f} ({ci(v['ece_ci95'])})"]
+             + ("; skipped: " + ", ".join(f"{k} {n}" for k, n in s["skipped"].items()) if s["skipped"] else "")]
+    if profile.get("task") == Task.MULTICLASS.value:
+        recall = lambda r: ", ".join(f"{c} {x:.2f}" for c, x in r.items())  # noqa: E731
+        c = profile["calibration"]
+        lines += [f"As shipped on this sample: accuracy {shipped['accuracy']:.3f}, macro AUC "
+                  f"{shipped['macro_auc']:.3f}, ECE {shipped['ece']:.3f}; recall {recall(shipped['recall'])}",
+                  f"Recalibration: p_site = softmax({c['a']:.3f}·log(p) + ["
+                  + ", ".join(f"{x:+.3f}" for x in c["b"]) + "]); the most probable class decides",
+                  f"With this profile, cross-validated ({v['folds']}-fold × {v['repeats']}, never scored on the "
+                  f"images fitted on), 95% CI:",
+                  f"  accuracy {v['accuracy']:.3f} ({ci(v['accuracy_ci95'])}), macro AUC {v['macro_auc']:.3f} "
+                  f"({ci(v['macro_auc_ci95'])}), ECE {v['ece']:.3f} ({ci(v['ece_ci95'])})",
+                  "  recall " + ", ".join(f"{k} {x:.2f} ({ci(v['recall_ci95'][k])})" for k, x in v["recall"].items())]
+        return lines + [f"Note: {n}" for n in profile.get("notes", [])]
+    lines += [f"As shipped on this sample: AUC {shipped['auc']:.3f}, ECE {shipped['ece']:.3f}; "
+              + ", ".join(f"{k} sens {p['sensitivity']:.2f} / spec {p['specificity']:.2f}"
+                          for k, p in shipped["points"].items()),
+              f"Recalibration: p_site = sigmoid({profile['calibration']['a']:.3f}·logit(p) "
+              f"{profile['calibration']['b']:+.3f})",
+              f"With this profile, cross-validated ({v['folds']}-fold × {v['repeats']}, never scored on the images "
+              f"fitted on), 95% CI:",
+              f"  AUC {v['auc']:.3f} ({ci(v['auc_ci95'])}), ECE {v['ece']:.3f} ({ci(v['ece_ci95'])})"]
     for point in profile["operating_points"]:
         m = v["points"][point["name"]]
         lines.append(f"  {point['name']:<12} threshold {point['threshold']:.3f}: sensitivity {m['sensitivity']:.2f} "

@@ -13,7 +13,7 @@ from datetime import datetime
 
 import numpy as np
 
-from model.core.types import WarningCode
+from model.core.types import Task, WarningCode
 from model.sites.profiles import Scored, SiteError, bundle_identity
 from model.store.confirmations import UNSURE
 from model.store.db import iso
@@ -22,7 +22,12 @@ from model.store.db import iso
 def records_sample(store, bundle, since: datetime | None = None, until: datetime | None = None) -> \
         tuple[Scored, dict]:
     """(Scored, the range used: {"since", "until", "results", "first", "last"}) for `sites.fit`. SiteError
-    `one_class` / `no_records` when it can't be fitted on."""
+    `one_class` / `no_records` when it can't be fitted on; `unsupported_task` for a multiclass bundle, whose records
+    keep no probabilities as shipped (fit its profile on a labelled folder)."""
+    if bundle.task != Task.BINARY:
+        raise SiteError("unsupported_task", f"A profile for {bundle.name} ({', '.join(bundle.classes)}) is fitted on "
+                                            "a folder of labelled images (python -m model site fit FOLDER): the "
+                                            "record keeps the probability as shipped for two-class bundles only.")
     rows = store.results(since, until, bundle=bundle.name)
     members = bundle_identity(bundle)["members"]
     skipped: Counter = Counter()

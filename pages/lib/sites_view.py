@@ -21,6 +21,7 @@ from pages.lib.ui import UPLOAD_TYPES, show_outcome, tr
 
 COLOURS = {"internal": "#4C78A8", "external": "#E45756", "site": "#54A24B"}
 ORDER = ("internal", "external", "site")
+SITE_TASKS = (Task.BINARY, Task.MULTICLASS)  # one class per image; multi-label bundles have no site profiles
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -29,7 +30,7 @@ ORDER = ("internal", "external", "site")
 def active_site(bundle) -> sites.SiteProfile | None:
     """The verified profile chosen in the sidebar for this bundle, or None (as shipped)."""
     name = st.session_state.get("site")
-    if not name or bundle is None or bundle.task != Task.BINARY:
+    if not name or bundle is None or bundle.task not in SITE_TASKS:
         return None
     try:
         return sites.load(name, bundle)
@@ -41,7 +42,7 @@ def active_site(bundle) -> sites.SiteProfile | None:
 
 def sidebar_site(bundle):
     """The sidebar control that shows and switches the active profile (none / NAME)."""
-    if bundle is None or bundle.task != Task.BINARY:
+    if bundle is None or bundle.task not in SITE_TASKS:
         return
     t = tr("sites")
     found = sites.list_profiles(bundle=bundle)
@@ -182,12 +183,72 @@ def side_by_side(bundle, threshold: float, site=None, key: str = "sbs"):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# A multiclass profile at its site
+# ---------------------------------------------------------------------------------------------------------------
+def _ci(pair) -> str:
+    return f"{pair[0]:.3f}–{pair[1]:.3f}"
+
+
+def multiclass_site_table(site: sites.SiteProfile, t) -> pd.DataFrame:
+    """The model as shipped on the profile's sample, and with the profile (cross-validated, 95% CI)."""
+    shipped, cv = site.data["as_shipped"], site.data["validation"]
+    rows = [(t("row_accuracy"), shipped["accuracy"], cv["accuracy"], cv["accuracy_ci95"]),
+            (t("row_macro_auc"), shipped["macro_auc"], cv["macro_auc"], cv["macro_auc_ci95"]),
+            (t("row_ece"), shipped["ece"], cv["ece"], cv["ece_ci95"])]
+    rows += [(t("row_recall", cls=c), shipped["recall"][c], cv["recall"][c], cv["recall_ci95"][c])
+             for c in site.data["classes"]]
+    return pd.DataFrame([{t("col_measure"): name, t("col_as_shipped"): a, t("col_with_profile"): b,
+                          t("col_with_profile_ci"): _ci(ci)} for name, a, b, ci in rows]).set_index(t("col_measure"))
+
+
+def site_numbers(bundle, site: sites.SiteProfile | None):
+    """For a multiclass bundle with a profile in use: what the profile changes at its site (Evaluation)."""
+    if site is None or bundle.task != Task.MULTICLASS:
+        return
+    t = tr("sites")
+    st.subheader(t("h_site_numbers"), divider="gray")
+    st.caption(t("site_numbers_caption", name=md_escape(site.name), n=site.data["sample"]["n"]))
+    table = multiclass_site_table(site, t)
+    st.dataframe(table, key="site_numbers", column_config={
+        c: st.column_config.NumberColumn(format="%.3f") for c in (t("col_as_shipped"), t("col_with_profile"))})
+    st.caption(t("multiclass_decides"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Check the model on your own images
 # ---------------------------------------------------------------------------------------------------------------
+def multiclass_confusion_figure(report: dict, t) -> go.Figure:
+    classes, z = report["classes"], report["confusion"]
+    fig = go.Figure(go.Heatmap(z=z, x=[f"{t('pred')} {c}" for c in classes], y=[f"{t('true')} {c}" for c in classes],
+                               text=z, texttemplate="%{text}", colorscale="Blues", showscale=False))
+    fig.update_layout(title=t("confusion_multiclass"), height=300, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def draw_multiclass_report(report: dict, t):
+    a, b, c = st.columns(3)
+    a.metric(t("m_n"), report["n"])
+    b.metric(t("m_accuracy"), f"{report['accuracy']:.3f} ({_ci(report['accuracy_ci95'])})")
+    c.metric(t("m_macro_auc"), f"{report['macro_auc']:.3f} ({_ci(report['macro_auc_ci95'])})")
+    rows = [{t("col_class"): cls, t("col_recall"): report["recall"][cls],
+             t("col_recall_ci"): _ci(report["recall_ci95"][cls]), t("col_class_auc"): report["auc"][cls]}
+            for cls in report["classes"]]
+    st.dataframe(pd.DataFrame(rows).set_index(t("col_class")), key="sc_classes",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                for c in (t("col_recall"), t("col_class_auc"))})
+    st.plotly_chart(multiclass_confusion_figure(report, t), key="sc_confusion", config={"displayModeBar": False})
+    st.caption(f"{t('m_ece')} {report['ece']:.3f}. {t('multiclass_decides')}")
+
+
 def draw_report(report: dict, bundle, t):
     counts = ", ".join(f"{c} {n}" for c, n in report["per_class"].items())
     how = t("report_with_site", name=report["site"]) if report["site"] else t("report_as_shipped")
     st.markdown(f"**{t('report_heading', bundle=bundle.name, n=report['n'], counts=counts)}** — {how}")
+    if report.get("task") == Task.MULTICLASS.value:
+        draw_multiclass_report(report, t)
+        _report_notes(report, t)
+        return
     a, b, c = st.columns(3)
     a.metric(t("m_n"), report["n"])
     lo, hi = report["auc_ci95"]
@@ -199,6 +260,10 @@ def draw_report(report: dict, bundle, t):
     st.dataframe(pd.DataFrame(rows).set_index(t("col_point")), key="sc_points",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in rows[0] if
                                 c != t("col_point")} if rows else None)
+    _report_notes(report, t)
+
+
+def _report_notes(report: dict, t):
     if report["warnings"]:
         st.warning(t("warnings", items=", ".join(f"{k} ×{n}" for k, n in report["warnings"].items())),
                    icon=":material/warning:")
@@ -237,7 +302,7 @@ def save_section(bundle, scored):
     if sites.signature_required():  # the app holds no signing key: a profile saved here would be refused
         st.caption(t("save_needs_signature"))
         return
-    st.caption(t("save_intro", folds=sites.FOLDS))
+    st.caption(t("save_intro_multiclass" if bundle.task == Task.MULTICLASS else "save_intro", folds=sites.FOLDS))
     pending = st.session_state.get("site_save_pending")
     name = st.text_input(t("save_name"), key="sc_name", max_chars=64)
     if pending:
@@ -259,8 +324,8 @@ def site_check(bundle, ensemble_for):
 
     t = tr("sites")
     st.subheader(t("h_check"), divider="gray")
-    if bundle.task != Task.BINARY:
-        st.info(t("binary_only"))
+    if bundle.task not in SITE_TASKS:
+        st.info(t("single_label_only"))
         return
     st.caption(t("check_intro", classes=", ".join(bundle.classes)))
     mode = st.radio(t("check_mode"), ["zip", "files"], format_func=lambda m: t(f"mode_{m}"), horizontal=True,

@@ -154,15 +154,15 @@ def overexposed() -> np.ndarray:
     return a
 
 
-def sample_zip(per_class: int = 6) -> bytes:
-    """A site's labelled sample as a reader uploads it: my-site/{NORMAL,PNEUMONIA}/ of drawn radiographs (a bright
-    blob for PNEUMONIA), a holiday photo among the NORMALs and a README."""
+def sample_zip(per_class: int = 6, classes=("NORMAL", "PNEUMONIA")) -> bytes:
+    """A site's labelled sample as a reader uploads it: my-site/{NORMAL,PNEUMONIA}/ (or the classes given) of drawn
+    radiographs (a bright blob in all but the first class), a holiday photo among the NORMALs and a README."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:
-        for label, pneumonia in (("NORMAL", False), ("PNEUMONIA", True)):
+        for k, label in enumerate(classes):
             for i in range(per_class):
-                image = radiograph((256, 224), seed=200 * pneumonia + i)
-                if pneumonia:
+                image = radiograph((256, 224), seed=200 * k + i)
+                if k:
                     cv2.circle(image, (70, 140), 22, 235, -1)
                 z.writestr(f"my-site/{label}/{i}.png", png_bytes(image))
         z.writestr("my-site/NORMAL/holiday.png", png_bytes(colour_photo(seed=4)))
