@@ -446,6 +446,8 @@ if bundle.task == Task.BINARY and "ensemble" in evaluation and "roc" in evaluati
     binary_view(bundle, evaluation, scores)
 else:
     site_numbers(bundle, SITE)
+    if SITE is not None:  # what follows is the model as shipped, on the training collection's own test split
+        st.subheader(t("h_internal"), divider="gray")
     per_class_view(evaluation, bundle)
     training_view(bundle)
     input_size_view(bundle)
