@@ -98,7 +98,7 @@ def draw_meta(meta: dict):
 
 def draw_decision(result: Result, bundle):
     classes = bundle.classes
-    st.caption(t("decision_heading"))
+    st.caption(t("decision_heading_multiclass" if bundle.task == Task.MULTICLASS else "decision_heading"))
     if not result.assessed:  # the guard says this is not a chest radiograph: no decision, probability for reference
         ts = tr("sites")
         st.markdown(f"## :gray[{ts('not_assessed_decision')}]")
