@@ -763,12 +763,10 @@ def list_profiles(folder: Path | None = None, bundle=None) -> list[dict]:
 def evidence_sets(bundle, site: SiteProfile | None = None) -> dict[str, dict]:
     """{"site"|"external"|"internal": {"y", "score", "n", "dataset"}}, most external first. Scores are on the scale
     the reader's threshold is on: with a site profile active, the bundle's own test scores go through its
-    calibration too. "site" is the profile's pooled out-of-fold (cross-validated) probabilities. Binary bundles
+    calibration too. "site" is the profile's pooled out-of-fold (cross-validated) probabilities. Binary scores
     only: sensitivity and specificity at a threshold mean nothing for a most-probable-class decision."""
     out = {}
-    if bundle.task != Task.BINARY:
-        return out
-    if site is not None:
+    if site is not None and site.task == Task.BINARY:
         oof = site.data.get("validation", {}).get("out_of_fold")
         if oof:
             out["site"] = {"y": np.asarray(oof["y"], int), "score": np.asarray(oof["probability"], float),
