@@ -213,6 +213,28 @@ def test_class_folders_are_matched_case_insensitively_and_loose_files_ignored(tm
     assert labelled.per_class == {"NORMAL": 2, "PNEUMONIA": 3}
 
 
+def test_kermanys_own_layout_labels_a_three_class_set_by_file_name(tmp_path):
+    """NORMAL/ and PNEUMONIA/ as Kermany's release ships them: for a normal / bacterial / viral bundle the type comes
+    from each pneumonia file's name; a name that says neither is skipped with the reason; a two-class bundle reads
+    the same folders as before, and an unrelated folder is still refused."""
+    root = tmp_path / "chest_xray" / "test"
+    for folder, names in (("NORMAL", ["IM-0001-0001.jpeg", "NORMAL2-IM-0002-0001.jpeg"]),
+                          ("PNEUMONIA", ["person1_bacteria_1.jpeg", "person1_bacteria_2.jpeg", "person2_virus_3.jpeg",
+                                         "scan-7.jpeg"])):
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            (root / folder / name).write_bytes(png_bytes(np.full((8, 8), 9, np.uint8)))
+    three = sites.labelled_from_path(root, THREE)
+    assert three.per_class == {"NORMAL": 2, "BACTERIAL": 2, "VIRAL": 1}
+    assert [(s["file"], s["code"]) for s in three.skipped] == [("PNEUMONIA/scan-7.jpeg", "unknown_subtype")]
+    assert sites.labelled_from_path(root, CLASSES).per_class == {"NORMAL": 2, "PNEUMONIA": 4}
+    (root / "COVID").mkdir()
+    (root / "COVID" / "person3_virus_4.jpeg").write_bytes(png_bytes(np.full((8, 8), 9, np.uint8)))
+    with pytest.raises(SiteError, match="COVID") as e:
+        sites.labelled_from_path(root, THREE)
+    assert e.value.code == "unknown_class"
+
+
 def test_one_class_only_is_refused_with_the_reason(tmp_path):
     with pytest.raises(SiteError, match="labelled PNEUMONIA.*every class") as e:
         sites.labelled_from_path(write_set(tmp_path, {"PNEUMONIA": 4}), CLASSES)

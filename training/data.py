@@ -16,19 +16,19 @@ import numpy as np
 import pandas as pd
 
 from model.core.preprocess import to_model_input
+from model.sites.labelled_sets import KERMANY_PERSON
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".tif", ".tiff", ".bmp", ".webp"}
 SPLITS = ("train", "val", "test")
 
 # Kermany file names: person1372_bacteria_3501.jpeg, IM-0115-0001.jpeg, NORMAL2-IM-0587-0001-0001.jpeg
-_PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
 _IM = re.compile(r"^((?:NORMAL2-)?IM-\d+)", re.IGNORECASE)
 
 
 def parse_kermany_name(name: str, label: str) -> tuple[str, str]:
     """(patient_id, subtype) from a Kermany file name; subtype is normal, bacteria or virus."""
     stem = Path(name).stem
-    if m := _PERSON.match(stem):
+    if m := KERMANY_PERSON.match(stem):
         return m.group(1).lower(), m.group(2).lower()
     if m := _IM.match(stem):
         return m.group(1).upper(), "normal" if label == "NORMAL" else "unknown"

@@ -17,6 +17,10 @@ MAX_ZIP_BYTES = 512 << 20   # uncompressed bytes an uploaded ZIP may expand to
 MAX_ZIP_MEMBERS = 10_000
 MAX_ZIP_RATIO = 1000        # uncompressed / compressed size of one member; above it looks like a ZIP bomb
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+KERMANY_PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
+"""Kermany's public release names pneumonia files person<patient>_<bacteria|virus>_<n>.jpeg (training reads the
+patient and subtype from it too)."""
+SUBTYPE_CLASSES = {"bacteria": "BACTERIAL", "virus": "VIRAL"}
 
 
 class SiteError(Exception):
@@ -74,30 +78,46 @@ def _check_classes(items: list[Item], classes, source: str):
                                      "on the positive images and specificity on the negative ones.")
 
 
+def _subtype_class(folder: str, name: str, classes) -> str | None:
+    """For a bundle whose classes include BACTERIAL and VIRAL: a file in a PNEUMONIA folder, as Kermany's public
+    layout has them, gets its class from its name (person12_bacteria_34.jpeg → BACTERIAL); "" when the name says
+    neither; None for any other folder or bundle."""
+    if folder.casefold() != "pneumonia" or not set(SUBTYPE_CLASSES.values()) <= set(classes):
+        return None
+    m = KERMANY_PERSON.match(PurePosixPath(name).stem)
+    return SUBTYPE_CLASSES[m.group(2).lower()] if m else ""
+
+
 def _from_class_folders(entries: dict, classes, source: str) -> LabelledSet:
     """entries: {posix relative path: reader}. Files directly at the top (README.md, manifest.csv) are ignored;
-    one wrapping folder (a ZIP of "sample/NORMAL/...") is looked through."""
+    one wrapping folder (a ZIP of "sample/NORMAL/...") is looked through. For a normal / bacterial / viral bundle,
+    Kermany's NORMAL/ and PNEUMONIA/ folders are read too, the type taken from each pneumonia file's name."""
     lookup = _class_lookup(classes)
     paths = {p: PurePosixPath(p).parts for p in entries if not _hidden(PurePosixPath(p).parts)}
     for _ in range(2):
         tops = {parts[0] for parts in paths.values() if len(parts) > 1}
         if len(tops) == 1 and next(iter(tops)).casefold() not in lookup:
             paths = {p: parts[1:] for p, parts in paths.items() if len(parts) > 1}
-    items, unknown = [], set()
+    items, unknown, skipped = [], set(), []
     for path, parts in sorted(paths.items()):
         if len(parts) < 2:
             continue
         label = lookup.get(parts[0].casefold())
-        if label is None:
-            unknown.add(parts[0])
+        subtype = _subtype_class(parts[0], parts[-1], classes) if label is None else None
+        if subtype == "":
+            skipped.append({"file": path, "code": "unknown_subtype",
+                            "message": "In a PNEUMONIA folder, but its name does not say bacteria or virus "
+                                       "(person<N>_bacteria_<K> or person<N>_virus_<K>, as in Kermany's release)."})
+        elif label or subtype:
+            items.append(Item(path, label or subtype, entries[path]))
         else:
-            items.append(Item(path, label, entries[path]))
+            unknown.add(parts[0])
     if unknown:
         raise SiteError("unknown_class", f"Unknown class folder(s) in {source}: {', '.join(sorted(unknown))}. This "
                                          f"bundle's classes are {_expected(classes)} (folder names are not "
                                          "case-sensitive).")
     _check_classes(items, classes, source)
-    return LabelledSet(items, list(classes), source)
+    return LabelledSet(items, list(classes), source, skipped)
 
 
 def _from_csv(text: str, resolve, classes, source: str) -> LabelledSet:
