@@ -109,10 +109,6 @@ class Scored:
     def per_class(self) -> dict[str, int]:
         return {c: int((self.y == k).sum()) for k, c in enumerate(self.classes)}
 
-    @property
-    def multiclass(self) -> bool:
-        return len(self.classes) > 2
-
 
 def score(labelled: LabelledSet, ensemble, guard=None, progress=None, max_pixels: int | None = None) -> Scored:
     """Read, check and predict every image of a labelled set, one at a time through `model.core.analysis.analyse` (so
@@ -246,6 +242,16 @@ def _few_images_notes(per_class: dict, y, p, points: dict) -> list[str]:
     return notes
 
 
+def _caveats(scored: Scored, site, notes: list[str], warnings: dict):
+    """What a validation report must say beside its numbers: few images (counted as a warning), and when the
+    profile is judged on the very sample it was fitted on."""
+    if notes:
+        warnings["few_images"] = len(notes)
+    if site and site.sample_sha256 and site.sample_sha256 == sample_fingerprint(scored):
+        notes.append("This is the sample the site profile was fitted on: these numbers are optimistic. The "
+                     "profile's cross-validated numbers are the honest ones.")
+
+
 def validate(scored: Scored, bundle, site: SiteProfile | None = None) -> dict:
     """How the bundle does on a labelled set: as shipped, or with a site profile's calibration and thresholds.
     `python -m model site validate --json` prints this."""
@@ -259,11 +265,7 @@ def validate(scored: Scored, bundle, site: SiteProfile | None = None) -> dict:
     points = {name: point_report(y, p, t) for name, t in thresholds.items()}
     warnings = dict(scored.warnings)
     notes = _few_images_notes(scored.per_class, y, p, points)
-    if notes:
-        warnings["few_images"] = len(notes)
-    if site and site.sample_sha256 and site.sample_sha256 == sample_fingerprint(scored):
-        notes.append("This is the sample the site profile was fitted on: these numbers are optimistic. The "
-                     "profile's cross-validated numbers are the honest ones.")
+    _caveats(scored, site, notes, warnings)
     return plain({"n": scored.n, "auc": M.roc_auc(y, p),
                   "auc_ci95": bootstrap_ci(y, p, M.roc_auc), "ece": _ece(y, p), "points": points,
                   "warnings": warnings, "site": site.name if site else None, "bundle": bundle.name,
@@ -325,11 +327,7 @@ def multiclass_report(y, prob, classes, boot: int = BOOTSTRAP, seed: int = 0) ->
 def _validate_multiclass(scored: Scored, bundle, site, p) -> dict:
     warnings = dict(scored.warnings)
     notes = _few_images_notes(scored.per_class, scored.y, p, {})
-    if notes:
-        warnings["few_images"] = len(notes)
-    if site and site.sample_sha256 and site.sample_sha256 == sample_fingerprint(scored):
-        notes.append("This is the sample the site profile was fitted on: these numbers are optimistic. The "
-                     "profile's cross-validated numbers are the honest ones.")
+    _caveats(scored, site, notes, warnings)
     return plain({"task": Task.MULTICLASS.value, "n": scored.n, "classes": list(bundle.classes),
                   **multiclass_report(scored.y, p, list(bundle.classes)),
                   "warnings": warnings, "site": site.name if site else None, "bundle": bundle.name,
