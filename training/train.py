@@ -250,10 +250,9 @@ def train(data_dir: str, out: str, *, task: str = TrainingTask.BINARY, members=(
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "hardware.json").write_text(json.dumps(hardware(), indent=2))
     done = json.loads((out / "members.json").read_text()) if (out / "members.json").exists() else []
-    names = {member_spec(spec, seed)[1] for spec in members}
-    results = [m for m in done if m["name"] in names and (out / m["file"]).exists()]
-    for spec in members:
-        arch, name, member_seed = member_spec(spec, seed)
+    specs = [member_spec(spec, seed) for spec in members]
+    results = [m for m in done if m["name"] in {name for _, name, _ in specs} and (out / m["file"]).exists()]
+    for arch, name, member_seed in specs:
         if any(m["name"] == name for m in results):
             print(f"== {name} already trained in {out}", flush=True)
             continue

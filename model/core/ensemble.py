@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model.core import metrics as M
 from model.core.preprocess import to_model_input
 from model.core.types import Task
 
@@ -60,10 +61,7 @@ def apply_temperature(prob: np.ndarray, temperature: float, task: Task | str,
     scaling; a single number shifts every class alike, i.e. changes nothing)."""
     p = np.clip(np.asarray(prob, dtype="float64"), _EPS, 1 - _EPS)
     if task == Task.MULTICLASS:
-        z = np.log(p) / temperature + np.asarray(bias, dtype="float64")
-        z -= z.max(axis=-1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=-1, keepdims=True)
+        return M.softmax(np.log(p) / temperature + np.asarray(bias, dtype="float64"))
     return 1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) / temperature + bias)))
 
 

@@ -252,12 +252,22 @@ def multiclass_summary(y, prob, classes) -> dict:
     matrix = np.zeros((k, k), int)
     np.add.at(matrix, (y, pred), 1)
     recall = {c: _ratio(matrix[i, i], matrix[i].sum()) for i, c in enumerate(classes)}
-    auc = {c: roc_auc((y == i).astype(int), prob[:, i]) if 0 < (y == i).sum() < len(y) else float("nan")
-           for i, c in enumerate(classes)}
-    known = [v for v in auc.values() if not np.isnan(v)]
-    return {"accuracy": float((pred == y).mean()), "recall": recall, "auc": auc,
-            "macro_auc": float(np.mean(known)) if known else float("nan"),
+    auc = dict(zip(classes, one_vs_rest_auc(y, prob)))
+    return {"accuracy": float((pred == y).mean()), "recall": recall, "auc": auc, "macro_auc": macro_auc(y, prob),
             "ece": expected_calibration_error(pred == y, prob.max(axis=1))[0], "confusion": matrix.tolist()}
+
+
+def one_vs_rest_auc(y, prob) -> list[float]:
+    """Each class's AUC against all the others (nan for a class that is absent, or all there is)."""
+    y, prob = np.asarray(y, int).ravel(), np.asarray(prob, float)
+    return [roc_auc((y == i).astype(int), prob[:, i]) if 0 < (y == i).sum() < len(y) else float("nan")
+            for i in range(prob.shape[1])]
+
+
+def macro_auc(y, prob) -> float:
+    """The mean one-vs-rest AUC over the classes it is defined for (nan if none)."""
+    known = [v for v in one_vs_rest_auc(y, prob) if not np.isnan(v)]
+    return float(np.mean(known)) if known else float("nan")
 
 
 def wilson_ci(successes: float, total: float, z: float = 1.96) -> list[float]:

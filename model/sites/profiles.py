@@ -277,7 +277,10 @@ def _log_probabilities(p) -> np.ndarray:
 
 
 def _calibrate_multiclass(p, a: float, b) -> np.ndarray:
-    return M.softmax(a * _log_probabilities(p) + np.asarray(b, float))
+    """softmax(a·log p + b): the bundle's own vector scaling (`apply_temperature`), with slope a = 1 / T."""
+    from model.core.ensemble import apply_temperature
+
+    return apply_temperature(p, 1.0 / a, Task.MULTICLASS, b)
 
 
 def _multiclass_cis(y, prob, classes, boot: int, seed: int) -> dict:
@@ -293,7 +296,7 @@ def _multiclass_cis(y, prob, classes, boot: int, seed: int) -> dict:
     def stats(idx):
         yy = y[idx]
         out = {"accuracy": float(correct[:, idx].mean()),
-               "macro_auc": float(np.mean([M.multiclass_summary(yy, s[idx], classes)["macro_auc"] for s in sets])),
+               "macro_auc": float(np.mean([M.macro_auc(yy, s[idx]) for s in sets])),
                "ece": float(np.mean([M.expected_calibration_error(c[idx], f[idx])[0]
                                      for c, f in zip(correct, confidence)]))}
         for k, c in enumerate(classes):

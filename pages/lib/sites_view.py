@@ -145,15 +145,18 @@ def curves_figures(sets: dict, threshold: float, names: dict, t) -> list[go.Figu
     return [roc, pr, cal]
 
 
-def confusion_figure(y, p, threshold: float, classes: list[str], title: str, t) -> go.Figure:
-    c = M.confusion(y, p, threshold)
-    z = [[c["tn"], c["fp"]], [c["fn"], c["tp"]]]
-    fig = go.Figure(go.Heatmap(z=z, x=[f"{t('pred')} {classes[0]}", f"{t('pred')} {classes[1]}"],
-                               y=[f"{t('true')} {classes[0]}", f"{t('true')} {classes[1]}"], text=z,
-                               texttemplate="%{text}", colorscale="Blues", showscale=False))
-    fig.update_layout(title=title, height=260, margin=dict(l=10, r=10, t=40, b=10))
+def confusion_heatmap(z, classes: list[str], title: str, t, height: int = 260) -> go.Figure:
+    """Counts, rows the true class and columns the predicted one, in the order of `classes`."""
+    fig = go.Figure(go.Heatmap(z=z, x=[f"{t('pred')} {c}" for c in classes], y=[f"{t('true')} {c}" for c in classes],
+                               text=z, texttemplate="%{text}", colorscale="Blues", showscale=False))
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10))
     fig.update_yaxes(autorange="reversed")
     return fig
+
+
+def confusion_figure(y, p, threshold: float, classes: list[str], title: str, t) -> go.Figure:
+    c = M.confusion(y, p, threshold)
+    return confusion_heatmap([[c["tn"], c["fp"]], [c["fn"], c["tp"]]], classes, title, t)
 
 
 def side_by_side(bundle, threshold: float, site=None, key: str = "sbs"):
@@ -217,15 +220,6 @@ def site_numbers(bundle, site: sites.SiteProfile | None):
 # ---------------------------------------------------------------------------------------------------------------
 # Check the model on your own images
 # ---------------------------------------------------------------------------------------------------------------
-def multiclass_confusion_figure(report: dict, t) -> go.Figure:
-    classes, z = report["classes"], report["confusion"]
-    fig = go.Figure(go.Heatmap(z=z, x=[f"{t('pred')} {c}" for c in classes], y=[f"{t('true')} {c}" for c in classes],
-                               text=z, texttemplate="%{text}", colorscale="Blues", showscale=False))
-    fig.update_layout(title=t("confusion_multiclass"), height=300, margin=dict(l=10, r=10, t=40, b=10))
-    fig.update_yaxes(autorange="reversed")
-    return fig
-
-
 def draw_multiclass_report(report: dict, t):
     a, b, c = st.columns(3)
     a.metric(t("m_n"), report["n"])
@@ -237,7 +231,8 @@ def draw_multiclass_report(report: dict, t):
     st.dataframe(pd.DataFrame(rows).set_index(t("col_class")), key="sc_classes",
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
                                 for c in (t("col_recall"), t("col_class_auc"))})
-    st.plotly_chart(multiclass_confusion_figure(report, t), key="sc_confusion", config={"displayModeBar": False})
+    st.plotly_chart(confusion_heatmap(report["confusion"], report["classes"], t("confusion_multiclass"), t, 300),
+                    key="sc_confusion", config={"displayModeBar": False})
     st.caption(f"{t('m_ece')} {report['ece']:.3f}. {t('multiclass_decides')}")
 
 
