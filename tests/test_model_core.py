@@ -97,6 +97,29 @@ def test_batch_and_single_predictions_agree_without_retracing(two_bundles):
     assert ensemble._one.experimental_get_tracing_count() == 1  # the single-image pass, with its feature maps
 
 
+def test_a_batch_read_ahead_gives_each_file_its_own_result_in_order(two_bundles):
+    """analyse_batch reads the next batch on a thread while this one is in the model: the results must still be
+    each file's own, in the order given, bad files included, exactly as one file at a time gives them."""
+    from model.core.analysis import analyse, analyse_batch
+
+    ensemble = Ensemble(bundle_lib.load_bundle(two_bundles / "beta"))
+    files = [(f"chest-{s}.png", cv2.imencode(".png", toy_chest((90 + s, 70), pneumonia=s % 2 == 1, seed=s))[1]
+              .tobytes()) for s in range(7)]
+    files.insert(3, ("broken.png", b"not an image"))
+    files.append(("empty.png", b""))
+    seen = []
+    results = analyse_batch(files, ensemble, batch=3, progress=lambda done, total: seen.append((done, total)))
+    assert [r.file for r in results] == [name for name, _ in files]
+    one_by_one = [analyse(data, name, ensemble)[0] for name, data in files]
+    for batched, single in zip(results, one_by_one):
+        assert (batched.error or {}).get("code") == (single.error or {}).get("code")
+        if single.error is None:
+            assert batched.probabilities == pytest.approx(single.probabilities, abs=1e-5)
+    assert [r.error is not None for r in results] == [n in ("broken.png", "empty.png") for n, _ in files]
+    assert seen == [(3, 9), (6, 9), (9, 9)]
+    assert analyse_batch([], ensemble) == []
+
+
 def test_decision_at_threshold():
     p = Prediction(["NORMAL", "PNEUMONIA"], "binary", {"NORMAL": 0.3, "PNEUMONIA": 0.7},
                    {"a": {"NORMAL": 0.2, "PNEUMONIA": 0.8}, "b": {"NORMAL": 0.4, "PNEUMONIA": 0.6}})
