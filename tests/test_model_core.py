@@ -169,6 +169,20 @@ def test_predict_cli_loads_each_member_once_for_many_files(two_bundles, tmp_path
     assert len([c for c in calls if "alpha" in str(c[0])]) == 2  # two members, loaded once each
 
 
+def test_bench_reports_every_figure_it_names(tiny_bundles, monkeypatch, capsys):
+    """`python -m model bench --json` is how speed is checked (benchmarks print figures, tests decide nothing about
+    them): on a tiny bundle it must run end to end and give every figure as a positive number."""
+    from model.__main__ import main
+
+    monkeypatch.setenv("TORAX_BUNDLES", str(tiny_bundles))
+    assert main(["bench", "--json", "--repeats", "2"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    timed = ["cold_start_s", "predict_ms", "predict_cam_ms", "guard_ms_3000x2500", "batch_images_per_s",
+             "first_batch_s", "naive_predict_ms", "speedup_vs_naive", "record_ms", "record_work_ms", "peak_rss_mb"]
+    assert all(isinstance(figures[k], float) and figures[k] > 0 for k in timed), {k: figures.get(k) for k in timed}
+    assert figures["bundle"] == "pneumonia-kermany" and figures["machine"]["cores"] >= 1
+
+
 def test_a_gradcam_after_predict_reuses_its_forward_pass_and_draws_the_same_map(tiny_bundles):
     from model.core.ensemble import Ensemble, features_memo
     from model.core.preprocess import to_model_input
