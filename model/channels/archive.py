@@ -52,7 +52,6 @@ import sys
 import tempfile
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -700,18 +699,14 @@ def record_rows(rows: list[dict], run_id: str) -> int:
 def local_batches(items: list[dict], facts: BundleFacts, done: Done, pacs, scorer, batch_size: int):
     """In this process, batch by batch: prepare_batch, then the scorer. One worker thread prepares (reads, decodes,
     checks) the next batch while the scorer runs this one, as `analyse_batch` does for the worklist."""
+    from model.core.analysis import one_ahead
+
     def prepare(start: int):
         chunk = items[start:start + batch_size]
         return prepare_batch({k: [item[k] for item in chunk] for k in LISTING}, facts, done, pacs)
 
-    starts = range(0, len(items), batch_size)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="torax-prepare") as reader:
-        ahead = reader.submit(prepare, starts[0]) if starts else None
-        for k in range(len(starts)):
-            batch = ahead.result()
-            if k + 1 < len(starts):
-                ahead = reader.submit(prepare, starts[k + 1])
-            yield scorer(batch)
+    for batch in one_ahead(prepare, range(0, len(items), batch_size)):
+        yield scorer(batch)
 
 
 @dataclass

@@ -193,21 +193,30 @@ def analyse_batch(files, ensemble, threshold=None, progress=None, batch: int = B
         return out
 
     results = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="torax-read") as reader:
-        ahead = reader.submit(read_chunk, chunks[0]) if chunks else None
-        for k in range(len(chunks)):
-            chunk = ahead.result()
-            if k + 1 < len(chunks):
-                ahead = reader.submit(read_chunk, chunks[k + 1])
-            good = [j for j, (_, x) in enumerate(chunk) if x is not None]
-            predictions = ensemble.predict_batch(np.stack([chunk[j][1] for j in good])) if good else []
-            done = [result for result, _ in chunk]
-            for j, prediction in zip(good, predictions):
-                done[j] = with_prediction(done[j], prediction, bundle, threshold, site=site)
-            results.extend(done)
-            if progress:
-                progress(len(results), len(files))
+    for chunk in one_ahead(read_chunk, chunks):
+        good = [j for j, (_, x) in enumerate(chunk) if x is not None]
+        predictions = ensemble.predict_batch(np.stack([chunk[j][1] for j in good])) if good else []
+        done = [result for result, _ in chunk]
+        for j, prediction in zip(good, predictions):
+            done[j] = with_prediction(done[j], prediction, bundle, threshold, site=site)
+        results.extend(done)
+        if progress:
+            progress(len(results), len(files))
     return results
+
+
+def one_ahead(fn, items):
+    """fn(item) for each item, in order, as a generator; one worker thread works out the next while the caller uses
+    this one (reading the next batch while the model runs this one). Closing the generator early waits for the one
+    in hand."""
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="torax-ahead") as worker:
+        ahead = worker.submit(fn, items[0]) if items else None
+        for k in range(len(items)):
+            current = ahead.result()
+            if k + 1 < len(items):
+                ahead = worker.submit(fn, items[k + 1])
+            yield current
 
 
 def cam_class(result: Result, bundle) -> str:
