@@ -17,8 +17,8 @@ from model.core.preprocess import to_model_input
 from model.core.types import Result, Task
 from model.io import MAX_PIXELS, DecodeError, decode
 
-# Images per forward pass in a batch. Measured on 2 cores at 224 px (scripts in the README's Speed section): 8 at a
-# time, read a batch ahead, gave 34 images/s on the default bundle against 23 for 32 read before the model ran.
+# Images per forward pass in a batch. Measured on 2 cores at 224 px (README, Speed): 8 at a time, read a batch ahead,
+# gave 34-40 images/s on the default bundle against 23-34 for 32 read before the model ran (same spell, same images).
 BATCH = 8
 
 
