@@ -40,6 +40,14 @@ def test_batches_cover_every_image_once_per_epoch_and_validation_is_not_augmente
     val = Batches(x, y, batch_size=4, train=False)
     xv, yv = val[0]
     assert np.array_equal(xv, x[:4].astype(np.float32)) and np.array_equal(yv[:, 0], [0, 1, 2, 3])
+    # a batch is a function of (seed, epoch, batch): fetched in another order, or by a resumed run, it is the same
+    later = Batches(x, y, batch_size=4, train=True, seed=0, sample_weight=np.ones(10, "float32"))
+    later.set_epoch(1)
+    train.set_epoch(1)
+    for i in (2, 0, 1):
+        assert all(np.array_equal(a, b) for a, b in zip(later[i], train[i]))
+    first = Batches(x, y, batch_size=4, train=True, seed=0)
+    assert not np.array_equal(first.order, train.order)  # each epoch its own order
 
 
 def test_the_stem_standardises_each_image_so_exposure_changes_do_not_reach_the_network():

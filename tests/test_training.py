@@ -117,6 +117,30 @@ def test_multiclass_calibration_undoes_a_prior_shift_with_a_bias_per_class():
     assert (calibrated.argmax(1) == y.argmax(1)).mean() > (model.argmax(1) == y.argmax(1)).mean()
 
 
+def test_binary_calibration_finds_the_plain_likelihood_optimum_and_stays_finite_on_a_separated_sample():
+    """The bundle's fit (`fit_calibration`) and a site's (`fit_platt`) are one Newton fit; the bundle's uses the
+    plain labels, so on val it lands on the likelihood optimum, and where val separates the classes perfectly (no
+    finite optimum) the slope stops at a temperature of 0.05 instead of running off."""
+    from training.evaluate import fit_calibration
+
+    rng = np.random.default_rng(0)
+    logit = rng.normal(0, 2, 3000)
+    y = (rng.random(3000) < M.sigmoid(1.6 * logit - 0.7)).astype(float)[:, None]
+    prob = M.sigmoid(logit)[:, None]
+    temperature, bias = fit_calibration(prob, y, "binary")
+    assert 1 / temperature == pytest.approx(1.6, abs=0.15) and bias == pytest.approx(-0.7, abs=0.15)
+
+    def nll(t, b):
+        q = apply_temperature(prob, t, "binary", b)
+        return -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))
+    best = nll(temperature, bias)
+    assert all(best <= nll(temperature * f, bias + d) + 1e-12 for f in (0.98, 1.02) for d in (-0.02, 0.02))
+    assert (1 / temperature, bias) != pytest.approx(M.fit_platt(y, logit))  # a site's smoothed targets differ
+    separated = np.r_[np.full(50, 0.2), np.full(50, 0.8)][:, None]
+    temperature, bias = fit_calibration(separated, np.r_[np.zeros(50), np.ones(50)][:, None], "binary")
+    assert temperature == pytest.approx(1 / M.MAX_PLAIN_SLOPE) and np.isfinite(bias)
+
+
 def test_auc_matches_the_rank_definition():
     rng = np.random.default_rng(1)
     y, s = rng.integers(0, 2, 300), rng.normal(size=300)
@@ -219,23 +243,53 @@ def test_two_seeds_of_one_architecture_train_side_by_side_on_the_runs_split(fold
 
     from training.train import member_spec, train
 
-    run = train(str(folder), str(tmp_path / "run"), members=("cnn", "cnn@3"), size=32, epochs=1, steps=1,
+    run = train(str(folder), str(tmp_path / "run"), members=("cnn@3", "cnn"), size=32, epochs=1, steps=1,
                 batch_size=8, cache_dir=None, eager=True)
     members = {m["name"]: m for m in json.loads((run / "members.json").read_text())}
     assert set(members) == {"cnn", "cnn_s3"}
     assert (members["cnn"]["seed"], members["cnn_s3"]["seed"]) == (42, 3)
     assert members["cnn_s3"]["initial_weights"] == {"kind": "random", "seed": 3}
     assert (run / "history-cnn_s3.csv").exists()
-    first, second = (keras.saving.load_model(run / members[n]["file"], compile=False) for n in ("cnn", "cnn_s3"))
-    assert not np.allclose(first.weights[0].numpy(), second.weights[0].numpy())  # another start, not a copy
+    first = {n: keras.saving.load_model(run / members[n]["file"], compile=False) for n in members}
+    assert not np.allclose(first["cnn"].weights[0].numpy(), first["cnn_s3"].weights[0].numpy())  # not a copy
     split = pd.read_csv(run / "split.csv")
-    alone = train(str(folder), str(tmp_path / "alone"), members=("cnn@3",), size=32, epochs=1, steps=1,
-                  batch_size=8, cache_dir=None, eager=True)
-    assert pd.read_csv(alone / "split.csv")["split"].tolist() == split["split"].tolist()  # @SEED keeps the split
-    again = keras.saving.load_model(alone / "members" / "cnn_s3.keras", compile=False)
-    # the seed decides the start: the same member again
-    np.testing.assert_allclose(again.weights[0].numpy(), second.weights[0].numpy(), atol=1e-5)
+    # the other order: each member's seed alone decides its start, augmentation and dropout, so a member trains
+    # the same whichever members trained before it in the process
+    swapped = train(str(folder), str(tmp_path / "swapped"), members=("cnn", "cnn@3"), size=32, epochs=1, steps=1,
+                    batch_size=8, cache_dir=None, eager=True)
+    assert pd.read_csv(swapped / "split.csv")["split"].tolist() == split["split"].tolist()  # @SEED keeps the split
+    for name, model in first.items():
+        again = keras.saving.load_model(swapped / "members" / f"{name}.keras", compile=False)
+        for a, b in zip(again.weights, model.weights):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=name)
     with pytest.raises(ValueError, match="whole number"):
         member_spec("cnn@x", 42)
     with pytest.raises(ValueError, match="unknown architecture"):
         member_spec("vgg", 42)
+
+
+def test_a_resumed_member_ends_where_an_uninterrupted_one_does(folder, tmp_path, monkeypatch):
+    """Interrupted after its first epoch and run again, a member resumes from the epoch backup (weights, optimizer
+    state and the weight average) and sees the batches an uninterrupted run saw, so it ends with the same weights."""
+    import keras
+
+    import training.train as T
+
+    kwargs = dict(members=("cnn",), size=32, epochs=2, steps=None, batch_size=8, cache_dir=None, eager=True)
+    whole = T.train(str(folder), str(tmp_path / "whole"), **kwargs)
+
+    class PowerCut(T.TimeBudget):
+        def on_epoch_end(self, epoch, logs=None):  # after the backup callback has written epoch 0
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(T, "TimeBudget", PowerCut)
+        with pytest.raises(KeyboardInterrupt):
+            T.train(str(folder), str(tmp_path / "cut"), **kwargs)
+    assert not (tmp_path / "cut" / "members").exists() and (tmp_path / "cut" / "backup-cnn").exists()
+    resumed = T.train(str(folder), str(tmp_path / "cut"), **kwargs)
+    history = pd.read_csv(resumed / "history-cnn.csv")
+    assert history["epoch"].tolist() == [0, 1]  # epoch 0 from the first process, epoch 1 from the second
+    a, b = (keras.saving.load_model(r / "members" / "cnn.keras", compile=False) for r in (whole, resumed))
+    for x, y in zip(a.weights, b.weights):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), atol=1e-6, err_msg=x.path)

@@ -90,15 +90,23 @@ class Batches(keras.utils.PyDataset):
     """(images, targets[, sample weights]) in shuffled batches, augmented when `train` is true.
 
     `targets` is an array or a dict of arrays (one per model output). Images stay uint8 until the batch is cut,
-    then become float32 pixel values, which is what the models take."""
+    then become float32 pixel values, which is what the models take.
+
+    Each epoch's order and each batch's augmentation are drawn from (seed, epoch, batch), not from one running
+    generator: a run resumed at epoch k (`set_epoch(k)`, done by `EpochSeed`) sees the batches an uninterrupted run
+    saw, and the batches do not depend on the order in which they are fetched."""
 
     def __init__(self, images: np.ndarray, targets, batch_size: int = 32, *, train: bool = True,
                  sample_weight: np.ndarray | None = None, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.images, self.targets, self.batch_size = images, targets, batch_size
-        self.train, self.sample_weight = train, sample_weight
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(images)) if train else np.arange(len(images))
+        self.train, self.sample_weight, self.seed = train, sample_weight, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        n = len(self.images)
+        self.order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.train else np.arange(n)
 
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
@@ -107,12 +115,29 @@ class Batches(keras.utils.PyDataset):
         idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
         x = self.images[idx]
         if self.train:
-            x = np.stack([augment(im, self.rng) for im in x])
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            x = np.stack([augment(im, rng) for im in x])
         x = x.astype(np.float32)
         y = ({k: v[idx] for k, v in self.targets.items()} if isinstance(self.targets, dict)
              else self.targets[idx])
         return (x, y) if self.sample_weight is None else (x, y, self.sample_weight[idx])
 
-    def on_epoch_end(self):
-        if self.train:
-            self.order = self.rng.permutation(len(self.images))
+
+class EpochSeed(keras.callbacks.Callback):
+    """Start every epoch's random draws from the epoch's number, so a resumed run draws what an uninterrupted one
+    drew: the training batches' order and augmentation (`Batches.set_epoch`), and the model's own random layers
+    (dropout), whose seed generators count draws from a state that the epoch backup does not restore."""
+
+    STRIDE = 1 << 20  # draws a seed generator may make in one epoch before its next epoch's start
+
+    def __init__(self, batches: Batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)
+        for v in self.model.non_trainable_variables:
+            if v.path.endswith("seed_generator_state"):
+                state = np.array(keras.ops.convert_to_numpy(v))
+                state[1] = epoch * self.STRIDE
+                v.assign(state)

@@ -20,7 +20,7 @@ import pandas as pd
 from model.core.types import TrainingTask
 from training import data as data_lib
 from training.architectures import ARCHITECTURES, PRETRAINED, last_conv_layer
-from training.augment import Batches
+from training.augment import Batches, EpochSeed
 
 LABEL_COLUMNS = {TrainingTask.BINARY: "label", TrainingTask.MULTICLASS: "subtype",
                  TrainingTask.MULTILABEL: "finding_labels"}
@@ -163,8 +163,11 @@ def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spe
     """One member: augmented batches (training.augment), AdamW with a one-epoch warm-up and cosine decay to zero,
     an exponential moving average of the weights (the saved model), label smoothing, and a per-epoch backup so an
     interrupted run resumes where it stopped. Early stopping on val AUC remains as a guard against divergence.
-    `name` (default: the architecture) names the member's files, so two seeds of one architecture can share a run."""
+    `name` (default: the architecture) names the member's files, so two seeds of one architecture can share a run.
+    `seed` decides the member's start, augmentation and dropout on its own: a member trains the same alone, after
+    other members, or resumed after an interruption."""
     name = name or arch
+    keras.utils.set_random_seed(seed)
     n_outputs = 3 if task == TrainingTask.MULTITASK else y_train.shape[1]
     model = ARCHITECTURES[arch](input_spec, n_outputs=n_outputs, task=task, weights=weights)
     initial_weights = {"kind": "file", "file": str(weights)} if weights else {"kind": "random", "seed": seed}
@@ -182,18 +185,20 @@ def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spe
                   run_eagerly=eager)
     budget = TimeBudget(minutes)
     backup = out / f"backup-{name}"
+    train_batches = Batches(x_train, y_train, batch_size, train=True, seed=seed,
+                            sample_weight=sample_weights(y_train, task))
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup)),
+        EpochSeed(train_batches),
         keras.callbacks.EarlyStopping(monitor, mode="max", patience=patience),
         keras.callbacks.CSVLogger(str(out / f"history-{name}.csv"), append=backup.exists()),
         budget,
     ]
-    train_batches = Batches(x_train, y_train, batch_size, train=True, seed=seed,
-                            sample_weight=sample_weights(y_train, task))
     val_batches = Batches(x_val, y_val, 64, train=False)
     started = time.time()
     history = model.fit(train_batches, validation_data=val_batches, epochs=epochs, callbacks=callbacks,
-                        steps_per_epoch=steps, verbose=0 if steps else (1 if sys.stdout.isatty() else 2))
+                        steps_per_epoch=steps, shuffle=False,  # the batches shuffle themselves, by epoch
+                        verbose=0 if steps else (1 if sys.stdout.isatty() else 2))
     (out / "members").mkdir(exist_ok=True)
     path = out / "members" / f"{name}.keras"
     model.optimizer = None  # the bundle keeps the (averaged) weights, not the optimizer state
@@ -256,8 +261,6 @@ def train(data_dir: str, out: str, *, task: str = TrainingTask.BINARY, members=(
         if any(m["name"] == name for m in results):
             print(f"== {name} already trained in {out}", flush=True)
             continue
-        if member_seed != seed:
-            keras.utils.set_random_seed(member_seed)
         print(f"== training {name} on {tr.sum()} images, validating on {va.sum()}", flush=True)
         results.append(train_member(arch, images[tr], rows(tr), images[va], rows(va), task, input_spec, out,
                                     epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
