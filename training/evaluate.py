@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize, minimize_scalar
+from scipy.optimize import minimize_scalar
 
 from model.core import metrics as M
 from model.core.ensemble import apply_temperature
@@ -23,24 +23,24 @@ from training.train import encode_targets
 
 
 def fit_calibration(prob: np.ndarray, y: np.ndarray, task: str) -> tuple[float, float | list[float]]:
-    """(temperature, bias) minimising validation negative log-likelihood. Class weighting during training shifts a
-    model's outputs towards the rarer classes, which a temperature alone cannot undo, so binary models also get a
-    bias (Platt scaling) and multiclass models a bias per class (vector scaling; the first class's is 0, since only
-    differences count). Multi-label models keep a temperature."""
-    def nll(params):
-        bias = [0.0, *params[1:]] if task == TrainingTask.MULTICLASS else float(params[1])
-        p = np.clip(apply_temperature(prob, float(np.exp(params[0])), task, bias), 1e-7, 1 - 1e-7)
-        if task == TrainingTask.MULTICLASS:
-            return -np.mean(np.log((p * y).sum(1)))
-        return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
-    if task == TrainingTask.MULTILABEL:
-        return float(np.exp(minimize_scalar(lambda t: nll([t, 0.0]), bounds=(-3, 3), method="bounded").x)), 0.0
+    """(temperature, bias) by validation likelihood, with the fits a site profile uses (`model.core.metrics`) but on
+    the plain labels: val is the bundle's in-house sample, where a site's Platt-smoothed targets would soften what
+    val supports. Class weighting during training shifts a model's outputs towards the rarer classes, which a
+    temperature alone cannot undo, so binary models also get a bias (Platt scaling) and multiclass models a bias per
+    class (vector scaling; the first class's is 0, since only differences count). Multi-label models keep one
+    temperature for all findings."""
+    p = np.clip(np.asarray(prob, dtype="float64"), 1e-7, 1 - 1e-7)
     if task == TrainingTask.MULTICLASS:
-        fit = minimize(nll, x0=np.zeros(prob.shape[1]), method="L-BFGS-B",
-                       bounds=[(-3, 3)] + [(-10, 10)] * (prob.shape[1] - 1))
-        return float(np.exp(fit.x[0])), [0.0, *(float(b) for b in fit.x[1:])]
-    fit = minimize(nll, x0=[0.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7})
-    return float(np.exp(fit.x[0])), float(fit.x[1])
+        slope, bias = M.fit_vector_scaling(np.asarray(y).argmax(1), np.log(p), smoothed=False)
+        return 1.0 / slope, bias
+    if task == TrainingTask.BINARY:
+        slope, bias = M.fit_platt(np.asarray(y).ravel(), np.log(p / (1 - p)).ravel(), smoothed=False)
+        return 1.0 / slope, bias
+
+    def nll(log_t):
+        q = np.clip(apply_temperature(p, float(np.exp(log_t)), task), 1e-7, 1 - 1e-7)
+        return -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))
+    return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x)), 0.0
 
 
 def bootstrap_auc_ci(y, score, n: int = 1000, seed: int = 0) -> list[float]:

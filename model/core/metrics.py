@@ -2,6 +2,8 @@
 show what a threshold means on the evaluation data). Pure numpy; no model code."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -144,15 +146,18 @@ def sigmoid(z) -> np.ndarray:
 
 
 MIN_PLATT_SLOPE = 1e-3
+MAX_PLAIN_SLOPE = 20.0  # temperature 0.05: a plain likelihood has no finite optimum on a separated sample
 
 
-def fit_platt(y, z, iterations: int = 100) -> tuple[float, float]:
+def fit_platt(y, z, iterations: int = 100, smoothed: bool = True) -> tuple[float, float]:
     """(a, b) so that sigmoid(a·z + b) is calibrated on (y, z): Platt's method, with his smoothed targets
-    (N₊+1)/(N₊+2) and 1/(N₋+2) so a perfectly separated sample still gives finite numbers. Newton's method with
-    step halving (a plain Newton step can overshoot and run away when the start is far from the optimum)."""
+    (N₊+1)/(N₊+2) and 1/(N₋+2) so a perfectly separated sample still gives finite numbers (a site's few hundred
+    images). `smoothed=False` fits the plain likelihood of the labels (a bundle's validation split, as `training`
+    fits it). Newton's method with step halving (a plain Newton step can overshoot and run away when the start is
+    far from the optimum)."""
     y, z = np.asarray(y, float).ravel(), np.asarray(z, float).ravel()
     pos, neg = y.sum(), len(y) - y.sum()
-    t = np.where(y > 0, (pos + 1) / (pos + 2), 1 / (neg + 2))
+    t = np.where(y > 0, (pos + 1) / (pos + 2), 1 / (neg + 2)) if smoothed else y
 
     def nll(a, b):
         s = a * z + b
@@ -176,8 +181,9 @@ def fit_platt(y, z, iterations: int = 100) -> tuple[float, float]:
         if loss - new < 1e-12 * max(1.0, abs(loss)) and np.abs(scale * step).max() < 1e-8:
             break
         loss = new
-    if not a > MIN_PLATT_SLOPE:  # never turn the ranking round (or flatten it): keep a small slope, refit b alone
-        a = MIN_PLATT_SLOPE
+    most = math.inf if smoothed else MAX_PLAIN_SLOPE
+    if not MIN_PLATT_SLOPE < a <= most:  # never turn the ranking round (or flatten it), nor run off: refit b alone
+        a = most if a > most else MIN_PLATT_SLOPE
         for _ in range(iterations):
             p = sigmoid(a * z + b)
             step = np.sum(p - t) / max(np.sum(p * (1 - p)), 1e-12)
@@ -193,15 +199,16 @@ def softmax(z) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def fit_vector_scaling(y, logp, iterations: int = 100) -> tuple[float, list[float]]:
+def fit_vector_scaling(y, logp, iterations: int = 100, smoothed: bool = True) -> tuple[float, list[float]]:
     """(a, b) so that softmax(a·log p + b) is calibrated on (y, log p), y the class index: vector scaling, one slope
     and a bias per class (the first 0: only differences count). Platt's smoothed targets, generalised: the true
     class (N_c+1)/(N_c+2), the rest shared by the other classes, so a perfectly separated sample still gives finite
-    numbers. Newton's method with step halving on this convex loss, as `fit_platt`."""
+    numbers; `smoothed=False` fits the plain likelihood, as `fit_platt`. Newton's method with step halving on this
+    convex loss, as `fit_platt`."""
     y, L = np.asarray(y, int).ravel(), np.asarray(logp, float)
     n, k = L.shape
     counts = np.bincount(y, minlength=k)
-    true = (counts[y] + 1) / (counts[y] + 2)
+    true = (counts[y] + 1) / (counts[y] + 2) if smoothed else np.ones(n)
     T = np.repeat(((1 - true) / (k - 1))[:, None], k, axis=1)
     T[np.arange(n), y] = true
     J = np.zeros((n, k, k))  # d z_ik / d (a, b_1 .. b_{k-1})
@@ -238,8 +245,10 @@ def fit_vector_scaling(y, logp, iterations: int = 100) -> tuple[float, list[floa
         return theta
 
     theta = newton(np.concatenate([[1.0], np.zeros(k - 1)]), np.arange(k))
-    if not theta[0] > MIN_PLATT_SLOPE:  # never turn the ranking round (or flatten it): keep a small slope
-        theta = newton(np.concatenate([[MIN_PLATT_SLOPE], theta[1:]]), np.arange(1, k))
+    most = math.inf if smoothed else MAX_PLAIN_SLOPE
+    if not MIN_PLATT_SLOPE < theta[0] <= most:  # never turn the ranking round (or flatten it), nor run off
+        slope = most if theta[0] > most else MIN_PLATT_SLOPE
+        theta = newton(np.concatenate([[slope], theta[1:]]), np.arange(1, k))
     return float(theta[0]), [0.0, *(float(b) for b in theta[1:])]
 
 
