@@ -78,7 +78,7 @@ def headline(evaluation: dict, bundle, threshold: float):
     lead(bundle, SITE, threshold)
     e = evaluation["ensemble"]
     st.subheader(t("h_internal"))
-    cols = st.columns(5)
+    cols = st.columns([1, 1.7, 1, 1, 0.9])  # the interval needs the room of two numbers
     cols[0].metric(t("m_auc"), F.fmt_num(e.get("auc")), help=t("m_auc_help"))
     cols[1].metric(t("m_auc_ci"), F.fmt_ci(e.get("auc_ci95")), help=t("m_auc_ci_help"))
     cols[2].metric(t("m_ap"), F.fmt_num(e.get("average_precision")), help=t("m_ap_help"))
