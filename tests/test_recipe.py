@@ -50,6 +50,45 @@ def test_batches_cover_every_image_once_per_epoch_and_validation_is_not_augmente
     assert not np.array_equal(first.order, train.order)  # each epoch its own order
 
 
+def test_mixup_blends_images_targets_and_weights_by_one_weight_per_batch():
+    """Each mixed row is lam·row + (1 − lam)·another row of the same augmented batch, with one lam per batch, and
+    the targets and sample weights are blended with the same partner and weight as the image."""
+    from training.augment import Batches
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (12, 8, 8, 1), dtype=np.uint8)
+    y = {"prediction": (np.arange(12) % 2).astype("float32")[:, None],
+         "subtype": np.eye(3, dtype="float32")[np.arange(12) % 3]}
+    w = np.linspace(0.5, 2.0, 12).astype("float32")
+    plain = Batches(x, y, batch_size=6, train=True, seed=5, sample_weight=w)
+    mixed = Batches(x, y, batch_size=6, train=True, seed=5, sample_weight=w, mixup=0.4)
+    blends = []
+    for i in range(len(mixed)):
+        (xp, yp, wp), (xm, ym, wm) = plain[i], mixed[i]  # the same augmented images before the blend
+        xp, xm = xp.reshape(6, -1).astype("float64"), xm.reshape(6, -1).astype("float64")
+        lams = []
+        for j in range(6):
+            if np.abs(xm[j] - xp[j]).max() < 1e-3:  # its partner was itself
+                continue
+            fits = []
+            for k in range(6):
+                d = xp[j] - xp[k]
+                lam = 1.0 if k == j else float(np.dot(xm[j] - xp[k], d) / np.dot(d, d))
+                fits.append((float(np.abs(lam * xp[j] + (1 - lam) * xp[k] - xm[j]).max()), k, lam))
+            err, k, lam = min(fits)
+            assert err < 1e-2
+            if k != j:
+                lams.append(lam)
+                for mixed_t, plain_t in ((ym["subtype"], yp["subtype"]), (ym["prediction"], yp["prediction"])):
+                    np.testing.assert_allclose(mixed_t[j], lam * plain_t[j] + (1 - lam) * plain_t[k], atol=1e-5)
+                assert wm[j] == pytest.approx(lam * wp[j] + (1 - lam) * wp[k], abs=1e-5)
+        assert lams and np.ptp(lams) < 1e-4 and 0 <= lams[0] <= 1  # one weight for the whole batch
+        blends.append(lams[0])
+    assert len(set(np.round(blends, 4))) == len(blends)  # a new weight for every batch
+    val = Batches(x, y, batch_size=6, train=False, mixup=0.4)
+    assert np.array_equal(val[0][1]["subtype"], y["subtype"][:6])  # validation is never blended
+
+
 def test_the_stem_standardises_each_image_so_exposure_changes_do_not_reach_the_network():
     import keras
 

@@ -45,6 +45,9 @@ def main(argv=None) -> int:
     t.add_argument("--keep-official-test", action="store_true",
                    help="public layout: use the release's own test folder as the test split")
     t.add_argument("--steps", type=int, default=None, help="steps per epoch (smoke tests only)")
+    t.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="blend each training batch with a shuffled copy of itself, weight ~ Beta(ALPHA, ALPHA) "
+                        "(0: off; 0.2 is usual)")
 
     h = sub.add_parser("heads", help="cut a multitask run into <run>-binary and <run>-multiclass runs")
     h.add_argument("--run", required=True, help="multitask run folder written by `train --task multitask`")
@@ -214,7 +217,8 @@ def main(argv=None) -> int:
                     seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     patience=args.patience, minutes_per_member=args.minutes_per_member, cache_dir=args.cache or None,
                     weights=weights, one_per_patient=args.one_per_patient,
-                    keep_official_test=args.keep_official_test, steps=args.steps)
+                    keep_official_test=args.keep_official_test, steps=args.steps,
+                    mixup=args.mixup)
         if args.command == "train":
             return 0
         args.run = str(run)

@@ -94,13 +94,17 @@ class Batches(keras.utils.PyDataset):
 
     Each epoch's order and each batch's augmentation are drawn from (seed, epoch, batch), not from one running
     generator: a run resumed at epoch k (`set_epoch(k)`, done by `EpochSeed`) sees the batches an uninterrupted run
-    saw, and the batches do not depend on the order in which they are fetched."""
+    saw, and the batches do not depend on the order in which they are fetched.
+
+    `mixup` > 0 (training only) blends each batch with a shuffled copy of itself, images, targets and sample weights
+    alike, by a weight drawn from Beta(mixup, mixup) per batch (Zhang et al., 2018): a regulariser against labels
+    that are sometimes wrong."""
 
     def __init__(self, images: np.ndarray, targets, batch_size: int = 32, *, train: bool = True,
-                 sample_weight: np.ndarray | None = None, seed: int = 0, **kwargs):
+                 sample_weight: np.ndarray | None = None, seed: int = 0, mixup: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.images, self.targets, self.batch_size = images, targets, batch_size
-        self.train, self.sample_weight, self.seed = train, sample_weight, seed
+        self.train, self.sample_weight, self.seed, self.mixup = train, sample_weight, seed, mixup
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -114,13 +118,23 @@ class Batches(keras.utils.PyDataset):
     def __getitem__(self, i: int):
         idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
         x = self.images[idx]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
         if self.train:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
             x = np.stack([augment(im, rng) for im in x])
         x = x.astype(np.float32)
         y = ({k: v[idx] for k, v in self.targets.items()} if isinstance(self.targets, dict)
              else self.targets[idx])
-        return (x, y) if self.sample_weight is None else (x, y, self.sample_weight[idx])
+        w = None if self.sample_weight is None else self.sample_weight[idx]
+        if self.train and self.mixup > 0:
+            lam, other = np.float32(rng.beta(self.mixup, self.mixup)), rng.permutation(len(idx))
+
+            def mix(a):
+                return lam * a + (1 - lam) * a[other]
+            x = mix(x)
+            y = {k: mix(v.astype(np.float32)) for k, v in y.items()} if isinstance(y, dict) else mix(
+                y.astype(np.float32))
+            w = None if w is None else mix(w)
+        return (x, y) if w is None else (x, y, w)
 
 
 class EpochSeed(keras.callbacks.Callback):

@@ -159,7 +159,7 @@ def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spe
                  epochs: int, batch_size: int, lr: float, patience: int, minutes: float, weights: str | None,
                  steps: int | None = None, seed: int = 42, label_smoothing: float = 0.05,
                  weight_decay: float = 0.05, ema: float | None = 0.99, backbones_dir: str = "backbones",
-                 eager: bool = False, name: str | None = None) -> dict:
+                 eager: bool = False, name: str | None = None, mixup: float = 0.0) -> dict:
     """One member: augmented batches (training.augment), AdamW with a one-epoch warm-up and cosine decay to zero,
     an exponential moving average of the weights (the saved model), label smoothing, and a per-epoch backup so an
     interrupted run resumes where it stopped. Early stopping on val AUC remains as a guard against divergence.
@@ -186,7 +186,7 @@ def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spe
     budget = TimeBudget(minutes)
     backup = out / f"backup-{name}"
     train_batches = Batches(x_train, y_train, batch_size, train=True, seed=seed,
-                            sample_weight=sample_weights(y_train, task))
+                            sample_weight=sample_weights(y_train, task), mixup=mixup)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup)),
         EpochSeed(train_batches),
@@ -212,7 +212,7 @@ def train_member(arch: str, x_train, y_train, x_val, y_val, task: str, input_spe
                        "optimizer": f"AdamW wd={weight_decay}",
                        "schedule": f"1-epoch warm-up + cosine to 0, peak lr={lr}",
                        "ema": ema, "label_smoothing": label_smoothing, "epochs": epochs, "batch_size": batch_size,
-                       "class_balance": "sample weights"},
+                       "class_balance": "sample weights", **({"mixup": mixup} if mixup else {})},
             "initial_weights": initial_weights, "seed": seed, "train_seconds": round(time.time() - started, 1)}
 
 
@@ -220,7 +220,8 @@ def train(data_dir: str, out: str, *, task: str = TrainingTask.BINARY, members=(
           size: int = 224, seed: int = 42, epochs: int = 30, batch_size: int = 32, lr: float = 2e-3,
           patience: int = 10, minutes_per_member: float = 60.0, cache_dir: str | None = "cache",
           weights: dict | None = None, one_per_patient: bool = False, keep_official_test: bool = False,
-          steps: int | None = None, classes: list[str] | None = None, eager: bool = False) -> Path:
+          steps: int | None = None, classes: list[str] | None = None, eager: bool = False,
+          mixup: float = 0.0) -> Path:
     """Prepare the data, train each member, and write the run folder. Returns its path.
 
     Run it again with the same `out` after an interruption: finished members are kept, and the member that was
@@ -248,7 +249,8 @@ def train(data_dir: str, out: str, *, task: str = TrainingTask.BINARY, members=(
     config = {"data": str(data_dir), "task": task, "classes": classes, "input": input_spec, "members": list(members),
               "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
               "minutes_per_member": minutes_per_member, "one_per_patient": one_per_patient,
-              "keep_official_test": keep_official_test, "cache_dir": cache_dir, "code_commit": code_commit(),
+              "keep_official_test": keep_official_test, "cache_dir": cache_dir, "mixup": mixup,
+              "code_commit": code_commit(),
               "counts": {s: int((df["split"] == s).sum()) for s in data_lib.SPLITS},
               "patients": {s: int(df.loc[df["split"] == s, "patient_id"].nunique()) for s in data_lib.SPLITS},
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -265,7 +267,7 @@ def train(data_dir: str, out: str, *, task: str = TrainingTask.BINARY, members=(
         results.append(train_member(arch, images[tr], rows(tr), images[va], rows(va), task, input_spec, out,
                                     epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
                                     minutes=minutes_per_member, weights=(weights or {}).get(arch), steps=steps,
-                                    seed=member_seed, eager=eager, name=name))
+                                    seed=member_seed, eager=eager, name=name, mixup=mixup))
         (out / "members.json").write_text(json.dumps(results, indent=2))
     (out / "timing.json").write_text(json.dumps({"wall_seconds": round(time.time() - started, 1)}))
     return out
