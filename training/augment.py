@@ -118,8 +118,8 @@ class Batches(keras.utils.PyDataset):
     def __getitem__(self, i: int):
         idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
         x = self.images[idx]
-        rng = np.random.default_rng([self.seed, self.epoch, i])
         if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
             x = np.stack([augment(im, rng) for im in x])
         x = x.astype(np.float32)
         y = ({k: v[idx] for k, v in self.targets.items()} if isinstance(self.targets, dict)

@@ -229,7 +229,6 @@ def train(data_dir: str, out: str, *, task: str = TrainingTask.BINARY, members=(
     started = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(seed)
     if keras.backend.backend() == "jax" and any("gpu" in str(d).lower() for d in keras.distribution.list_devices()):
         keras.mixed_precision.set_global_policy("mixed_float16")
         if len(keras.distribution.list_devices()) > 1:

@@ -149,6 +149,14 @@ MIN_PLATT_SLOPE = 1e-3
 MAX_PLAIN_SLOPE = 20.0  # temperature 0.05: a plain likelihood has no finite optimum on a separated sample
 
 
+def _bounded_slope(a: float, smoothed: bool) -> float:
+    """The calibration slope the fits keep: never below MIN_PLATT_SLOPE (which would turn the ranking round or
+    flatten it; NaN lands there too), and for a plain-likelihood fit never above MAX_PLAIN_SLOPE (where it would run
+    off on a separated sample)."""
+    most = math.inf if smoothed else MAX_PLAIN_SLOPE
+    return most if a > most else (a if a > MIN_PLATT_SLOPE else MIN_PLATT_SLOPE)
+
+
 def fit_platt(y, z, iterations: int = 100, smoothed: bool = True) -> tuple[float, float]:
     """(a, b) so that sigmoid(a·z + b) is calibrated on (y, z): Platt's method, with his smoothed targets
     (N₊+1)/(N₊+2) and 1/(N₋+2) so a perfectly separated sample still gives finite numbers (a site's few hundred
@@ -181,9 +189,9 @@ def fit_platt(y, z, iterations: int = 100, smoothed: bool = True) -> tuple[float
         if loss - new < 1e-12 * max(1.0, abs(loss)) and np.abs(scale * step).max() < 1e-8:
             break
         loss = new
-    most = math.inf if smoothed else MAX_PLAIN_SLOPE
-    if not MIN_PLATT_SLOPE < a <= most:  # never turn the ranking round (or flatten it), nor run off: refit b alone
-        a = most if a > most else MIN_PLATT_SLOPE
+    bounded = _bounded_slope(a, smoothed)
+    if bounded != a:  # the slope stops at its bound: refit b alone
+        a = bounded
         for _ in range(iterations):
             p = sigmoid(a * z + b)
             step = np.sum(p - t) / max(np.sum(p * (1 - p)), 1e-12)
@@ -245,10 +253,9 @@ def fit_vector_scaling(y, logp, iterations: int = 100, smoothed: bool = True) ->
         return theta
 
     theta = newton(np.concatenate([[1.0], np.zeros(k - 1)]), np.arange(k))
-    most = math.inf if smoothed else MAX_PLAIN_SLOPE
-    if not MIN_PLATT_SLOPE < theta[0] <= most:  # never turn the ranking round (or flatten it), nor run off
-        slope = most if theta[0] > most else MIN_PLATT_SLOPE
-        theta = newton(np.concatenate([[slope], theta[1:]]), np.arange(1, k))
+    bounded = _bounded_slope(theta[0], smoothed)
+    if bounded != theta[0]:  # the slope stops at its bound: refit the biases alone
+        theta = newton(np.concatenate([[bounded], theta[1:]]), np.arange(1, k))
     return float(theta[0]), [0.0, *(float(b) for b in theta[1:])]
 
 
